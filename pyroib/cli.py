@@ -1,0 +1,210 @@
+"""The ``pyroib`` command line: train, evaluate, report (and the commands later modules add).
+
+Flags of ``train`` come from three places, parsed in two stages: the training flags below, the fields of the chosen
+model program's frozen ``Config`` dataclass (``latent_dim`` -> ``--latent-dim``), and the options of the chosen
+architecture's objective. So a user's own model file gets flags for its config without any edit here.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+COMMANDS = {}
+
+
+def command(name: str, help: str):
+    def register(fn):
+        COMMANDS[name] = (fn, help)
+        return fn
+    return register
+
+
+def _parse_floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def _flag_type(default):
+    if isinstance(default, bool):
+        return lambda s: s.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, tuple):
+        kind = type(default[0]) if default else int
+        return lambda s: tuple(kind(v) for v in s.split(",") if v.strip())
+    if default is None:
+        return str
+    return type(default)
+
+
+def _train_parser(config_cls=None, options: dict | None = None, defaults: dict | None = None):
+    p = argparse.ArgumentParser(prog="pyroib train", description="Train a model/guide pair with SVI.")
+    p.add_argument("--model", default="vae", help="architecture or program name, or PATH.py of your own model")
+    p.add_argument("--dataset", default="digits", help="fashion-mnist, digits or synthetic")
+    p.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
+    p.add_argument("--binarize", default="dynamic", help="none, static or dynamic")
+    p.add_argument("--val-size", type=int, default=None)
+    p.add_argument("--prior", default="standard", help="standard, learned, mixture, vamp or flow")
+    p.add_argument("--prior-components", type=int, default=None, help="mixture components or VampPrior inputs")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--beta", type=float, default=1.0, help="weight of the rate (β); 0 switches it off")
+    p.add_argument("--anchors", default=None, help="per-latent rate weights w1,w2,... (AnchorVAE)")
+    p.add_argument("--schedule", default="constant", help="constant, linear, cyclical or capacity")
+    p.add_argument("--warmup-epochs", type=float, default=10.0, help="linear schedule: epochs to reach β")
+    p.add_argument("--cycle-epochs", type=float, default=10.0, help="cyclical schedule: epochs per cycle")
+    p.add_argument("--cycle-ratio", type=float, default=0.5, help="cyclical schedule: rising fraction of a cycle")
+    p.add_argument("--capacity-max", type=float, default=25.0, help="capacity schedule: final C in nats")
+    p.add_argument("--capacity-epochs", type=float, default=50.0, help="capacity schedule: epochs to reach C")
+    p.add_argument("--particles", type=int, default=1, help="samples of z per data point per step")
+    p.add_argument("--analytic-kl", action="store_true", help="closed-form KL where available")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--validate", action="store_true", help="keep Pyro's validation checks on (slower)")
+    p.add_argument("--no-progress", action="store_true")
+    if config_cls is not None:
+        group = p.add_argument_group("model config")
+        for f in dataclasses.fields(config_cls):
+            if f.name in ("data_shape", "n_classes"):
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else None
+            group.add_argument("--" + f.name.replace("_", "-"), dest=f"config__{f.name}", type=_flag_type(default),
+                               default=default)
+    for name, default in (options or {}).items():
+        p.add_argument("--" + name.replace("_", "-"), dest=f"option__{name}", type=_flag_type(default),
+                       default=default)
+    if defaults:
+        p.set_defaults(**defaults)
+    return p
+
+
+def spec_from_args(argv: list[str]):
+    """Parse ``pyroib train`` flags; returns (RunSpec, args, the loaded data splits)."""
+    from .architectures import resolve
+    from .data import load_dataset
+    from .run import RunSpec, resolve_device
+
+    first, _ = _train_parser().parse_known_args(argv)
+    program = resolve(first.model)
+    parser = _train_parser(program.Config, program.architecture.options, program.architecture.defaults)
+    args = parser.parse_args(argv)
+    from .handlers import validate_weights
+    validate_weights(args.beta, _parse_floats(args.anchors, "--anchors") if args.anchors else None)
+    splits = load_dataset(args.dataset, data_dir=args.data_dir, binarize=args.binarize, val_size=args.val_size,
+                          device=resolve_device(args.device))
+    info = {"data_shape": splits.data_shape, "n_classes": splits.n_classes}
+    model_config = {k[len("config__"):]: v for k, v in vars(args).items() if k.startswith("config__")}
+    config_fields = {f.name for f in dataclasses.fields(program.Config)}
+    if "data_shape" in config_fields:
+        model_config["data_shape"] = list(info["data_shape"])
+    if "n_classes" in config_fields:
+        model_config["n_classes"] = info["n_classes"]
+    model_config = {k: list(v) if isinstance(v, tuple) else v for k, v in model_config.items()}
+    prior_options = {}
+    if args.prior_components is not None:
+        prior_options["n_components" if args.prior == "mixture" else "n_pseudo_inputs"] = args.prior_components
+    spec = RunSpec(
+        model=args.model, model_config=model_config, dataset=args.dataset, data_dir=args.data_dir,
+        binarize=args.binarize, val_size=args.val_size, prior=args.prior, prior_options=prior_options,
+        objective_options={k[len("option__"):]: v for k, v in vars(args).items() if k.startswith("option__")},
+        beta=args.beta, anchors=_parse_floats(args.anchors, "--anchors") if args.anchors else None,
+        schedule=args.schedule, warmup_epochs=args.warmup_epochs, cycle_epochs=args.cycle_epochs,
+        cycle_ratio=args.cycle_ratio, capacity_max=args.capacity_max, capacity_epochs=args.capacity_epochs,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, num_particles=args.particles,
+        analytic_kl=args.analytic_kl, seed=args.seed, device=args.device)
+    return spec, args, splits
+
+
+@command("train", "train a model (pyroib train --help)")
+def _train(argv):
+    import pyro
+
+    from .run import build
+    from .schedules import Schedule
+    from .train import train
+
+    spec, args, splits = spec_from_args(argv)
+    Schedule(spec.schedule, spec.beta, 1, 1, spec.cycle_ratio, spec.capacity_max, 1)  # fail fast on bad values
+    pyro.enable_validation(args.validate)
+    build(spec)  # constructs everything once on the CPU so bad configurations fail before data loading
+    rows = train(spec, args.out, resume=args.resume, progress=not args.no_progress, splits=splits)
+    last = rows[-1]
+    print(f"trained {spec.model} on {spec.dataset} for {last['epoch']} epochs: validation ELBO "
+          f"{last['val_elbo']:.3f} nats per data point; run in {args.out}")
+
+
+@command("evaluate", "evaluate a trained run on a split")
+def _evaluate(argv):
+    from .report import evaluate_run
+
+    p = argparse.ArgumentParser(prog="pyroib evaluate")
+    p.add_argument("run")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--iw-samples", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    result = evaluate_run(args.run, split=args.split, iw_samples=args.iw_samples, device=args.device,
+                          batch_size=args.batch_size, seed=args.seed)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>24}  {v:.4f}" if isinstance(v, float) else f"{k:>24}  {v}")
+
+
+@command("report", "write DIR/report/ with plots and report.md")
+def _report(argv):
+    from .report import write_report
+
+    p = argparse.ArgumentParser(prog="pyroib report")
+    p.add_argument("run")
+    p.add_argument("--iw-samples", type=int, default=100)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    path = write_report(args.run, iw_samples=args.iw_samples, device=args.device)
+    print(f"report written to {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _load_extensions()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = [f"  {name:<12} {help}" for name, (_, help) in COMMANDS.items()]
+        print("usage: pyroib COMMAND [options]\n\ncommands:\n" + "\n".join(lines), file=sys.stderr)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"pyroib: error: unknown command {argv[0]!r}", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    fn, _ = COMMANDS[argv[0]]
+    try:
+        fn(argv[1:])
+    except KeyboardInterrupt:
+        print("pyroib: interrupted; the last checkpoint is intact", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, ImportError) as error:
+        print(f"pyroib {argv[0]}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _load_extensions() -> None:
+    """Modules that add commands register them on import (sample, fit-prior, sweep, ...)."""
+    import importlib
+    for name in ("pyroib.generate", "pyroib.sweep"):
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name != name:
+                raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

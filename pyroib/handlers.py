@@ -1,0 +1,137 @@
+"""Bottleneck weights as effect handlers: β and per-latent anchor weights on the latent sites.
+
+``bottleneck(model, guide, beta=β, anchors=w)`` returns the model and guide wrapped by one handler each, built from
+one specification, so a weight can never reach only one side: Pyro's ``TraceMeanField_ELBO`` reads the *guide*
+site's scale, the Monte Carlo ELBO both sites (REFERENCE.md, traps).
+
+* β multiplies ``msg["scale"]`` of every unobserved sample site, exactly as ``poutine.scale`` does; observed sites
+  (the distortion) keep weight 1, so the objective is distortion + β · rate. β = 0 cannot be a scale (Pyro refuses
+  it), so it is ``poutine.mask``: the rate is left out of the loss but still reported.
+* Anchor weights w_j (AnchorVAE, Gao et al. 2019) weight the rate of latent dimension j:
+  Σ_j w_j KL(q(z_j|x) || p(z_j)). pyroib keeps latents as an event dimension (``Normal(..).to_event(1)``), so that
+  factorised and non-factorised priors share one site layout and shape; a scale on the site could not reach single
+  dimensions there. The handler therefore re-weights the per-dimension log densities inside the site's
+  ``Independent`` distribution, on the model's prior and the guide's posterior together — the same arithmetic a
+  per-dimension ``poutine.scale`` performs on a latent plate. A prior that does not factorise has no per-dimension
+  density, and anchors on it raise.
+* ``weights`` per site name (a dict) let hierarchical models weight each layer's rate.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from torch.distributions import kl_divergence, register_kl
+
+
+class AnchorWeighted(dist.TorchDistribution):
+    """An ``Independent`` over the last dimension whose log density is Σ_j w_j log p_j(z_j).
+
+    Sampling is unchanged (it delegates to the base distribution): only the weight of each dimension in the
+    objective changes.
+    """
+
+    arg_constraints = {}
+
+    def __init__(self, base: dist.Distribution, weights: torch.Tensor):
+        self.base = base
+        self.weights = weights
+        super().__init__(base.batch_shape[:-1], base.batch_shape[-1:], validate_args=False)
+
+    @property
+    def support(self):
+        return dist.constraints.independent(self.base.support, 1)
+
+    @property
+    def has_rsample(self):
+        return self.base.has_rsample
+
+    def rsample(self, sample_shape=torch.Size()):
+        return self.base.rsample(sample_shape)
+
+    def sample(self, sample_shape=torch.Size()):
+        return self.base.sample(sample_shape)
+
+    def log_prob(self, value):
+        return (self.base.log_prob(value) * self.weights).sum(-1)
+
+    def expand(self, batch_shape, _instance=None):
+        base = self.base.expand(torch.Size(batch_shape) + self.base.batch_shape[-1:])
+        return AnchorWeighted(base, self.weights)
+
+
+@register_kl(AnchorWeighted, AnchorWeighted)
+def _kl_anchor_weighted(q, p):
+    return (kl_divergence(q.base, p.base) * q.weights).sum(-1)
+
+
+def per_dimension(fn: dist.Distribution) -> dist.Distribution | None:
+    """The per-dimension distribution of a factorised latent site (batch (..., D)), or None when it has none."""
+    if isinstance(fn, AnchorWeighted):
+        return fn.base
+    if isinstance(fn, dist.Independent) and fn.reinterpreted_batch_ndims == 1:
+        return fn.base_dist
+    return None
+
+
+class BottleneckMessenger(Messenger):
+    def __init__(self, beta: float | Mapping[str, float], anchors: torch.Tensor | None = None):
+        super().__init__()
+        self.beta = beta
+        self.anchors = anchors
+
+    def _weight(self, name: str) -> float:
+        if isinstance(self.beta, Mapping):
+            return float(self.beta.get(name, 1.0))
+        return float(self.beta)
+
+    def _process_message(self, msg):
+        if msg["type"] != "sample" or msg["is_observed"]:
+            return
+        beta = self._weight(msg["name"])
+        if beta == 0.0:
+            msg["mask"] = False if msg["mask"] is None else msg["mask"] & False
+        elif beta != 1.0:
+            msg["scale"] = beta * msg["scale"]
+        if self.anchors is not None:
+            base = per_dimension(msg["fn"])
+            if base is None:
+                raise ValueError(
+                    f"anchor weights need a factorised distribution at latent site {msg['name']!r} (an Independent "
+                    f"over the latent dimensions); got {type(msg['fn']).__name__}. Priors that do not factorise "
+                    "(mixture, VampPrior, flow, joint aggregate) cannot take per-latent weights: use --beta instead")
+            if base.batch_shape[-1] != self.anchors.shape[-1]:
+                raise ValueError(f"{self.anchors.shape[-1]} anchor weights given but latent site {msg['name']!r} has "
+                                 f"{base.batch_shape[-1]} dimensions: give one weight per latent dimension")
+            msg["fn"] = AnchorWeighted(base, self.anchors.to(device=base.mean.device, dtype=base.mean.dtype))
+
+
+def validate_weights(beta: float, anchors=None, latent_dim: int | None = None) -> torch.Tensor | None:
+    """Check β and anchor weights at construction time; return anchors as a tensor (or None)."""
+    if not isinstance(beta, Mapping):
+        if not (beta >= 0 and beta < float("inf")):
+            raise ValueError(f"beta must be a finite number >= 0 (got {beta}); beta = 0 switches the rate term off")
+    if anchors is None:
+        return None
+    anchors = torch.as_tensor(anchors, dtype=torch.get_default_dtype()).flatten()
+    if not torch.isfinite(anchors).all() or (anchors < 0).any():
+        raise ValueError(f"anchor weights must be finite and >= 0, got {anchors.tolist()}")
+    if latent_dim is not None and anchors.numel() != latent_dim:
+        raise ValueError(f"{anchors.numel()} anchor weights given for {latent_dim} latent dimensions: "
+                         "--anchors needs exactly one weight per latent dimension (see --latent-dim)")
+    return anchors
+
+
+def bottleneck(model: Callable, guide: Callable, beta: float | Mapping[str, float] = 1.0,
+               anchors: torch.Tensor | None = None) -> tuple[Callable, Callable]:
+    """Wrap model and guide with the same bottleneck weights. β = 1 and no anchors returns them unchanged."""
+    anchors = validate_weights(beta, anchors)
+    if not isinstance(beta, Mapping) and beta == 1.0 and anchors is None:
+        return model, guide
+    return (BottleneckMessenger(beta, anchors)(model), BottleneckMessenger(beta, anchors)(guide))
+
+
+__all__ = ["AnchorWeighted", "BottleneckMessenger", "bottleneck", "per_dimension", "poutine", "validate_weights"]

@@ -1,0 +1,101 @@
+"""Encoder and decoder networks sized from a model's config (never from literals such as 784).
+
+Two families: ``mlp`` (flatten, fully connected, any data shape) and ``conv`` (stride-2 convolutions for images
+whose height and width are divisible by ``2 ** len(hidden)``). Encoders return the parameters of a diagonal
+Gaussian; decoders return unconstrained parameters with the data's shape (channels multiplied by ``out_factor``
+when a likelihood needs more than one parameter per pixel).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+NETWORKS = ("mlp", "conv")
+
+
+def _mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2 or final_activation:
+            layers.append(nn.Softplus())
+    return nn.Sequential(*layers)
+
+
+def _check(network: str, data_shape: tuple[int, ...], hidden: tuple[int, ...]) -> None:
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network {network!r}: choose one of {', '.join(NETWORKS)}")
+    if not hidden or any(h < 1 for h in hidden):
+        raise ValueError(f"hidden sizes must be positive integers, got {hidden!r}")
+    if network == "conv":
+        if len(data_shape) != 3:
+            raise ValueError(f"the conv network needs (C, H, W) data, got shape {data_shape}; use --network mlp")
+        factor = 2 ** len(hidden)
+        if data_shape[1] % factor or data_shape[2] % factor:
+            raise ValueError(
+                f"the conv network halves the image {len(hidden)} times, so H and W must be divisible by {factor}; "
+                f"got {data_shape[1:]}. Use fewer --hidden layers or --network mlp")
+
+
+class GaussianEncoder(nn.Module):
+    """x -> (loc, scale) of a diagonal Gaussian over ``out_dim`` dimensions."""
+
+    def __init__(self, data_shape: tuple[int, ...], hidden: tuple[int, ...], out_dim: int, network: str = "mlp"):
+        super().__init__()
+        _check(network, data_shape, hidden)
+        self.data_shape = tuple(data_shape)
+        if network == "mlp":
+            self.body = nn.Sequential(nn.Flatten(), _mlp([math.prod(data_shape), *hidden], final_activation=True))
+            features = hidden[-1]
+        else:
+            convs: list[nn.Module] = []
+            channels = data_shape[0]
+            for h in hidden:
+                convs += [nn.Conv2d(channels, h, 4, stride=2, padding=1), nn.SiLU()]
+                channels = h
+            convs.append(nn.Flatten())
+            self.body = nn.Sequential(*convs)
+            factor = 2 ** len(hidden)
+            features = channels * (data_shape[1] // factor) * (data_shape[2] // factor)
+        self.head = nn.Linear(features, 2 * out_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch_shape = x.shape[: x.dim() - len(self.data_shape)]
+        h = self.body(x.reshape(-1, *self.data_shape))
+        loc, raw_scale = self.head(h).chunk(2, dim=-1)
+        # softplus keeps the scale positive with a gradient that does not explode for large raw values (unlike exp)
+        scale = F.softplus(raw_scale) + 1e-4
+        return loc.reshape(*batch_shape, -1), scale.reshape(*batch_shape, -1)
+
+
+class Decoder(nn.Module):
+    """z -> unconstrained parameters of shape ``(out_factor * C, H, W)`` (or the data shape for flat data)."""
+
+    def __init__(self, latent_dim: int, hidden: tuple[int, ...], data_shape: tuple[int, ...], network: str = "mlp",
+                 out_factor: int = 1):
+        super().__init__()
+        _check(network, data_shape, hidden)
+        self.out_shape = (data_shape[0] * out_factor, *data_shape[1:])
+        self.network = network
+        if network == "mlp":
+            self.body = _mlp([latent_dim, *reversed(hidden), math.prod(self.out_shape)])
+        else:
+            factor = 2 ** len(hidden)
+            rev = list(reversed(hidden))
+            self.start = (rev[0], data_shape[1] // factor, data_shape[2] // factor)
+            layers: list[nn.Module] = [nn.Linear(latent_dim, math.prod(self.start)), nn.SiLU(),
+                                       nn.Unflatten(-1, self.start)]
+            for i, h in enumerate(rev):
+                out = rev[i + 1] if i + 1 < len(rev) else self.out_shape[0]
+                layers.append(nn.ConvTranspose2d(h, out, 4, stride=2, padding=1))
+                if i + 1 < len(rev):
+                    layers.append(nn.SiLU())
+            self.body = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch_shape = z.shape[:-1]
+        out = self.body(z.reshape(-1, z.shape[-1]))
+        return out.reshape(*batch_shape, *self.out_shape)

@@ -1,0 +1,227 @@
+"""The information-bottleneck objective: a ``Trace_ELBO`` that knows its own terms.
+
+One function, :meth:`InfoELBO.terms`, splits a model/guide trace pair into named terms in nats per data point:
+
+* ``distortion``  D = -E_q log p(x | z)          (all observed sites)
+* ``rate``        R = E_q[log q(z|x) - log p(z)]  (all latent sites, *unweighted*)
+* ``rate/<site>`` and ``kl_per_dim/<site>`` for each latent site, the latter per dimension where the site factorises
+* one entry per extra information term a subclass adds (total correlation, MMD, ...), with its weight.
+
+The loss is assembled from the same numbers, so what is logged is what is optimised:
+
+    loss = N · (D + R_β + Σ_k λ_k T_k)                      (Pyro's convention: a total over the N data points)
+
+where R_β is the rate as weighted by the bottleneck handlers (β, anchors; see :mod:`pyroib.handlers`) and N is the
+size of the data plate (``pyro.plate("data", N, subsample=idx)``), read from the plate's frame, never from a site's
+scale (which already includes β). With β = 1, no anchors and no extra terms the loss *is* ``Trace_ELBO``'s, in value
+and gradient, including score-function terms for non-reparameterised latents; with ``analytic_kl=True`` it is
+``TraceMeanField_ELBO``'s. With a capacity C (Burgess et al. 2018) the rate enters as γ|R - C| instead
+(the handlers then carry β = 1).
+
+Unlike ``Trace_ELBO`` nothing here calls ``.item()``: the loss stays on the device, so a training step costs no
+host-device synchronisation per site.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from pyro.distributions.util import is_identically_zero, scale_and_mask
+from pyro.infer import Trace_ELBO
+from pyro.infer.trace_elbo import _compute_log_r
+from torch.distributions import kl_divergence
+
+from .handlers import per_dimension
+
+DATA_PLATE = "data"
+
+
+@dataclass
+class Terms:
+    """The result of one objective evaluation.
+
+    ``surrogate`` is the differentiable loss (its value equals ``loss``); ``values`` are detached per-data-point
+    numbers in nats; ``kl_per_dim`` maps latent site names to per-dimension rates (nats per data point).
+    """
+
+    surrogate: torch.Tensor
+    loss: torch.Tensor
+    values: dict[str, torch.Tensor] = field(default_factory=dict)
+    kl_per_dim: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def dataset_size(trace) -> int:
+    """N of the data plate in a trace (1 when the program has no plate named ``data``)."""
+    for site in trace.nodes.values():
+        if site["type"] != "sample":
+            continue
+        for frame in site["cond_indep_stack"]:
+            if frame.name == DATA_PLATE:
+                return int(frame.full_size or frame.size)
+    return 1
+
+
+def subsample_factor(site) -> float:
+    """Product of full_size / size over the site's plates: turns a minibatch sum into a dataset-total estimate."""
+    factor = 1.0
+    for frame in site["cond_indep_stack"]:
+        if frame.full_size is not None and frame.size:
+            factor *= frame.full_size / frame.size
+    return factor
+
+
+def latent_site_names(model_trace, guide_trace) -> list[str]:
+    return [name for name, site in guide_trace.nodes.items()
+            if site["type"] == "sample" and name in model_trace.nodes and not model_trace.nodes[name]["is_observed"]]
+
+
+def _analytic_kl(guide_site, model_site):
+    try:
+        return kl_divergence(guide_site["fn"], model_site["fn"])
+    except NotImplementedError:
+        return None
+
+
+class InfoELBO(Trace_ELBO):
+    """Trace_ELBO with a named breakdown and hooks for information terms.
+
+    :param analytic_kl: use closed-form KL(q(z|x) || p(z)) for latent sites where torch registers one and the guide
+        site is reparameterised (as ``TraceMeanField_ELBO`` does); Monte Carlo otherwise.
+    Subclasses add terms by overriding :meth:`information_terms`.
+    """
+
+    def __init__(self, num_particles: int = 1, analytic_kl: bool = False, **kwargs):
+        super().__init__(num_particles=num_particles, **kwargs)
+        self.analytic_kl = analytic_kl
+
+    # hook for subclasses -------------------------------------------------------------------------------------
+    def information_terms(self, model_trace, guide_trace, size: int) -> dict[str, tuple[float, torch.Tensor]]:
+        """Extra terms as ``name -> (weight, value in nats per data point)``; values must be differentiable."""
+        return {}
+
+    # the one breakdown ----------------------------------------------------------------------------------------
+    def _particle(self, model_trace, guide_trace, capacity):
+        size = dataset_size(model_trace)
+        latents = set(latent_site_names(model_trace, guide_trace))
+        distortion = weighted_rate = 0.0
+        surrogate_elbo = 0.0
+        values: dict[str, torch.Tensor] = {}
+        kl_per_dim: dict[str, torch.Tensor] = {}
+        analytic = set()
+
+        for name, site in model_trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            if site["is_observed"]:
+                distortion = distortion - site["log_prob_sum"]
+                surrogate_elbo = surrogate_elbo + site["log_prob_sum"]
+                continue
+            guide_site = guide_trace.nodes.get(name)
+            if self.analytic_kl and name in latents and guide_site["fn"].has_rsample:
+                kl = _analytic_kl(guide_site, site)
+                if kl is not None:
+                    kl_sum = scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
+                    weighted_rate = weighted_rate + kl_sum
+                    surrogate_elbo = surrogate_elbo - kl_sum
+                    analytic.add(name)
+                    continue
+            weighted_rate = weighted_rate - site["log_prob_sum"]
+            surrogate_elbo = surrogate_elbo + site["log_prob_sum"]
+
+        log_r = None
+        for name, site in guide_trace.nodes.items():
+            if site["type"] != "sample" or name in analytic:
+                continue
+            weighted_rate = weighted_rate + site["log_prob_sum"]
+            _, score_function_term, entropy_term = site["score_parts"]
+            if not is_identically_zero(entropy_term):
+                surrogate_elbo = surrogate_elbo - entropy_term.sum()
+            if not is_identically_zero(score_function_term):
+                if log_r is None:
+                    log_r = _compute_log_r(model_trace, guide_trace)
+                surrogate_elbo = surrogate_elbo + (log_r.sum_to(site["cond_indep_stack"]) * score_function_term).sum()
+
+        rate = 0.0
+        for name in sorted(latents):
+            site_rate, per_dim = self._unweighted_rate(model_trace.nodes[name], guide_trace.nodes[name],
+                                                       name in analytic, size)
+            rate = rate + site_rate
+            values[f"rate/{name}"] = site_rate
+            if per_dim is not None:
+                kl_per_dim[name] = per_dim
+
+        loss = distortion + weighted_rate
+        surrogate = -surrogate_elbo
+        if capacity is not None:
+            # Burgess et al.: γ|R - C| replaces the rate; the handlers then carry β = 1 and γ arrives here
+            gamma, target = capacity
+            correction = gamma * (weighted_rate - target * size).abs() - weighted_rate
+            loss = loss + correction
+            surrogate = surrogate + correction
+        for name, (weight, value) in self.information_terms(model_trace, guide_trace, size).items():
+            values[name] = value.detach()
+            if weight != 0:
+                loss = loss + size * weight * value
+                surrogate = surrogate + size * weight * value
+
+        values["distortion"] = _as_tensor(distortion).detach() / size
+        values["rate"] = _as_tensor(rate).detach()
+        values["elbo"] = -(values["distortion"] + values["rate"])
+        values["loss"] = _as_tensor(loss).detach() / size
+        return surrogate, _as_tensor(loss).detach(), values, kl_per_dim
+
+    @staticmethod
+    def _unweighted_rate(model_site, guide_site, analytic, size):
+        """E[log q - log p] for one latent site per data point, ignoring β/anchor weights and masks."""
+        factor = subsample_factor(guide_site) / size
+        q_dim, p_dim = per_dimension(guide_site["fn"]), per_dimension(model_site["fn"])
+        per_dim = None
+        if q_dim is not None and p_dim is not None and q_dim.batch_shape == p_dim.batch_shape:
+            z = guide_site["value"]
+            if analytic:
+                elementwise = kl_divergence(q_dim, p_dim)
+            else:
+                elementwise = q_dim.log_prob(z) - p_dim.log_prob(z)
+            elementwise = elementwise.detach()
+            per_dim = elementwise.reshape(-1, elementwise.shape[-1]).sum(0) * factor
+            return per_dim.sum(), per_dim
+        if analytic:
+            kl = kl_divergence(guide_site["fn"], model_site["fn"]).detach()
+            return kl.sum() * factor, None
+        diff = guide_site["unscaled_log_prob"] - model_site["unscaled_log_prob"]
+        return diff.detach().sum() * factor, None
+
+    def terms(self, model, guide, *args, capacity: tuple[float, float] | None = None, **kwargs) -> Terms:
+        """Evaluate the objective. ``capacity=(gamma, C)`` switches to the capacity-controlled rate γ|R - C|."""
+        surrogate = loss = 0.0
+        values: dict[str, torch.Tensor] = {}
+        kl_per_dim: dict[str, torch.Tensor] = {}
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            s, l, v, k = self._particle(model_trace, guide_trace, capacity)
+            surrogate = surrogate + s / self.num_particles
+            loss = loss + l / self.num_particles
+            for key, val in v.items():
+                values[key] = values.get(key, 0.0) + val / self.num_particles
+            for key, val in k.items():
+                kl_per_dim[key] = kl_per_dim.get(key, 0.0) + val / self.num_particles
+        surrogate = _as_tensor(surrogate)
+        # value of the loss, gradient of the surrogate (score-function terms change the gradient, not the value)
+        surrogate = loss + (surrogate - surrogate.detach())
+        return Terms(surrogate=surrogate, loss=_as_tensor(loss), values=values, kl_per_dim=kl_per_dim)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        return self.terms(model, guide, *args, **kwargs).surrogate
+
+    def loss(self, model, guide, *args, **kwargs):
+        """The loss as a float, computed by the same breakdown (``Trace_ELBO.loss`` would bypass it)."""
+        with torch.no_grad():
+            return float(self.terms(model, guide, *args, **kwargs).loss)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return float(loss)
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return x if torch.is_tensor(x) else torch.tensor(float(x))

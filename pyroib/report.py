@@ -1,0 +1,177 @@
+"""Evaluate a run and write its report: numbers in nats, and the plots a reader checks first.
+
+``evaluate_run`` returns one flat dict (what ``pyroib evaluate --json`` prints). ``write_report`` writes
+``DIR/report/`` with reconstructions, prior samples, per-dimension latent traversals, training curves and the
+per-dimension KL as PNGs, plus ``report.md`` showing them with the run's numbers.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .checkpoint import read_jsonl
+from .evaluate import active_units, importance_nll, split_terms
+from .run import METRICS_FILE, load_run
+
+
+def _split(run, split: str):
+    from .data import load_dataset
+    spec = run.spec
+    splits = load_dataset(spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size,
+                          device=run.device)
+    return splits, *splits.split(split)
+
+
+def evaluate_run(run_dir, split: str = "test", iw_samples: int = 100, device: str = "auto", batch_size: int = 100,
+                 seed: int = 0, run=None) -> dict:
+    """ELBO, rate, distortion, IWAE NLL, active units and per-dimension KL of a run on a split (nats per point)."""
+    run = run or load_run(run_dir, device)
+    _, x, y = _split(run, split)
+    torch.manual_seed(seed)
+    values, kl_per_dim = split_terms(run.model, run.guide, run.objective, x, y, batch_size=max(batch_size, 500))
+    result = {"split": split, "n": int(x.shape[0]), "epoch": run.epoch,
+              "elbo": values.pop("elbo"), "rate": values.pop("rate"), "distortion": values.pop("distortion")}
+    values.pop("loss", None)
+    if iw_samples > 0:
+        nll = importance_nll(run.model, run.guide, x, y, samples=iw_samples, batch_size=batch_size)
+        result["nll_iw"] = float(nll.mean())
+        result["iw_samples"] = iw_samples
+    if hasattr(run.guide, "encode"):
+        result["active_units"], result["posterior_mean_variance"] = active_units(run.guide, x)
+    flat = [v for site in sorted(kl_per_dim) for v in kl_per_dim[site]]
+    result["kl_per_dim"] = flat
+    if len(kl_per_dim) > 1:
+        result["kl_per_dim_by_site"] = kl_per_dim
+    result.update(values)
+    if hasattr(run.model, "metrics"):
+        result.update(run.model.metrics(run.guide, x, y))
+    return result
+
+
+def _save_grid(images: torch.Tensor, path: Path, nrow: int, title: str | None = None) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.detach().cpu().clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)
+    fig, ax = plt.subplots(figsize=(max(3, nrow * 0.6), max(3, grid.shape[1] / grid.shape[2] * nrow * 0.6)))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _plot(path: Path, draw) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    draw(ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
+    run = load_run(run_dir, device)
+    out = Path(run_dir) / "report"
+    out.mkdir(exist_ok=True)
+    result = evaluate_run(run_dir, "test", iw_samples=iw_samples, run=run)
+    (out / "evaluation.json").write_text(json.dumps(result, indent=2))
+    rows = read_jsonl(Path(run_dir) / METRICS_FILE)
+    splits, x, _ = _split(run, "test")
+    figures = {}
+    torch.manual_seed(0)
+    model, guide = run.model, run.guide
+    image_data = len(splits.data_shape) == 3 and hasattr(model, "decode") and hasattr(guide, "encode")
+    with torch.no_grad():
+        if image_data:
+            originals = x[:32]
+            loc, _ = guide.encode(originals)
+            recon = model.decode(loc)
+            pairs = torch.stack([originals, recon], 1).reshape(-1, *splits.data_shape)
+            _save_grid(pairs, out / "reconstructions.png", nrow=16, title="test images (odd columns), "
+                       "reconstructions from the posterior mean (even)")
+            figures["Reconstructions"] = "reconstructions.png"
+            z = model.prior(64).sample()
+            _save_grid(model.decode(z), out / "samples.png", nrow=8, title="samples, z ~ prior")
+            figures["Samples from the prior"] = "samples.png"
+            kl = torch.tensor(result["kl_per_dim"]) if result["kl_per_dim"] else torch.zeros(loc.shape[-1])
+            order = torch.argsort(kl, descending=True)[:min(16, loc.shape[-1])]
+            steps = torch.linspace(-3, 3, 11)
+            base = loc[:1].repeat(len(steps), 1)
+            rows_img = []
+            for j in order.tolist():
+                zz = base.clone()
+                zz[:, j] = steps
+                rows_img.append(model.decode(zz))
+            _save_grid(torch.cat(rows_img), out / "traversals.png", nrow=len(steps),
+                       title="latent traversals from -3 to 3, one row per dimension (highest KL first)")
+            figures["Latent traversals"] = "traversals.png"
+    if rows:
+        epochs = [r["epoch"] for r in rows]
+
+        def curves(ax):
+            ax.plot(epochs, [-r["train_loss"] for r in rows], label="train objective (negated loss)")
+            ax.plot(epochs, [r["val_elbo"] for r in rows], label="validation ELBO")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("nats per data point")
+            ax.legend(fontsize=8)
+        _plot(out / "training_curves.png", curves)
+        figures["Training curves"] = "training_curves.png"
+
+        def rate_distortion(ax):
+            ax.plot(epochs, [r["val_rate"] for r in rows], label="validation rate")
+            ax.plot(epochs, [r["val_distortion"] for r in rows], label="validation distortion")
+            ax2 = ax.twinx()
+            ax2.plot(epochs, [r["beta"] for r in rows], "k--", label="β")
+            ax2.set_ylabel("β")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("nats per data point")
+            ax.legend(fontsize=8, loc="upper left")
+        _plot(out / "rate_distortion.png", rate_distortion)
+        figures["Rate and distortion"] = "rate_distortion.png"
+    if result["kl_per_dim"]:
+        def kl_bars(ax):
+            ax.bar(range(len(result["kl_per_dim"])), result["kl_per_dim"])
+            ax.set_xlabel("latent dimension")
+            ax.set_ylabel("KL (nats per data point)")
+            ax.set_title(f"per-dimension KL on the test split; {result.get('active_units', '?')} active units")
+        _plot(out / "kl_per_dim.png", kl_bars)
+        figures["Per-dimension KL"] = "kl_per_dim.png"
+    for extra in _extra_sections():
+        figures.update(extra(run, splits, out) or {})
+    spec = run.spec
+    lines = [f"# Run report: {spec.model} on {spec.dataset}", "",
+             f"Trained {run.epoch} epochs, β = {spec.beta} ({spec.schedule} schedule), prior {spec.prior}, "
+             f"latent dimensions {getattr(run.config, 'latent_dim', '?')}, seed {spec.seed}.", "",
+             "## Test split (nats per data point)", "", "| quantity | value |", "|---|---|"]
+    for k, v in result.items():
+        if isinstance(v, (int, float)):
+            lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    lines.append("")
+    for title, file in figures.items():
+        lines += [f"## {title}", "", f"![{title}]({file})", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return out
+
+
+def _extra_sections():
+    """Report sections that other modules contribute (e.g. posterior diagnostics); each returns {title: png}."""
+    sections = []
+    try:
+        from .diagnostics import report_section
+        sections.append(report_section)
+    except ImportError:
+        pass
+    try:
+        from .generate import report_section as prior_section
+        sections.append(prior_section)
+    except ImportError:
+        pass
+    return sections

@@ -1,0 +1,139 @@
+"""A run: its resolved specification (``config.json``) and the objects it builds.
+
+The specification is the single source for training, resuming, evaluating and reporting: everything the CLI was
+told, resolved to explicit values, saved atomically next to the checkpoint, and used to rebuild the same model,
+guide, prior and objective later.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from .architectures import resolve
+from .checkpoint import load_checkpoint
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    model: str = "vae"
+    model_config: dict = field(default_factory=dict)
+    dataset: str = "digits"
+    data_dir: str | None = None
+    binarize: str = "dynamic"
+    val_size: int | None = None
+    prior: str = "standard"
+    prior_options: dict = field(default_factory=dict)
+    objective_options: dict = field(default_factory=dict)
+    beta: float = 1.0
+    anchors: list[float] | None = None
+    schedule: str = "constant"
+    warmup_epochs: float = 10.0
+    cycle_epochs: float = 10.0
+    cycle_ratio: float = 0.5
+    capacity_max: float = 25.0
+    capacity_epochs: float = 50.0
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    num_particles: int = 1
+    analytic_kl: bool = False
+    seed: int = 0
+    device: str = "auto"
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "RunSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in known})
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def make_config(config_cls, values: dict):
+    """Build a frozen config from JSON values (lists become tuples where the field's default is a tuple)."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{config_cls.__module__}.Config has no field(s) {', '.join(unknown)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = fields[name].default
+        if isinstance(value, list) and (isinstance(default, tuple) or default is dataclasses.MISSING):
+            value = tuple(value)
+        kwargs[name] = value
+    return config_cls(**kwargs)
+
+
+def build(spec: RunSpec, device: torch.device | str = "cpu") -> SimpleNamespace:
+    """Model, guide, prior and objective of a run, freshly initialised, on ``device``."""
+    from .priors import prior_from_name
+
+    program = resolve(spec.model)
+    config = make_config(program.Config, spec.model_config)
+    guide = program.Guide(config)
+    prior_kwargs = dict(spec.prior_options)
+    if spec.prior == "vamp":
+        prior_kwargs.setdefault("encoder", guide.encode)
+        prior_kwargs.setdefault("data_shape", tuple(config.data_shape))
+    prior = prior_from_name(spec.prior, config.latent_dim, **prior_kwargs)
+    if spec.anchors is not None:
+        from .priors import require_factorised
+        require_factorised(prior, "per-latent anchor weights (--anchors)")
+    model = program.Model(config, prior=prior)
+    arch = program.architecture
+    options = {**arch.options, **spec.objective_options}
+    objective = arch.objective(num_particles=spec.num_particles, analytic_kl=spec.analytic_kl, **options)
+    return SimpleNamespace(model=model.to(device), guide=guide.to(device), objective=objective, config=config,
+                           program=program, spec=spec)
+
+
+def read_spec(run_dir: str | Path) -> RunSpec:
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist: train one with pyroib train --out {run_dir}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a pyroib run (no {CONFIG_FILE}); pass the --out directory of "
+                                "pyroib train")
+    try:
+        return RunSpec.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as error:
+        raise ValueError(f"{path} is damaged ({error}); it cannot be read as a pyroib run configuration") from None
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> SimpleNamespace:
+    """Rebuild a trained run (model, guide, objective, spec) from its directory, weights loaded, in eval mode."""
+    run_dir = Path(run_dir)
+    spec = read_spec(run_dir)
+    device = resolve_device(device) if isinstance(device, str) else device
+    built = build(spec, device)
+    state = load_checkpoint(run_dir / CHECKPOINT_FILE, map_location=device)
+    built.model.load_state_dict(state["model"])
+    built.guide.load_state_dict(state["guide"])
+    if state.get("objective") and hasattr(built.objective, "load_state_dict"):
+        built.objective.load_state_dict(state["objective"])
+    built.model.eval()
+    built.guide.eval()
+    built.epoch = state["epoch"]
+    built.run_dir = run_dir
+    built.device = device
+    return built

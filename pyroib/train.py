@@ -1,0 +1,176 @@
+"""``fit``: SVI with a plain ``torch.optim`` loop over the model's and guide's parameters.
+
+Why not ``pyro.infer.SVI``: it builds one optimiser per tensor, trains only parameters registered in Pyro's global
+parameter store, and syncs host and device per site each step (REFERENCE.md). Here one optimiser (fused Adam on
+CUDA) sees every parameter of the model, guide and prior; the objective's loss stays on the device between logging
+points.
+
+Each epoch: one pass over the training split in random minibatches (the data plate gets the dataset indices), an
+evaluation on the validation split with β = 1, then an atomic checkpoint holding model, guide, optimiser, objective
+(critics and their optimisers), step, epoch, the batch order's generator and the torch RNG states, and then one line
+of ``metrics.jsonl``. Resuming restores all of it, so on the CPU a resumed run equals the uninterrupted one bit for
+bit. A non-finite loss stops training with a message; the last good checkpoint stays untouched.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import append_jsonl, load_checkpoint, read_jsonl, save_checkpoint, truncate_jsonl, write_json
+from .data import BatchIterator, DataSplits
+from .evaluate import split_terms
+from .handlers import bottleneck, validate_weights
+from .run import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RunSpec, build, read_spec, resolve_device
+from .schedules import Schedule
+
+RESUMABLE_CHANGES = {"epochs", "device"}
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def make_schedule(spec: RunSpec, steps_per_epoch: int) -> Schedule:
+    def steps(epochs: float) -> int:
+        return max(1, round(epochs * steps_per_epoch))
+    return Schedule(spec.schedule, spec.beta, warmup_steps=steps(spec.warmup_epochs),
+                    cycle_steps=steps(spec.cycle_epochs), ratio=spec.cycle_ratio, capacity_max=spec.capacity_max,
+                    capacity_steps=steps(spec.capacity_epochs))
+
+
+def _parameters(*modules):
+    seen, params = set(), []
+    for module in modules:
+        for p in module.parameters():
+            if id(p) not in seen and p.requires_grad:
+                seen.add(id(p))
+                params.append(p)
+    return params
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def _check_resume(spec: RunSpec, out: Path) -> None:
+    stored = read_spec(out)
+    old, new = stored.to_json(), spec.to_json()
+    changed = sorted(k for k in old if old[k] != new.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise ValueError(f"--resume: {out} was trained with other settings ({', '.join(changed)}); resuming may "
+                         "change only --epochs and --device. Rerun with the original flags or use another --out")
+
+
+def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: bool = True,
+          splits: DataSplits | None = None) -> list[dict]:
+    """Train the run described by ``spec`` into directory ``out``; returns the metrics rows."""
+    out = Path(out)
+    validate_weights(spec.beta, spec.anchors, spec.model_config.get("latent_dim"))
+    if spec.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {spec.epochs}")
+    if resume:
+        if not (out / CHECKPOINT_FILE).is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint in {out}; start the run without --resume")
+        _check_resume(spec, out)
+    elif (out / CHECKPOINT_FILE).exists() or (out / METRICS_FILE).exists():
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or choose a new --out "
+                              "(nothing was overwritten)")
+    device = resolve_device(spec.device)
+    if splits is None:
+        from .data import load_dataset
+        splits = load_dataset(spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size,
+                              device=device)
+    torch.manual_seed(spec.seed)
+    built = build(spec, device)
+    model, guide, objective = built.model, built.guide, built.objective
+    if hasattr(model, "likelihood"):
+        model.likelihood.check_data(splits.train, splits.binarize)
+    batches = BatchIterator(splits, spec.batch_size, torch.Generator().manual_seed(spec.seed))
+    schedule = make_schedule(spec, len(batches))
+    anchors = validate_weights(spec.beta, spec.anchors, getattr(built.config, "latent_dim", None))
+    optimizer = torch.optim.Adam(_parameters(model, guide), lr=spec.lr,
+                                 **({"fused": True} if device.type == "cuda" else {}))
+    out.mkdir(parents=True, exist_ok=True)
+    epoch = step = 0
+    if resume:
+        state = load_checkpoint(out / CHECKPOINT_FILE, map_location=device)
+        model.load_state_dict(state["model"])
+        guide.load_state_dict(state["guide"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("objective") and hasattr(objective, "load_state_dict"):
+            objective.load_state_dict(state["objective"])
+        epoch, step = state["epoch"], state["step"]
+        batches.generator.set_state(state["batch_generator"])
+        _set_rng_state(state["rng"], device)
+        truncate_jsonl(out / METRICS_FILE, lambda row: row.get("epoch", 0) <= epoch)
+    write_json(out / CONFIG_FILE, spec.to_json())
+
+    n_train = splits.train.shape[0]
+    for epoch in range(epoch + 1, spec.epochs + 1):
+        model.train()
+        guide.train()
+        sums: dict[str, torch.Tensor] = {}
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        started = time.perf_counter()
+        bar = tqdm(batches, desc=f"epoch {epoch}/{spec.epochs}", leave=False, disable=not progress, mininterval=0.5)
+        for i, (x, y, index) in enumerate(bar):
+            weights = schedule(step)
+            m, g = bottleneck(model, guide, weights.beta, anchors)
+            terms = objective.terms(m, g, x, y, index=index, size=n_train, capacity=weights.capacity)
+            optimizer.zero_grad(set_to_none=True)
+            terms.surrogate.backward()
+            optimizer.step()
+            if hasattr(objective, "auxiliary_step"):
+                objective.auxiliary_step(model, guide, x, y, index=index, size=n_train)
+            step += 1
+            nonfinite |= ~torch.isfinite(terms.loss)
+            for k, v in terms.values.items():
+                sums[k] = sums.get(k, 0.0) + v.detach() * x.shape[0]
+            if progress and (i % 20 == 0):
+                bar.set_postfix(loss=f"{float(terms.values['loss']):.2f}", rate=f"{float(terms.values['rate']):.2f}",
+                                distortion=f"{float(terms.values['distortion']):.2f}", beta=f"{weights.beta:.3g}")
+        if bool(nonfinite):
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch}: the loss became NaN or infinite. The last good checkpoint "
+                f"(epoch {epoch - 1}) is kept in {out}. Lower --lr or --beta, or check the data")
+        model.eval()
+        guide.eval()
+        val_x, val_y = splits.split("val")
+        val, val_kl = split_terms(model, guide, objective, val_x, val_y)
+        train_means = {k: float(v) / n_train for k, v in sums.items()}
+        weights = schedule(step)
+        row = {"epoch": epoch, "step": step, "beta": weights.beta,
+               "capacity": None if weights.capacity is None else weights.capacity[1],
+               "train_loss": train_means.pop("loss"), "train_elbo": train_means.pop("elbo"),
+               "train_rate": train_means.pop("rate"), "train_distortion": train_means.pop("distortion"),
+               **{f"train_{k}": v for k, v in train_means.items()},
+               "val_elbo": val["elbo"], "val_rate": val["rate"], "val_distortion": val["distortion"],
+               **{f"val_{k}": v for k, v in val.items() if k not in ("elbo", "rate", "distortion", "loss")},
+               "val_kl_per_dim": val_kl, "seconds": time.perf_counter() - started}
+        if not math.isfinite(row["val_elbo"]):
+            raise TrainingDiverged(f"validation ELBO is not finite after epoch {epoch}; the last good checkpoint "
+                                   f"(epoch {epoch - 1}) is kept in {out}")
+        save_checkpoint({"model": model.state_dict(), "guide": guide.state_dict(),
+                         "optimizer": optimizer.state_dict(),
+                         "objective": objective.state_dict() if hasattr(objective, "state_dict") else {},
+                         "epoch": epoch, "step": step, "batch_generator": batches.generator.get_state(),
+                         "rng": _rng_state(device)}, out / CHECKPOINT_FILE)
+        append_jsonl(out / METRICS_FILE, row)
+        if progress:
+            tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.3f}  val ELBO {row['val_elbo']:.3f}  "
+                       f"rate {row['val_rate']:.3f}  distortion {row['val_distortion']:.3f}  β {row['beta']:.3g} "
+                       f"({row['seconds']:.1f} s)")
+    return read_jsonl(out / METRICS_FILE)
