@@ -1,0 +1,17 @@
+import os
+
+import pyro
+import pytest
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro_state():
+    """Every test starts from a fixed seed, an empty parameter store and Pyro validation on."""
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    pyro.enable_validation(True)
+    yield
+    pyro.clear_param_store()
