@@ -24,6 +24,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence, register_kl
 
 
@@ -89,7 +90,7 @@ class BottleneckMessenger(Messenger):
         return float(self.beta)
 
     def _process_message(self, msg):
-        if msg["type"] != "sample" or msg["is_observed"]:
+        if msg["type"] != "sample" or msg["is_observed"] or site_is_subsample(msg):
             return
         beta = self._weight(msg["name"])
         if beta == 0.0:

@@ -1,0 +1,152 @@
+"""The objective against Pyro's own ELBOs, and the bottleneck weights against explicit formulas."""
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+
+from pyroib.handlers import bottleneck
+from pyroib.models.vae import Config, Model
+from pyroib.guides.vae import Guide
+from pyroib.objectives import InfoELBO
+from pyroib.priors import MixtureOfGaussians
+
+CONFIG = Config(data_shape=(1, 4, 4), latent_dim=3, hidden=(8,))
+N = 50
+
+
+def pair(prior=None):
+    torch.manual_seed(1)
+    return Model(CONFIG, prior=prior), Guide(CONFIG)
+
+
+def batch():
+    g = torch.Generator().manual_seed(2)
+    x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.3), generator=g)
+    return x, torch.arange(6) * 7
+
+
+def grads(loss, modules):
+    params = [p for m in modules for p in m.parameters()]
+    return torch.autograd.grad(loss, params, allow_unused=True)
+
+
+@pytest.mark.parametrize("reference, analytic", [(Trace_ELBO, False), (TraceMeanField_ELBO, True)])
+def test_beta_one_equals_pyro_elbo_in_value_and_gradient(reference, analytic):
+    model, guide = pair()
+    x, index = batch()
+    pyro.set_rng_seed(3)
+    ours = InfoELBO(analytic_kl=analytic).differentiable_loss(model, guide, x, None, index, N)
+    pyro.set_rng_seed(3)
+    theirs = reference().differentiable_loss(model, guide, x, None, index, N)
+    assert torch.allclose(ours, theirs, rtol=1e-6)
+    for a, b in zip(grads(ours, [model, guide]), grads(theirs, [model, guide])):
+        assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_is_distortion_plus_beta_rate_and_reports_unweighted_rate():
+    model, guide = pair()
+    x, index = batch()
+    pyro.set_rng_seed(4)
+    plain = InfoELBO().terms(model, guide, x, None, index, N)
+    pyro.set_rng_seed(4)
+    m, g = bottleneck(model, guide, beta=4.0)
+    weighted = InfoELBO().terms(m, g, x, None, index, N)
+    d, r = plain.values["distortion"], plain.values["rate"]
+    assert torch.allclose(weighted.values["rate"], r)  # the log reports the rate, not β · rate
+    assert torch.allclose(weighted.loss / N, d + 4.0 * r, rtol=1e-5)
+    assert torch.allclose(plain.values["elbo"], -(d + r))
+
+
+def test_beta_zero_masks_the_rate_but_still_reports_it():
+    model, guide = pair()
+    x, index = batch()
+    pyro.set_rng_seed(5)
+    m, g = bottleneck(model, guide, beta=0.0)
+    terms = InfoELBO().terms(m, g, x, None, index, N)
+    assert torch.allclose(terms.loss / N, terms.values["distortion"], rtol=1e-6)
+    assert terms.values["rate"] != 0
+    encoder_grads = grads(terms.surrogate, [guide])
+    assert any(gr is not None and gr.abs().sum() > 0 for gr in encoder_grads)  # distortion still trains the encoder
+
+
+@pytest.mark.parametrize("analytic", [False, True])
+def test_anchor_weights_equal_explicit_per_dimension_kl_weighting(analytic):
+    model, guide = pair()
+    x, index = batch()
+    weights = torch.tensor([0.5, 2.0, 0.0])
+    pyro.set_rng_seed(6)
+    m, g = bottleneck(model, guide, beta=1.5, anchors=weights)
+    anchored = InfoELBO(analytic_kl=analytic).terms(m, g, x, None, index, N)
+    pyro.set_rng_seed(6)
+    plain = InfoELBO(analytic_kl=analytic).terms(model, guide, x, None, index, N)
+    per_dim = plain.kl_per_dim["z"]
+    expected = plain.values["distortion"] + 1.5 * (weights * per_dim).sum()
+    assert torch.allclose(anchored.loss / N, expected, rtol=1e-5)
+    # the per-dimension breakdown sums to the rate
+    assert torch.allclose(per_dim.sum(), plain.values["rate"], rtol=1e-5)
+
+
+def test_anchor_gradients_match_explicit_weighting():
+    model, guide = pair()
+    x, index = batch()
+    weights = torch.tensor([1.0, 3.0, 0.25])
+    pyro.set_rng_seed(7)
+    m, g = bottleneck(model, guide, anchors=weights)
+    ours = InfoELBO(analytic_kl=True).differentiable_loss(m, g, x, None, index, N)
+
+    def explicit():
+        loc, scale = guide.encode(x)
+        kl = torch.distributions.kl_divergence(dist.Normal(loc, scale), dist.Normal(0.0, 1.0))
+        pyro.set_rng_seed(7)
+        z = dist.Normal(loc, scale).rsample()
+        log_lik = model.likelihood(model.decoder(z)).log_prob(x)
+        return N / x.shape[0] * (-(log_lik).sum() + (kl * weights).sum())
+    theirs = explicit()
+    assert torch.allclose(ours, theirs, rtol=1e-5)
+    for a, b in zip(grads(ours, [model, guide]), grads(theirs, [model, guide])):
+        assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_anchors_refused_for_a_prior_that_does_not_factorise():
+    model, guide = pair(prior=MixtureOfGaussians(CONFIG.latent_dim, n_components=3))
+    x, index = batch()
+    m, g = bottleneck(model, guide, anchors=torch.ones(3))
+    with pytest.raises(ValueError, match="factorised"):
+        InfoELBO().terms(m, g, x, None, index, N)
+
+
+@pytest.mark.parametrize("beta, anchors, match", [(-1.0, None, "beta"), (float("nan"), None, "beta"),
+                                                   (1.0, [1.0, -2.0, 1.0], "anchor")])
+def test_bad_weights_raise_at_construction(beta, anchors, match):
+    model, guide = pair()
+    with pytest.raises(ValueError, match=match):
+        bottleneck(model, guide, beta=beta, anchors=anchors)
+
+
+def test_wrong_number_of_anchors_names_the_problem():
+    model, guide = pair()
+    x, index = batch()
+    m, g = bottleneck(model, guide, anchors=torch.ones(5))
+    with pytest.raises(ValueError, match="5 anchor weights"):
+        InfoELBO().terms(m, g, x, None, index, N)
+
+
+def test_capacity_objective_is_gamma_times_distance_to_capacity():
+    model, guide = pair()
+    x, index = batch()
+    pyro.set_rng_seed(8)
+    plain = InfoELBO().terms(model, guide, x, None, index, N)
+    pyro.set_rng_seed(8)
+    capped = InfoELBO().terms(model, guide, x, None, index, N, capacity=(30.0, 2.0))
+    d, r = plain.values["distortion"], plain.values["rate"]
+    assert torch.allclose(capped.loss / N, d + 30.0 * (r - 2.0).abs(), rtol=1e-5)
+
+
+def test_loss_method_uses_the_same_breakdown():
+    model, guide = pair()
+    x, index = batch()
+    pyro.set_rng_seed(9)
+    value = InfoELBO().loss(model, guide, x, None, index, N)
+    pyro.set_rng_seed(9)
+    assert value == pytest.approx(float(Trace_ELBO().loss(model, guide, x, None, index, N)), rel=1e-5)
