@@ -151,7 +151,7 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         val_x, val_y = splits.split("val")
         val, val_kl = split_terms(model, guide, objective, val_x, val_y)
         train_means = {k: float(v) / n_train for k, v in sums.items()}
-        weights = schedule(step)
+        weights = schedule(step - 1)  # the weights of the epoch's last step
         row = {"epoch": epoch, "step": step, "beta": weights.beta,
                "capacity": None if weights.capacity is None else weights.capacity[1],
                "train_loss": train_means.pop("loss"), "train_elbo": train_means.pop("elbo"),

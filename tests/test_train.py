@@ -1,0 +1,191 @@
+"""fit, checkpoints, resume and the command line, end to end on the digits set."""
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from pyroib import cli
+from pyroib.checkpoint import load_checkpoint, read_jsonl
+from pyroib.objectives import InfoELBO
+from pyroib.run import RunSpec
+from pyroib.train import TrainingDiverged, train
+
+SMALL = {"data_shape": [1, 8, 8], "latent_dim": 3, "hidden": [32]}
+
+
+def spec(**kw):
+    base = RunSpec(model="vae", model_config=SMALL, dataset="digits", epochs=2, batch_size=64, beta=2.0, seed=3,
+                   device="cpu")
+    return replace(base, **kw)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    train(spec(epochs=3), tmp_path / "full", progress=False)
+    train(spec(epochs=2), tmp_path / "part", progress=False)
+    rows = train(spec(epochs=3), tmp_path / "part", resume=True, progress=False)
+    full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    part = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
+    for key in ("model", "guide"):
+        for name, value in full[key].items():
+            assert torch.equal(value, part[key][name]), name
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["val_elbo"] == read_jsonl(tmp_path / "full" / "metrics.jsonl")[-1]["val_elbo"]
+
+
+def test_resume_refuses_changed_settings_and_new_run_refuses_existing_dir(tmp_path):
+    train(spec(epochs=1), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="beta"):
+        train(spec(epochs=2, beta=5.0), tmp_path / "run", resume=True, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(spec(epochs=2), tmp_path / "run", progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(spec(epochs=2), tmp_path / "empty", resume=True, progress=False)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    train(spec(epochs=1), tmp_path / "run", progress=False)
+    good = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    original = InfoELBO.terms
+
+    def poisoned(self, *args, **kwargs):
+        terms = original(self, *args, **kwargs)
+        terms.loss = terms.loss * float("nan")
+        return terms
+    monkeypatch.setattr(InfoELBO, "terms", poisoned)
+    with pytest.raises(TrainingDiverged, match="epoch 1"):
+        train(spec(epochs=3), tmp_path / "run", resume=True, progress=False)
+    after = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert after["epoch"] == good["epoch"] == 1
+    assert all(torch.equal(v, after["model"][k]) for k, v in good["model"].items())
+    assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 1
+
+
+def test_torn_metrics_line_is_dropped_and_checkpoint_loads_weights_only(tmp_path):
+    train(spec(epochs=1), tmp_path / "run", progress=False)
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "val_el')  # a kill in the middle of a write
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1]
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="damaged"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cyclical", "capacity"])
+def test_every_schedule_trains_and_logs_beta(tmp_path, schedule):
+    rows = train(spec(schedule=schedule, warmup_epochs=1.5, cycle_epochs=1.0, capacity_epochs=2.0,
+                      capacity_max=3.0), tmp_path / schedule, progress=False)
+    assert all(torch.isfinite(torch.tensor(r["val_elbo"])) for r in rows)
+    if schedule == "capacity":
+        last = rows[-1]  # capacity_epochs equals the run's length, so C reaches 3 nats at the final step
+        assert last["capacity"] == pytest.approx(3.0 * (last["step"] - 1) / last["step"])
+    else:
+        assert 0 < rows[0]["beta"] <= 2.0
+
+
+def run_cli(args, capsys):
+    code = cli.main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_train_evaluate_report_on_digits(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", "--model", "vae", "--dataset", "digits", "--epochs", "2", "--latent-dim", "4",
+                            "--hidden", "64", "--beta", "1", "--anchors", "1,1,2,0.5", "--seed", "1",
+                            "--device", "cpu", "--no-progress", "--out", str(out)], capsys)
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    assert config["anchors"] == [1, 1, 2, 0.5] and config["model_config"]["latent_dim"] == 4
+    code, text, err = run_cli(["evaluate", str(out), "--split", "test", "--iw-samples", "20", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(text)
+    assert len(result["kl_per_dim"]) == 4
+    assert result["nll_iw"] <= -result["elbo"] + 1e-6  # the IWAE bound is at least as tight as the ELBO
+    assert result["elbo"] == pytest.approx(-(result["rate"] + result["distortion"]))
+    assert 0 <= result["active_units"] <= 4
+    code, _, err = run_cli(["report", str(out), "--iw-samples", "5"], capsys)
+    assert code == 0, err
+    pngs = sorted(p.name for p in (out / "report").glob("*.png"))
+    assert {"reconstructions.png", "samples.png", "traversals.png", "training_curves.png",
+            "kl_per_dim.png"} <= set(pngs)
+    assert "elbo" in (out / "report" / "report.md").read_text()
+
+
+USER_MODEL = '''
+from dataclasses import dataclass
+import pyro, pyro.distributions as dist, torch
+from pyro.nn import PyroModule
+from pyroib.plates import data_plate
+from pyroib.priors import StandardNormal
+
+@dataclass(frozen=True)
+class Config:
+    data_shape: tuple = (1, 8, 8)
+    latent_dim: int = 2
+
+class Model(PyroModule):
+    def __init__(self, config, prior=None):
+        super().__init__()
+        self.prior = prior or StandardNormal(config.latent_dim)
+        self.decoder = torch.nn.Linear(config.latent_dim, 64)
+    def forward(self, x, y=None, index=None, size=None):
+        with data_plate(x, index, size):
+            z = pyro.sample("z", self.prior(x.shape[0]))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x.reshape(x.shape[0], -1))
+
+class Guide(PyroModule):
+    def __init__(self, config):
+        super().__init__()
+        self.net = torch.nn.Linear(64, 2 * config.latent_dim)
+    def encode(self, x):
+        loc, s = self.net(x.reshape(x.shape[0], -1)).chunk(2, -1)
+        return loc, torch.nn.functional.softplus(s) + 1e-3
+    def forward(self, x, y=None, index=None, size=None):
+        with data_plate(x, index, size):
+            loc, scale = self.encode(x)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+'''
+
+
+def test_cli_trains_a_users_own_model_file(tmp_path, capsys):
+    path = tmp_path / "my_model.py"
+    path.write_text(USER_MODEL)
+    code, _, err = run_cli(["train", "--model", str(path), "--dataset", "digits", "--epochs", "1",
+                            "--latent-dim", "3", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "r")],
+                           capsys)
+    assert code == 0, err
+    code, text, err = run_cli(["evaluate", str(tmp_path / "r"), "--iw-samples", "4", "--json"], capsys)
+    assert code == 0, err
+    assert len(json.loads(text)["kl_per_dim"]) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "nope"], "dataset"),
+    (["--model", "nope"], "unknown model"),
+    (["--latent-dim", "4", "--anchors", "0.5,0.5,0.5,0.5,0.5,0.5"], "anchor"),
+    (["--beta", "-1"], "beta"),
+    (["--schedule", "sigmoid"], "schedule"),
+    (["--binarize", "none", "--likelihood", "bernoulli"], "binary"),
+    (["--network", "conv", "--hidden", "32,32,32,32"], "divisible"),
+    (["--prior", "mixture", "--anchors", "1,1,1,1", "--latent-dim", "4"], "factoris"),
+])
+def test_cli_bad_input_gives_a_clear_message(tmp_path, capsys, args, message):
+    base = ["train", "--model", "vae", "--dataset", "digits", "--epochs", "1", "--device", "cpu", "--no-progress",
+            "--out", str(tmp_path / "r")]
+    code, _, err = run_cli(base + args, capsys)
+    assert code == 2
+    assert message in err.lower() and "Traceback" not in err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_cli_missing_run_and_corrupt_fashion_files(tmp_path, capsys):
+    code, _, err = run_cli(["evaluate", str(tmp_path / "missing"), "--json"], capsys)
+    assert code == 2 and "does not exist" in err
+    import gzip
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress(b"\x00" * 40))
+    code, _, err = run_cli(["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--epochs", "1",
+                            "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "corrupt" in err
