@@ -31,7 +31,7 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.trace_elbo import _compute_log_r
 from torch.distributions import kl_divergence
 
-from .handlers import per_dimension
+from .handlers import AnchorWeighted, per_dimension
 
 DATA_PLATE = "data"
 
@@ -100,7 +100,7 @@ class InfoELBO(Trace_ELBO):
         return {}
 
     # the one breakdown ----------------------------------------------------------------------------------------
-    def _particle(self, model_trace, guide_trace, capacity):
+    def _particle(self, model_trace, guide_trace, capacity, want_per_dim=True):
         size = dataset_size(model_trace)
         latents = set(latent_site_names(model_trace, guide_trace))
         distortion = weighted_rate = 0.0
@@ -144,7 +144,7 @@ class InfoELBO(Trace_ELBO):
         rate = 0.0
         for name in sorted(latents):
             site_rate, per_dim = self._unweighted_rate(model_trace.nodes[name], guide_trace.nodes[name],
-                                                       name in analytic, size)
+                                                       name in analytic, size, want_per_dim)
             rate = rate + site_rate
             values[f"rate/{name}"] = site_rate
             if per_dim is not None:
@@ -171,12 +171,14 @@ class InfoELBO(Trace_ELBO):
         return surrogate, _as_tensor(loss).detach(), values, kl_per_dim
 
     @staticmethod
-    def _unweighted_rate(model_site, guide_site, analytic, size):
+    def _unweighted_rate(model_site, guide_site, analytic, size, want_per_dim=True):
         """E[log q - log p] for one latent site per data point, ignoring β/anchor weights and masks."""
         factor = subsample_factor(guide_site) / size
         q_dim, p_dim = per_dimension(guide_site["fn"]), per_dimension(model_site["fn"])
-        per_dim = None
-        if q_dim is not None and p_dim is not None and q_dim.batch_shape == p_dim.batch_shape:
+        # anchored sites weight their log densities, so the unweighted rate needs the per-dimension densities
+        anchored = isinstance(guide_site["fn"], AnchorWeighted)
+        if (want_per_dim or anchored) and q_dim is not None and p_dim is not None \
+                and q_dim.batch_shape == p_dim.batch_shape:
             z = guide_site["value"]
             if analytic:
                 elementwise = kl_divergence(q_dim, p_dim)
@@ -184,20 +186,22 @@ class InfoELBO(Trace_ELBO):
                 elementwise = q_dim.log_prob(z) - p_dim.log_prob(z)
             elementwise = elementwise.detach()
             per_dim = elementwise.reshape(-1, elementwise.shape[-1]).sum(0) * factor
-            return per_dim.sum(), per_dim
+            return per_dim.sum(), per_dim if want_per_dim else None
         if analytic:
             kl = kl_divergence(guide_site["fn"], model_site["fn"]).detach()
             return kl.sum() * factor, None
         diff = guide_site["unscaled_log_prob"] - model_site["unscaled_log_prob"]
         return diff.detach().sum() * factor, None
 
-    def terms(self, model, guide, *args, capacity: tuple[float, float] | None = None, **kwargs) -> Terms:
-        """Evaluate the objective. ``capacity=(gamma, C)`` switches to the capacity-controlled rate γ|R - C|."""
+    def terms(self, model, guide, *args, capacity: tuple[float, float] | None = None, per_dimension: bool = True,
+              **kwargs) -> Terms:
+        """Evaluate the objective. ``capacity=(gamma, C)`` switches to the capacity-controlled rate γ|R - C|;
+        ``per_dimension=False`` skips the per-dimension KL breakdown (training steps do not log it)."""
         surrogate = loss = 0.0
         values: dict[str, torch.Tensor] = {}
         kl_per_dim: dict[str, torch.Tensor] = {}
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            s, l, v, k = self._particle(model_trace, guide_trace, capacity)
+            s, l, v, k = self._particle(model_trace, guide_trace, capacity, per_dimension)
             surrogate = surrogate + s / self.num_particles
             loss = loss + l / self.num_particles
             for key, val in v.items():

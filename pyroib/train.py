@@ -129,7 +129,8 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         for i, (x, y, index) in enumerate(bar):
             weights = schedule(step)
             m, g = bottleneck(model, guide, weights.beta, anchors)
-            terms = objective.terms(m, g, x, y, index=index, size=n_train, capacity=weights.capacity)
+            terms = objective.terms(m, g, x, y, index=index, size=n_train, capacity=weights.capacity,
+                                    per_dimension=False)
             optimizer.zero_grad(set_to_none=True)
             terms.surrogate.backward()
             optimizer.step()

@@ -150,3 +150,16 @@ def test_loss_method_uses_the_same_breakdown():
     value = InfoELBO().loss(model, guide, x, None, index, N)
     pyro.set_rng_seed(9)
     assert value == pytest.approx(float(Trace_ELBO().loss(model, guide, x, None, index, N)), rel=1e-5)
+
+
+def test_training_breakdown_without_per_dimension_reports_the_same_unweighted_rate():
+    model, guide = pair()
+    x, index = batch()
+    m, g = bottleneck(model, guide, beta=2.0, anchors=torch.tensor([0.5, 2.0, 1.0]))
+    pyro.set_rng_seed(10)
+    full = InfoELBO().terms(m, g, x, None, index, N)
+    pyro.set_rng_seed(10)
+    light = InfoELBO().terms(m, g, x, None, index, N, per_dimension=False)
+    assert light.kl_per_dim == {}
+    assert torch.allclose(light.values["rate"], full.values["rate"])
+    assert torch.allclose(light.loss, full.loss)

@@ -1,0 +1,128 @@
+"""Fashion-MNIST test NLL of the VAE under three priors: standard normal, VampPrior and a flow prior.
+
+The setting of the Exemplar VAE paper's Table 1 (REFERENCE.md): dynamic binarisation (training batches resampled
+every pass, test binarised once with a fixed seed), 40-d latents, two 300-unit layers in encoder and decoder, test
+NLL by importance sampling. Anchors there (5,000 importance samples, hundreds of epochs with early stopping):
+VAE 228.70, VAE + VampPrior (500 pseudo-inputs) 227.35 nats. The paper has no flow-prior row.
+
+Run from the repository root; the budgeted run recorded in benchmarks/results/priors_fashion.md is
+
+    .venv/bin/python benchmarks/priors_fashion.py --minutes 20 --iw-samples 100
+
+and the full-length run (no wall-clock budget, the paper's sample count) is
+
+    .venv/bin/python benchmarks/priors_fashion.py --minutes 0 --epochs 500 --iw-samples 5000
+
+Each prior trains in its own process (``--jobs``, one torch thread each), one epoch at a time through
+``pyroib.train.train(..., resume=True)``, until ``--epochs`` or until the next epoch would overrun ``--minutes`` of
+training wall time; rerunning with a larger budget continues the runs in ``--root`` where they stopped. Every
+number is the run's own and is written with the command and the machine to the results file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from multiprocessing import get_context
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "priors_fashion.md"
+ANCHORS = {"standard": 228.70, "vamp": 227.35}  # nats, Exemplar VAE paper Table 1 (5,000 importance samples)
+PRIOR_OPTIONS = {"standard": {}, "vamp": {"n_pseudo_inputs": 500}, "flow": {}}
+
+
+def run_one(prior: str, args: argparse.Namespace) -> dict:
+    import pyro
+    import torch
+
+    from pyroib.data import load_dataset
+    from pyroib.report import evaluate_run
+    from pyroib.run import CHECKPOINT_FILE, RunSpec
+    from pyroib.checkpoint import load_checkpoint
+    from pyroib.train import train
+
+    torch.set_num_threads(args.threads)
+    pyro.enable_validation(False)
+    out = Path(args.root) / prior
+    spec = RunSpec(model="vae", model_config={"data_shape": [1, 28, 28], "latent_dim": 40, "hidden": [300, 300]},
+                   dataset="fashion-mnist", binarize="dynamic", prior=prior, prior_options=PRIOR_OPTIONS[prior],
+                   epochs=1, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device="cpu")
+    splits = load_dataset("fashion-mnist", binarize="dynamic", seed=args.seed)
+    epoch = load_checkpoint(out / CHECKPOINT_FILE)["epoch"] if (out / CHECKPOINT_FILE).is_file() else 0
+    started = time.perf_counter()
+    last_epoch_seconds = 0.0
+    while epoch < args.epochs:
+        elapsed = time.perf_counter() - started
+        if args.minutes > 0 and elapsed + last_epoch_seconds > 60 * args.minutes:
+            break
+        tick = time.perf_counter()
+        rows = train(replace(spec, epochs=epoch + 1), out, resume=epoch > 0, progress=False, splits=splits)
+        last_epoch_seconds = time.perf_counter() - tick
+        epoch = rows[-1]["epoch"]
+        print(f"[{prior}] epoch {epoch}: val ELBO {rows[-1]['val_elbo']:.2f} ({last_epoch_seconds:.0f} s)",
+              flush=True)
+    train_minutes = (time.perf_counter() - started) / 60
+    tick = time.perf_counter()
+    # Small importance batches: the VampPrior's log density builds a (particles, batch, 500, 40) tensor.
+    result = evaluate_run(out, "test", iw_samples=args.iw_samples, device="cpu", batch_size=25, seed=args.seed)
+    result = {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
+    result.update(prior=prior, train_minutes=train_minutes, eval_minutes=(time.perf_counter() - tick) / 60,
+                  anchor=ANCHORS.get(prior), budget_stopped=epoch < args.epochs)
+    (out / "benchmark.json").write_text(json.dumps(result, indent=2))
+    print(f"[{prior}] test NLL {result['nll_iw']:.2f} nats (K = {args.iw_samples})", flush=True)
+    return result
+
+
+def write_results(results: list[dict], args: argparse.Namespace, command: str) -> str:
+    lines = ["# Fashion-MNIST test NLL by prior (VAE, 40-d latents, 300-300 MLPs, dynamic binarisation)", "",
+             f"Command: `{command}`", "",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, torch threads per "
+             f"model {args.threads}, {args.jobs} models trained at once; Python {platform.python_version()}.", "",
+             f"Training: batch {args.batch_size}, Adam lr {args.lr}, seed {args.seed}, no β warm-up, at most "
+             f"{args.epochs} epochs" + (f" or {args.minutes:g} minutes of training wall time per model" if
+                                       args.minutes > 0 else "") + f". Test NLL with K = {args.iw_samples} "
+             "importance samples on the 10,000 test images (binarised once, seed 0).", "",
+             "| prior | epochs | train min | test −ELBO | test NLL (IW) | anchor (paper) | gap to anchor | "
+             "active units |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        anchor = "—" if r["anchor"] is None else f"{r['anchor']:.2f}"
+        gap = "—" if r["anchor"] is None else f"{r['nll_iw'] - r['anchor']:+.2f}"
+        stopped = " (budget)" if r["budget_stopped"] else ""
+        lines.append(f"| {r['prior']} | {r['epoch']}{stopped} | {r['train_minutes']:.1f} | {-r['elbo']:.2f} "
+                     f"| {r['nll_iw']:.2f} | {anchor} | {gap} | {r.get('active_units', '—')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--priors", default="standard,vamp,flow")
+    p.add_argument("--minutes", type=float, default=20.0, help="training wall-time budget per model; 0 = none")
+    p.add_argument("--epochs", type=int, default=500)
+    p.add_argument("--iw-samples", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=3, help="models trained at once, one process each")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per model")
+    p.add_argument("--root", default="runs/benchmarks/priors_fashion")
+    p.add_argument("--results", default=str(RESULTS))
+    args = p.parse_args(argv)
+    priors = [name for name in args.priors.split(",") if name]
+    unknown = sorted(set(priors) - set(PRIOR_OPTIONS))
+    if unknown:
+        raise SystemExit(f"unknown prior(s) {', '.join(unknown)}; choose from {', '.join(PRIOR_OPTIONS)}")
+    command = " ".join([".venv/bin/python", "benchmarks/priors_fashion.py", *(argv or sys.argv[1:])])
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+        results = list(pool.map(run_one, priors, [args] * len(priors)))
+    text = write_results(results, args, command)
+    Path(args.results).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
