@@ -70,11 +70,9 @@ def _per_point_log_prob(trace, particle_dim: int) -> torch.Tensor:
         if not data_frames:
             raise ValueError(f"site {name!r} lies outside the data plate: importance-weighted NLL needs every latent "
                              "and observed site to be local to a data point")
+        # the particle plate broadcasts every site, so log_p has both the particle and the data dimension
         log_p = site["fn"].log_prob(site["value"])
-        data_dim = data_frames[0].dim
-        log_p = log_p.reshape((1,) * (-particle_dim - log_p.dim()) + tuple(log_p.shape)) if log_p.dim() < -particle_dim \
-            else log_p
-        moved = log_p.movedim((particle_dim, data_dim), (0, 1))
+        moved = log_p.movedim((particle_dim, data_frames[0].dim), (0, 1))
         total = total + moved.reshape(moved.shape[0], moved.shape[1], -1).sum(-1)
     return total
 
