@@ -19,6 +19,9 @@ from pyro.poutine.util import prune_subsample_sites
 from .objectives import DATA_PLATE, InfoELBO
 
 
+PARTICLE_PLATE = "importance_particles"
+
+
 def _chunks(n: int, size: int):
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
@@ -50,7 +53,8 @@ def split_terms(model, guide, objective: InfoELBO, x: torch.Tensor, y: torch.Ten
     return values, {k: (v / count).tolist() for k, v in per_dim.items()}
 
 
-def _max_plate_nesting(model, guide, x, y) -> int:
+def max_plate_nesting_of(model, guide, x, y) -> int:
+    """How many plate dimensions the program uses (so a particle plate can go to their left)."""
     y2 = None if y is None else y[:2]
     with torch.no_grad():
         guide_trace = poutine.trace(guide).get_trace(x[:2], y2)
@@ -80,9 +84,9 @@ def _per_point_log_prob(trace, particle_dim: int) -> torch.Tensor:
 def importance_log_weights(model, guide, x, y=None, particles: int = 100, max_plate_nesting: int | None = None):
     """log p(x, z_k) - log q(z_k | x) for k = 1..particles, shape (particles, B)."""
     if max_plate_nesting is None:
-        max_plate_nesting = _max_plate_nesting(model, guide, x, y)
+        max_plate_nesting = max_plate_nesting_of(model, guide, x, y)
     particle_dim = -(max_plate_nesting + 1)
-    plate = pyro.plate("importance_particles", particles, dim=particle_dim)
+    plate = pyro.plate(PARTICLE_PLATE, particles, dim=particle_dim)
     with torch.no_grad():
         guide_trace = poutine.trace(plate(guide)).get_trace(x, y)
         model_trace = poutine.trace(poutine.replay(plate(model), trace=guide_trace)).get_trace(x, y)
@@ -95,7 +99,7 @@ def importance_nll(model, guide, x, y=None, samples: int = 1000, batch_size: int
     """Per-point -log p(x) estimates (nats) with ``samples`` importance samples, bounded memory."""
     if samples < 1:
         raise ValueError(f"--iw-samples must be >= 1, got {samples}")
-    nesting = _max_plate_nesting(model, guide, x, y)
+    nesting = max_plate_nesting_of(model, guide, x, y)
     out = []
     for sl in _chunks(x.shape[0], batch_size):
         xb, yb = x[sl], None if y is None else y[sl]

@@ -45,6 +45,8 @@ def evaluate_run(run_dir, split: str = "test", iw_samples: int = 100, device: st
     if len(kl_per_dim) > 1:
         result["kl_per_dim_by_site"] = kl_per_dim
     result.update(values)
+    from .information import full_data_evaluation  # I(x;z), TC, dimension-wise and marginal KL over the split
+    result.update(full_data_evaluation(run, x, seed=seed))
     if hasattr(run.model, "metrics"):
         result.update(run.model.metrics(run.guide, x, y))
     return result
@@ -163,15 +165,12 @@ def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
 
 def _extra_sections():
     """Report sections that other modules contribute (e.g. posterior diagnostics); each returns {title: png}."""
+    import importlib
     sections = []
-    try:
-        from .diagnostics import report_section
-        sections.append(report_section)
-    except ImportError:
-        pass
-    try:
-        from .generate import report_section as prior_section
-        sections.append(prior_section)
-    except ImportError:
-        pass
+    for name in ("pyroib.diagnostics", "pyroib.generate"):
+        try:
+            sections.append(importlib.import_module(name).report_section)
+        except ModuleNotFoundError as error:
+            if error.name != name:  # a module that exists but fails to import is a bug to show, not to hide
+                raise
     return sections

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .checkpoint import append_jsonl, load_checkpoint, read_jsonl, save_checkpoint, truncate_jsonl, write_json
 from .data import BatchIterator, DataSplits
@@ -74,6 +74,27 @@ def _check_resume(spec: RunSpec, out: Path) -> None:
                          "change only --epochs and --device. Rerun with the original flags or use another --out")
 
 
+def complete_spec(spec: RunSpec, splits: DataSplits) -> RunSpec:
+    """Fill the model config's dataset-given fields (data_shape, n_classes) from the data, or check them."""
+    import dataclasses
+
+    from .architectures import resolve
+    fields = {f.name for f in dataclasses.fields(resolve(spec.model).Config)}
+    given = {"data_shape": list(splits.data_shape), "n_classes": splits.n_classes}
+    config = dict(spec.model_config)
+    for name, value in given.items():
+        if name not in fields:
+            continue
+        current = config.get(name)
+        if isinstance(current, (tuple, list)):
+            current = list(current)
+        if current is not None and current != value:
+            raise ValueError(f"the model config says {name}={config[name]} but {spec.dataset} has {name}={value}; "
+                             f"leave {name} out of model_config and pyroib fills it from the data")
+        config[name] = value
+    return dataclasses.replace(spec, model_config=config)
+
+
 def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: bool = True,
           splits: DataSplits | None = None) -> list[dict]:
     """Train the run described by ``spec`` into directory ``out``; returns the metrics rows."""
@@ -81,11 +102,9 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     validate_weights(spec.beta, spec.anchors, spec.model_config.get("latent_dim"))
     if spec.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {spec.epochs}")
-    if resume:
-        if not (out / CHECKPOINT_FILE).is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint in {out}; start the run without --resume")
-        _check_resume(spec, out)
-    elif (out / CHECKPOINT_FILE).exists() or (out / METRICS_FILE).exists():
+    if resume and not (out / CHECKPOINT_FILE).is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint in {out}; start the run without --resume")
+    if not resume and ((out / CHECKPOINT_FILE).exists() or (out / METRICS_FILE).exists()):
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or choose a new --out "
                               "(nothing was overwritten)")
     device = resolve_device(spec.device)
@@ -93,6 +112,9 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         from .data import load_dataset
         splits = load_dataset(spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size,
                               device=device)
+    spec = complete_spec(spec, splits)
+    if resume:
+        _check_resume(spec, out)
     torch.manual_seed(spec.seed)
     built = build(spec, device)
     model, guide, objective = built.model, built.guide, built.objective

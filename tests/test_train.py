@@ -189,3 +189,13 @@ def test_cli_missing_run_and_corrupt_fashion_files(tmp_path, capsys):
     code, _, err = run_cli(["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--epochs", "1",
                             "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "corrupt" in err
+
+
+def test_python_api_fills_data_shape_from_the_dataset_and_refuses_a_contradiction(tmp_path):
+    rows = train(RunSpec(model="vae", dataset="digits", epochs=1, device="cpu",
+                         model_config={"latent_dim": 2, "hidden": [16]}), tmp_path / "a", progress=False)
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["model_config"]["data_shape"] == [1, 8, 8]
+    assert rows[-1]["epoch"] == 1
+    with pytest.raises(ValueError, match="data_shape"):
+        train(RunSpec(model="vae", dataset="digits", epochs=1, device="cpu",
+                      model_config={"data_shape": [1, 28, 28]}), tmp_path / "b", progress=False)
