@@ -15,7 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
+from .information import MMDELBO, TotalCorrelationELBO
+from .information_critics import AdversarialELBO, BoundedIBELBO, FactorVAEELBO
 from .objectives import InfoELBO
+
+_CRITIC = {"critic_width": 256, "critic_depth": 2, "critic_lr": 1e-4, "critic_steps": 1}
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,22 @@ ARCHITECTURES: dict[str, Architecture] = {
     "vae": Architecture("vae", summary="VAE; β-VAE, annealed/cyclical/capacity β and AnchorVAE via --beta, "
                                        "--schedule and --anchors"),
     "beta-vae": Architecture("vae", defaults={"beta": 4.0}, summary="the VAE with β = 4 by default"),
+    "beta-tcvae": Architecture("vae", TotalCorrelationELBO,
+                               options={"alpha": 1.0, "tc_weight": 6.0, "gamma": 1.0, "estimator": "mss"},
+                               summary="β-TCVAE: α·MI + tc_weight·TC + γ·dimension-wise KL, minibatch stratified"),
+    "factorvae": Architecture("vae", FactorVAEELBO, options={"tc_weight": 10.0, **_CRITIC},
+                              summary="FactorVAE: rate + tc_weight·TC, TC from a critic on permuted codes"),
+    "infovae": Architecture("vae", MMDELBO, options={"mmd_weight": 1000.0, "kernel": "rbf"},
+                            summary="InfoVAE: β·rate + mmd_weight·MMD²(q(z), p(z))"),
+    "aae": Architecture("vae", AdversarialELBO,
+                        options={"marginal_weight": 1.0, "divergence": "critic", "kernel": "rbf",
+                                 "deterministic_encoder": False, **_CRITIC},
+                        defaults={"beta": 0.0}, summary="adversarial autoencoder: distortion + marginal_weight·B "
+                                                        "(critic or MMD), no per-point rate"),
+    "bibae": Architecture("vae", BoundedIBELBO,
+                          options={"marginal_kl_weight": 1.0, "data_kl_weight": 1.0, "marginal_estimator": "mss",
+                                   **_CRITIC},
+                          summary="BIB-AE: β·A + B + D + distortion, D from a critic on images"),
 }
 
 

@@ -90,6 +90,10 @@ class InfoELBO(Trace_ELBO):
     Subclasses add terms by overriding :meth:`information_terms`.
     """
 
+    # objectives with batch-level estimators (TC, marginal KL, MMD, critics) raise this, and fit then drops an
+    # epoch's last incomplete minibatch instead of handing the estimator too few points
+    min_batch_size = 1
+
     def __init__(self, num_particles: int = 1, analytic_kl: bool = False, **kwargs):
         super().__init__(num_particles=num_particles, **kwargs)
         self.analytic_kl = analytic_kl

@@ -120,7 +120,8 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     model, guide, objective = built.model, built.guide, built.objective
     if hasattr(model, "likelihood"):
         model.likelihood.check_data(splits.train, splits.binarize)
-    batches = BatchIterator(splits, spec.batch_size, torch.Generator().manual_seed(spec.seed))
+    batches = BatchIterator(splits, spec.batch_size, torch.Generator().manual_seed(spec.seed),
+                            drop_last=objective.min_batch_size > 1)
     schedule = make_schedule(spec, len(batches))
     anchors = validate_weights(spec.beta, spec.anchors, getattr(built.config, "latent_dim", None))
     optimizer = torch.optim.Adam(_parameters(model, guide), lr=spec.lr,

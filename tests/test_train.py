@@ -199,3 +199,10 @@ def test_python_api_fills_data_shape_from_the_dataset_and_refuses_a_contradictio
     with pytest.raises(ValueError, match="data_shape"):
         train(RunSpec(model="vae", dataset="digits", epochs=1, device="cpu",
                       model_config={"data_shape": [1, 28, 28]}), tmp_path / "b", progress=False)
+
+
+def test_batch_level_objectives_drop_a_last_minibatch_too_small_for_their_estimator(tmp_path):
+    # digits has 1,293 training images: batch 646 leaves a last minibatch of one, which MSS cannot use
+    rows = train(spec(model="beta-tcvae", epochs=1, batch_size=646), tmp_path / "tc", progress=False)
+    assert rows[-1]["step"] == 2
+    assert "train_total_correlation" in rows[-1]
