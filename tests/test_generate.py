@@ -1,0 +1,131 @@
+"""fit-prior, sample, evaluation under a swapped prior and the report section, on a tiny digits run."""
+import math
+import shutil
+
+import matplotlib.image
+import pytest
+import torch
+
+from pyroib import cli
+from pyroib.data import load_dataset
+from pyroib.generate import (AGGREGATE_FILE, aggregate_variance, evaluate_with_prior, per_dim_mutual_information,
+                             report_section, training_encodings)
+from pyroib.priors import AggregatePosterior, JointAggregatePosterior, StandardNormal
+from pyroib.run import RunSpec, load_run
+from pyroib.train import train
+
+LATENT = 3
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    spec = RunSpec(model="vae", model_config={"data_shape": [1, 8, 8], "latent_dim": LATENT, "hidden": [32]},
+                   dataset="digits", epochs=2, batch_size=64, seed=1, device="cpu")
+    train(spec, out, progress=False)
+    return out
+
+
+@pytest.fixture
+def run_dir(trained, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+def test_fit_prior_stores_both_forms_of_the_training_encodings(run_dir, capsys):
+    assert cli.main(["fit-prior", str(run_dir), "--max-components", "0", "--device", "cpu"]) == 0
+    assert "training encodings" in capsys.readouterr().out
+    state = torch.load(run_dir / AGGREGATE_FILE, weights_only=True)
+    loc, scale = training_encodings(load_run(run_dir))
+    assert state["n_encodings"] == loc.shape[0]
+    factorised = AggregatePosterior.from_state_dict(state["factorised"])
+    joint = AggregatePosterior.from_state_dict(state["joint"])
+    assert not factorised.joint and joint.joint
+    for form in (factorised, joint):
+        torch.testing.assert_close(form.loc, loc)
+        torch.testing.assert_close(form.scale, scale)
+    # The stored variance is the law of total variance; check it against draws from the mixture itself.
+    draws = factorised.sample(200_000, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(state["variance"], draws.var(0), rtol=0.03, atol=1e-3)
+
+
+def test_fit_prior_subsample_is_the_same_encodings_for_both_forms(run_dir):
+    assert cli.main(["fit-prior", str(run_dir), "--max-components", "50", "--device", "cpu"]) == 0
+    state = torch.load(run_dir / AGGREGATE_FILE, weights_only=True)
+    loc, _ = training_encodings(load_run(run_dir))
+    kept = state["factorised"]["loc"]
+    assert kept.shape == (50, LATENT)
+    torch.testing.assert_close(state["joint"]["loc"], kept)
+    assert ((kept[:, None, :] == loc[None]).all(-1).sum(1) >= 1).all()  # every kept row is an encoding
+
+
+@pytest.mark.parametrize("prior", ["standard", "aggregate", "aggregate-joint"])
+def test_sample_writes_a_grid_of_the_requested_size(run_dir, tmp_path, prior):
+    png = tmp_path / "grid.png"
+    assert cli.main(["sample", str(run_dir), "--prior", prior, "--n", "10", "--out", str(png), "--device", "cpu"]) == 0
+    image = matplotlib.image.imread(png)
+    columns, rows, side, pad = math.ceil(math.sqrt(10)), 3, 8, 2
+    assert image.shape[:2] == (rows * (side + pad) + pad, columns * (side + pad) + pad)
+    assert (run_dir / AGGREGATE_FILE).exists() == (prior != "standard")  # fitted on the fly and kept
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prior", "vamp"], "unknown --prior 'vamp'"),
+    (["--n", "0"], "--n must be at least 1"),
+])
+def test_sample_rejects_bad_input(run_dir, tmp_path, capsys, argv, message):
+    assert cli.main(["sample", str(run_dir), "--out", str(tmp_path / "x.png"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_sample_and_fit_prior_report_a_missing_run(tmp_path, capsys):
+    for argv in (["sample", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.png")],
+                 ["fit-prior", str(tmp_path / "nothing")]):
+        assert cli.main(argv) == 2
+        assert "does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_with_prior_swaps_and_restores_the_prior(run_dir):
+    run = load_run(run_dir)
+    original = run.model.prior
+    # One joint component at (0, I) is the standard normal: the same density, so the same importance-weighted NLL.
+    unit = JointAggregatePosterior.fit(torch.zeros(1, LATENT), torch.ones(1, LATENT))
+    with_standard = evaluate_with_prior(run, StandardNormal(LATENT), iw_samples=20)
+    with_unit = evaluate_with_prior(run, unit, iw_samples=20)
+    assert run.model.prior is original
+    assert with_unit["nll_iw"] == pytest.approx(with_standard["nll_iw"], abs=1e-4)
+    # A prior far from the codes must read a much worse bound.
+    far = JointAggregatePosterior.fit(torch.full((1, LATENT), 10.0), torch.ones(1, LATENT))
+    assert evaluate_with_prior(run, far, iw_samples=20)["nll_iw"] > with_standard["nll_iw"] + 50
+
+
+def test_per_dim_mutual_information_matches_the_gaussian_closed_form():
+    # q(z_j|x) = N(mu(x), s^2) with mu ~ N(0, 1 - s^2): the aggregate is N(0, 1) and I(x; z_j) = -log s.
+    generator = torch.Generator().manual_seed(0)
+    s = torch.tensor([0.3, 0.5, 0.9])
+    loc = torch.randn(1500, 3, generator=generator) * (1 - s**2).sqrt()
+    information = per_dim_mutual_information(loc, s.expand(1500, 3), samples=2, generator=generator)
+    torch.testing.assert_close(information, -s.log(), atol=0.04, rtol=0)
+    constant = per_dim_mutual_information(torch.zeros(100, 2), torch.ones(100, 2), generator=generator)
+    torch.testing.assert_close(constant, torch.zeros(2), atol=1e-6, rtol=0)
+
+
+def test_aggregate_variance_is_the_law_of_total_variance():
+    loc = torch.tensor([[0.0], [2.0]])
+    scale = torch.tensor([[1.0], [3.0]])
+    # Mixture of N(0, 1) and N(2, 9): variance = mean of variances 5 + variance of means 1.
+    torch.testing.assert_close(aggregate_variance(loc, scale), torch.tensor([6.0]))
+
+
+def test_report_section_writes_its_figures(run_dir):
+    run = load_run(run_dir)
+    splits = load_dataset("digits", binarize="dynamic")
+    out = run_dir / "report"
+    out.mkdir()
+    figures = report_section(run, splits, out)
+    assert len(figures) == 2
+    for name in figures.values():
+        assert matplotlib.image.imread(out / name).shape[0] > 100
+    assert (out / "aggregate_prior.json").exists()
