@@ -51,6 +51,9 @@ ARCHITECTURES: dict[str, Architecture] = {
                           options={"marginal_kl_weight": 1.0, "data_kl_weight": 1.0, "marginal_estimator": "mss",
                                    **_CRITIC},
                           summary="BIB-AE: β·A + B + D + distortion, D from a critic on images"),
+    # grey levels: a classifier gains nothing from Bernoulli noise on its inputs (0.84 vs 0.95 accuracy on digits)
+    "vib": Architecture("vib", defaults={"binarize": "none"}, summary="deep VIB (Alemi et al. 2016): "
+                                                                       "cross-entropy + β·rate"),
 }
 
 

@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 COMMANDS = {}
 
@@ -150,10 +149,12 @@ def _evaluate(argv):
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--full-data-points", type=int, default=5000,
+                   help="points for the full-data MI/TC/KL estimates (cost grows with their square; 0 skips)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     result = evaluate_run(args.run, split=args.split, iw_samples=args.iw_samples, device=args.device,
-                          batch_size=args.batch_size, seed=args.seed)
+                          batch_size=args.batch_size, seed=args.seed, full_data_points=args.full_data_points)
     if args.json:
         print(json.dumps(result))
     else:
@@ -207,4 +208,7 @@ def _load_extensions() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m pyroib.cli` runs this file as __main__, a second copy of the module: extensions register their
+    # commands in pyroib.cli, so dispatch through that one
+    from pyroib.cli import main as _main
+    sys.exit(_main())

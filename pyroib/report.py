@@ -25,8 +25,13 @@ def _split(run, split: str):
 
 
 def evaluate_run(run_dir, split: str = "test", iw_samples: int = 100, device: str = "auto", batch_size: int = 100,
-                 seed: int = 0, run=None) -> dict:
-    """ELBO, rate, distortion, IWAE NLL, active units and per-dimension KL of a run on a split (nats per point)."""
+                 seed: int = 0, run=None, full_data_points: int = 5000) -> dict:
+    """ELBO, rate, distortion, IWAE NLL, active units and per-dimension KL of a run on a split (nats per point),
+    plus the full-data information terms over at most ``full_data_points`` points (0 skips them: O(M² D) time).
+
+    ``nll_iw`` estimates -log p(x) and is reported only for models that observe x (a model class may say
+    ``observes_inputs = False``, as deep VIB does: its importance weights would target p(y), not p(y | x)).
+    """
     run = run or load_run(run_dir, device)
     _, x, y = _split(run, split)
     torch.manual_seed(seed)
@@ -34,7 +39,7 @@ def evaluate_run(run_dir, split: str = "test", iw_samples: int = 100, device: st
     result = {"split": split, "n": int(x.shape[0]), "epoch": run.epoch,
               "elbo": values.pop("elbo"), "rate": values.pop("rate"), "distortion": values.pop("distortion")}
     values.pop("loss", None)
-    if iw_samples > 0:
+    if iw_samples > 0 and getattr(run.model, "observes_inputs", True):
         nll = importance_nll(run.model, run.guide, x, y, samples=iw_samples, batch_size=batch_size)
         result["nll_iw"] = float(nll.mean())
         result["iw_samples"] = iw_samples
@@ -46,7 +51,8 @@ def evaluate_run(run_dir, split: str = "test", iw_samples: int = 100, device: st
         result["kl_per_dim_by_site"] = kl_per_dim
     result.update(values)
     from .information import full_data_evaluation  # I(x;z), TC, dimension-wise and marginal KL over the split
-    result.update(full_data_evaluation(run, x, seed=seed))
+    if full_data_points > 0:
+        result.update(full_data_evaluation(run, x, seed=seed, max_points=full_data_points))
     if hasattr(run.model, "metrics"):
         result.update(run.model.metrics(run.guide, x, y))
     return result

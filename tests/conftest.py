@@ -7,6 +7,15 @@ import torch
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The tests use small networks: one intra-op thread is faster, and on shared cores much faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_pyro_state():
     """Every test starts from a fixed seed, an empty parameter store and Pyro validation on."""

@@ -9,14 +9,6 @@ from torch.distributions import MultivariateNormal, kl_divergence
 from pyroib.critics import Critic, density_ratio_loss, kl_from_critic, permute_dims, tc_critic_loss, tc_from_critic
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # These tensors are small; on shared cores extra intra-op threads only wait on each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def train(critic, loss_of, steps=400):
     """Adam with fresh samples each step; the learning rate drops twice so the last iterate is

@@ -8,7 +8,6 @@ import torch
 from pyroib.estimators import (
     exact_log_qz,
     full_data_terms,
-    gaussian_log_prob_per_dim,
     log_qz_estimates,
     marginal_kl,
     mmd,
@@ -17,14 +16,6 @@ from pyroib.estimators import (
     standard_normal_log_prob,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # These tensors are small; on shared cores extra intra-op threads only wait on each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def gaussian_encodings(n, dim, seed, mix=None, scale=(0.3, 0.7), dtype=torch.float64):

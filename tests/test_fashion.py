@@ -8,7 +8,6 @@ best such model, independent Bernoulli pixels at the training means, scores -385
 from dataclasses import replace
 
 import pytest
-import torch
 
 from pyroib.data import FASHION_MNIST_SYSTEM_DIR, load_dataset
 from pyroib.evaluate import split_terms

@@ -1,0 +1,281 @@
+"""β sweeps: one ordinary run per bottleneck weight, then a table and the curve they trace.
+
+``pyroib sweep --model NAME --beta START:STOP:COUNT[:log] --out DIR [--workers W] [train flags]`` trains
+``DIR/beta-<β>/`` for every β (each a normal run directory: ``pyroib evaluate`` and ``pyroib report`` work on it),
+evaluates each on the test split (:func:`evaluate_test`) and writes
+
+* ``DIR/sweep.csv`` and ``DIR/sweep.md``: one row per β with its status and test numbers (nats per data point);
+* ``DIR/sweep.png``: for the VAE family the rate–distortion curve (rate R against distortion D: every point is one
+  β's trade-off, and the ELBO is -(R + D)); for supervised IB models, recognised by ``i_zy_lower`` in their
+  evaluation, the information plane (the upper bound on I(X; Z) against the lower bound on I(Z; Y)) and the test
+  error against β.
+
+Runs are independent: a failed run is reported in the table and the others go on (the command then exits with an
+error naming the failures). Rerunning the same sweep skips finished runs and resumes unfinished ones, so a killed
+sweep continues where it stopped. ``--workers W`` trains W runs at a time in spawned processes, each with
+``cpu_count // W`` torch threads.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from .cli import command
+
+TABLE_COLUMNS = ("epoch", "accuracy", "i_xz_upper", "i_zy_lower", "h_y", "cross_entropy", "predictive_nll",
+                 "rate", "distortion", "elbo", "nll_iw", "active_units")
+
+
+def parse_betas(text: str) -> list[float]:
+    """``START:STOP:COUNT[:lin]`` -> COUNT values evenly spaced from START to STOP; ``...:log`` -> evenly in log β."""
+    parts = text.split(":")
+    usage = "give --beta as START:STOP:COUNT or START:STOP:COUNT:log, e.g. 0.5:4:3 or 1e-4:1e-1:4:log"
+    if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in ("log", "lin")):
+        raise ValueError(f"bad --beta {text!r}: {usage}")
+    try:
+        start, stop = float(parts[0]), float(parts[1])
+        count = int(parts[2])
+    except ValueError:
+        raise ValueError(f"bad --beta {text!r}: START and STOP must be numbers and COUNT an integer; {usage}") from None
+    if count < 1:
+        raise ValueError(f"bad --beta {text!r}: COUNT must be at least 1, got {count}")
+    if not (math.isfinite(start) and math.isfinite(stop)) or start < 0 or stop < 0:
+        raise ValueError(f"bad --beta {text!r}: β must be finite and >= 0 (it weights the rate)")
+    if len(parts) == 4 and parts[3] == "log":
+        if start <= 0 or stop <= 0:
+            raise ValueError(f"bad --beta {text!r}: a log-spaced sweep needs START > 0 and STOP > 0; "
+                             "use a linear sweep to include β = 0")
+        return [float(b) for b in np.geomspace(start, stop, count)]
+    return [float(b) for b in np.linspace(start, stop, count)]
+
+
+def run_name(beta: float) -> str:
+    return f"beta-{beta:.6g}"
+
+
+def _state(spec, out: Path) -> str:
+    """"new", "partial" (resume it) or "finished"; a run trained with other settings raises ValueError."""
+    from .checkpoint import read_jsonl
+    from .run import CHECKPOINT_FILE, METRICS_FILE, read_spec
+    from .train import RESUMABLE_CHANGES
+
+    if not (out / CHECKPOINT_FILE).is_file():
+        return "new"
+    old, new = read_spec(out).to_json(), spec.to_json()
+    changed = sorted(k for k in old if old[k] != new.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise ValueError(f"{out} holds a run trained with other settings ({', '.join(changed)}); rerun the sweep "
+                         "with its original flags or choose another --out")
+    epochs = [row.get("epoch", 0) for row in read_jsonl(out / METRICS_FILE)]
+    return "finished" if epochs and max(epochs) >= spec.epochs else "partial"
+
+
+def evaluate_test(run_dir: str | Path, iw_samples: int = 0, seed: int = 0, splits=None) -> dict:
+    """A run's test-split numbers for the sweep table (nats per data point).
+
+    The objective's terms with β = 1 (ELBO, rate, distortion and any extra terms), active units, the model's own
+    ``metrics`` (VIB: accuracy and the information-plane bounds) and, when ``iw_samples`` > 0, the importance-weighted
+    NLL. Unlike ``pyroib evaluate`` it leaves out the full-data aggregate-posterior terms, whose O(N² D) cost (about
+    ten minutes for 10,000 test images and K = 256 on two CPU cores) would dominate a sweep; run ``pyroib evaluate``
+    on a run directory for those. ``splits`` saves reloading the run's dataset.
+    """
+    import torch
+
+    from .data import load_dataset
+    from .evaluate import active_units, importance_nll, split_terms
+    from .run import load_run, read_spec
+
+    spec = read_spec(run_dir)
+    run = load_run(run_dir, spec.device)
+    if splits is None:
+        splits = load_dataset(spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size,
+                              device=run.device)
+    x, y = splits.split("test")
+    torch.manual_seed(seed)
+    values, _ = split_terms(run.model, run.guide, run.objective, x, y, batch_size=500)
+    values.pop("loss", None)
+    result = {"split": "test", "n": int(x.shape[0]), "epoch": run.epoch, **values}
+    if iw_samples > 0:
+        result["nll_iw"] = float(importance_nll(run.model, run.guide, x, y, samples=iw_samples).mean())
+    if hasattr(run.guide, "encode"):
+        result["active_units"] = active_units(run.guide, x)[0]
+    if hasattr(run.model, "metrics"):
+        result.update(run.model.metrics(run.guide, x, y))
+    return result
+
+
+def run_one(argv: list[str], progress: bool = False, threads: int | None = None, iw_samples: int = 0) -> dict:
+    """Train (or skip, or resume) the run that ``pyroib train`` would make from ``argv``, then evaluate it on
+    the test split; returns the evaluation with ``status`` added. Top-level, so spawned workers can import it."""
+    import pyro
+    import torch
+
+    from .cli import spec_from_args
+    from .train import train
+
+    if threads:
+        torch.set_num_threads(threads)
+    spec, args, splits = spec_from_args(argv)
+    out = Path(args.out)
+    state = _state(spec, out)
+    with pyro.validation_enabled(args.validate):
+        if state != "finished":
+            train(spec, out, resume=state == "partial", progress=progress, splits=splits)
+        result = evaluate_test(out, iw_samples=iw_samples, splits=splits)
+    result["status"] = {"new": "trained", "partial": "resumed", "finished": "skipped (finished earlier)"}[state]
+    return result
+
+
+def run_sweep(train_argv: list[str], betas: list[float], out: str | Path, workers: int = 1,
+              iw_samples: int = 0, progress: bool = True) -> list[dict]:
+    """Train and evaluate one run per β into ``out/beta-<β>/``; write the table and plot; return the rows.
+
+    ``train_argv`` holds ``pyroib train`` flags (``--model`` included) without ``--beta`` and ``--out``.
+    """
+    from .cli import spec_from_args
+
+    out = Path(out)
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if not betas:
+        raise ValueError("the sweep has no β values")
+    names = [run_name(b) for b in betas]
+    if len(set(names)) != len(names):
+        raise ValueError(f"β values {betas} coincide at 6 significant digits; use fewer or wider-spaced values")
+    if any(flag in train_argv for flag in ("--beta", "--out", "--resume")):
+        raise ValueError("give --beta and --out to the sweep itself, and leave out --resume: a rerun sweep skips "
+                         "finished runs and resumes unfinished ones by itself")
+    argvs = [[*train_argv, "--beta", repr(b), "--out", str(out / name)] for b, name in zip(betas, names)]
+    spec_from_args(argvs[0])  # bad flags fail here, once, before any run starts
+    out.mkdir(parents=True, exist_ok=True)
+
+    rows: list[dict] = []
+
+    def record(beta, name, result=None, error=None):
+        row = {"beta": beta, "run": name, **(result or {})}
+        if error is not None:
+            row["status"] = f"failed: {type(error).__name__}: {error}"
+        rows.append(row)
+        print(f"β = {beta:.6g}: {row['status']}", flush=True)
+
+    if workers == 1:
+        for beta, name, argv in zip(betas, names, argvs):
+            try:
+                record(beta, name, run_one(argv, progress=progress, iw_samples=iw_samples))
+            except Exception as error:  # one bad run must not stop the sweep; it is reported in the table
+                record(beta, name, error=error)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(run_one, argv, False, threads, iw_samples) for argv in argvs]
+            for beta, name, future in zip(betas, names, futures):
+                try:
+                    record(beta, name, future.result())
+                except Exception as error:
+                    record(beta, name, error=error)
+    rows.sort(key=lambda r: r["beta"])
+    write_table(rows, out)
+    plot_sweep(rows, out / "sweep.png")
+    failed = [r for r in rows if r["status"].startswith("failed")]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(rows)} runs failed (see {out / 'sweep.md'}): "
+                           + "; ".join(f"β = {r['beta']:.6g}: {r['status']}" for r in failed))
+    return rows
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    present = {k for r in rows for k in r}
+    return ["beta", "status", "run", *[c for c in TABLE_COLUMNS if c in present]]
+
+
+def write_table(rows: list[dict], out: Path) -> tuple[Path, Path]:
+    """``sweep.csv`` (every column) and ``sweep.md`` (numbers to 4 significant digits)."""
+    columns = _columns(rows)
+    csv_path, md_path = out / "sweep.csv", out / "sweep.md"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def cell(value):
+        return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    md_path.write_text("Test split, nats per data point.\n\n" + "\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def plot_sweep(rows: list[dict], path: Path, title: str | None = None) -> Path | None:
+    """The rate–distortion curve, or the information plane and test error for supervised runs; None if no run
+    finished."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if "rate" in r]
+    if not done:
+        return None
+    betas = [r["beta"] for r in done]
+    supervised = all("i_zy_lower" in r for r in done)
+    fig, axes = plt.subplots(1, 2 if supervised else 1, figsize=(10 if supervised else 5.5, 4), squeeze=False)
+    ax = axes[0, 0]
+    if supervised:
+        xs, ys = [r["i_xz_upper"] for r in done], [r["i_zy_lower"] for r in done]
+        ax.axhline(done[0]["h_y"], color="grey", ls="--", lw=1, label="H(Y), the ceiling of I(Z; Y)")
+        ax.set_xlabel("I(X; Z) upper bound: rate (nats)")
+        ax.set_ylabel("I(Z; Y) lower bound: H(Y) − cross-entropy (nats)")
+        ax.set_title("information plane (test split)", fontsize=10)
+    else:
+        xs, ys = [r["rate"] for r in done], [r["distortion"] for r in done]
+        ax.set_xlabel("rate R (nats)")
+        ax.set_ylabel("distortion D (nats)")
+        ax.set_title("rate–distortion (test split); ELBO = −(R + D)", fontsize=10)
+    ax.plot(xs, ys, "o-")
+    ax.margins(0.15)  # room for the β labels
+    for x, y, b in zip(xs, ys, betas):
+        ax.annotate(f"β={b:.3g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if min(xs) > 0 and max(xs) / min(xs) > 30:
+        ax.set_xscale("log")
+    if supervised:
+        ax.legend(fontsize=8, loc="lower right")
+        err = axes[0, 1]
+        err.plot(betas, [100 * (1 - r["accuracy"]) for r in done], "o-")
+        if min(betas) > 0:
+            err.set_xscale("log")
+        err.set_xlabel("β")
+        err.set_ylabel("test error (%)")
+        err.set_title("test error against β", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+@command("sweep", "train and evaluate one run per β; table and plot (pyroib sweep --help)")
+def _sweep(argv):
+    p = argparse.ArgumentParser(
+        prog="pyroib sweep", allow_abbrev=False,
+        description="Train one run per β into DIR/beta-<β>/, evaluate each on the test split, write DIR/sweep.csv, "
+                    "DIR/sweep.md and DIR/sweep.png. Every other flag goes to pyroib train.")
+    p.add_argument("--model", required=True, help="as for pyroib train")
+    p.add_argument("--beta", required=True, help="START:STOP:COUNT (linear) or START:STOP:COUNT:log")
+    p.add_argument("--out", required=True, help="sweep directory")
+    p.add_argument("--workers", type=int, default=1, help="runs trained at once, in separate processes")
+    p.add_argument("--iw-samples", type=int, default=0, help="importance samples for the test NLL (0: skip it)")
+    args, rest = p.parse_known_args(argv)
+    if args.iw_samples < 0:
+        raise ValueError(f"--iw-samples must be >= 0, got {args.iw_samples}")
+    betas = parse_betas(args.beta)
+    rows = run_sweep(["--model", args.model, *rest], betas, args.out, workers=args.workers,
+                     iw_samples=args.iw_samples, progress=args.workers == 1 and "--no-progress" not in rest)
+    print(f"swept {len(rows)} values of β; table in {Path(args.out) / 'sweep.md'}, plot in "
+          f"{Path(args.out) / 'sweep.png'}")
