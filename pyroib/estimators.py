@@ -112,6 +112,45 @@ def mss_log_weight_matrix(batch_size: int, dataset_size: int, *, dtype=None, dev
     return weights.log()
 
 
+class _MixtureLogDensity(torch.autograd.Function):
+    """log Σ_k w_ik N(z_i; loc_k, diag scale_k²) jointly (B,) and per dimension (B, D), with a hand-written backward.
+
+    Autograd through the (B, K, D) pairwise densities and two log-sum-exps made the β-TCVAE step 1.75x the β-VAE
+    step; here the forward keeps three (B, K, D) buffers and the backward reuses them in place. With
+    u = (z_i - loc_k) / scale_k and P = -u²/2 - log scale_k - log √(2π), the gradient of P is -u/scale w.r.t. z,
+    u/scale w.r.t. loc and (u² - 1)/scale w.r.t. scale; the log-sum-exps pass softmax weights. (No double backward.)
+    """
+
+    @staticmethod
+    def forward(ctx, z, loc, scale, log_w):
+        inv_scale = scale.reciprocal()
+        u = (z.unsqueeze(1) - loc.unsqueeze(0)) * inv_scale.unsqueeze(0)
+        pairwise = u.square().mul_(-0.5).sub_((scale.log() + _HALF_LOG_TWO_PI).unsqueeze(0))
+        joint_terms = pairwise.sum(-1).add_(log_w)
+        joint = torch.logsumexp(joint_terms, 1)
+        pairwise.add_(log_w.unsqueeze(-1))
+        per_dim = torch.logsumexp(pairwise, 1)
+        weights = pairwise.sub_(per_dim.unsqueeze(1)).exp_()
+        joint_weights = joint_terms.sub_(joint.unsqueeze(1)).exp_()
+        ctx.save_for_backward(u, inv_scale, weights, joint_weights)
+        return joint, per_dim
+
+    @staticmethod
+    def backward(ctx, g_joint, g_per_dim):
+        u, inv_scale, weights, joint_weights = ctx.saved_tensors
+        if g_per_dim is None:
+            g_per_dim = torch.zeros_like(u[:, 0])
+        if g_joint is None:
+            g_joint = torch.zeros_like(u[:, 0, 0])
+        g = weights.mul_(g_per_dim.unsqueeze(1)).add_((g_joint.unsqueeze(1) * joint_weights).unsqueeze(-1))
+        g_sum = g.sum(0)
+        gu = g.mul_(u)
+        g_z = -(gu * inv_scale.unsqueeze(0)).sum(1)
+        g_loc = gu.sum(0) * inv_scale
+        g_scale = (gu.mul_(u).sum(0) - g_sum) * inv_scale
+        return g_z, g_loc, g_scale, None
+
+
 def log_qz_estimates(
     z: Tensor, loc: Tensor, scale: Tensor, dataset_size: int, method: str = "mss"
 ) -> tuple[Tensor, Tensor]:
@@ -124,16 +163,12 @@ def log_qz_estimates(
     _check_codes(z, loc, scale)
     batch_size = z.shape[0]
     _check_method_and_sizes(method, batch_size, dataset_size)
-    # pairwise[i, k, j] = log q(z_ij | x_k)
-    pairwise = gaussian_log_prob_per_dim(z.unsqueeze(1), loc.unsqueeze(0), scale.unsqueeze(0))
     if method == "mss":
         log_w = mss_log_weight_matrix(batch_size, dataset_size, dtype=z.dtype, device=z.device)
-        log_qz = torch.logsumexp(log_w + pairwise.sum(-1), dim=1)
-        log_qz_per_dim = torch.logsumexp(log_w.unsqueeze(-1) + pairwise, dim=1)
     else:
-        log_norm = math.log(dataset_size * batch_size)
-        log_qz = torch.logsumexp(pairwise.sum(-1), dim=1) - log_norm
-        log_qz_per_dim = torch.logsumexp(pairwise, dim=1) - log_norm
+        log_w = torch.full((batch_size, batch_size), -math.log(dataset_size * batch_size), dtype=z.dtype,
+                           device=z.device)
+    log_qz, log_qz_per_dim = _MixtureLogDensity.apply(z, loc, scale, log_w)
     return log_qz, log_qz_per_dim
 
 
