@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import ctypes
 import math
 
 import pyro
@@ -94,6 +95,19 @@ def importance_log_weights(model, guide, x, y=None, particles: int = 100, max_pl
     return _per_point_log_prob(model_trace, particle_dim) - _per_point_log_prob(guide_trace, particle_dim)
 
 
+def _trim_heap() -> None:
+    """Hand glibc's freed heap blocks back to the system.
+
+    Flow priors allocate many temporaries of varying sizes per importance-sampling pass; glibc keeps the freed
+    blocks fragmented in its heap, and the resident size grew by about 200 MB per ``importance_nll`` call (the Python
+    heap of tensors stayed constant; with a lower mmap threshold it stayed flat). ``malloc_trim`` returns them.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def importance_nll(model, guide, x, y=None, samples: int = 1000, batch_size: int = 100,
                    particles_per_pass: int = 250) -> torch.Tensor:
     """Per-point -log p(x) estimates (nats) with ``samples`` importance samples, bounded memory."""
@@ -109,6 +123,8 @@ def importance_nll(model, guide, x, y=None, samples: int = 1000, batch_size: int
             chunk = torch.logsumexp(log_w, 0)
             running = chunk if running is None else torch.logaddexp(running, chunk)
         out.append(-(running - math.log(samples)))
+        if x.device.type == "cpu":
+            _trim_heap()
     return torch.cat(out)
 
 
