@@ -7,13 +7,13 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
+from torch import nn
 
 from pyroib.networks import GaussianEncoder
 from pyroib.plates import data_plate
 
 
-class Guide(PyroModule):
+class Guide(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config

@@ -15,7 +15,6 @@ import math
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 from torch import nn
 from torch.nn import functional as F
 
@@ -48,7 +47,7 @@ class ReluGaussianEncoder(nn.Module):
         return loc.reshape(*batch_shape, -1), scale.reshape(*batch_shape, -1)
 
 
-class Guide(PyroModule):
+class Guide(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pyro
 import torch
-from pyro.nn import PyroModule
+from torch import nn
 
 from pyroib.likelihoods import make_likelihood
 from pyroib.networks import Decoder
@@ -35,7 +35,11 @@ class Config:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
 
 
-class Model(PyroModule):
+class Model(nn.Module):
+    """A plain ``nn.Module`` rather than a ``PyroModule``: pyroib's optimiser reads parameters from the modules, and
+    a PyroModule re-registers every child's parameters in Pyro's global store on each attribute access (measured:
+    1 ms of a 20 ms step). Pyro programs need no particular base class; your own may still be a PyroModule."""
+
     def __init__(self, config: Config, prior: torch.nn.Module | None = None):
         super().__init__()
         self.config = config

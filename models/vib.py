@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions import kl_divergence
 from torch.nn import functional as F
@@ -70,7 +69,7 @@ def label_entropy(y: torch.Tensor, n_classes: int) -> float:
     return float(-(p * p.log()).sum())
 
 
-class Model(PyroModule):
+class Model(nn.Module):
     observes_inputs = False  # x only conditions the guide; pyroib evaluate then skips the -log p(x) estimate
 
     def __init__(self, config: Config, prior: torch.nn.Module | None = None):
