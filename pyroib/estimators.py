@@ -123,15 +123,20 @@ class _MixtureLogDensity(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, loc, scale, log_w):
-        inv_scale = scale.reciprocal()
-        u = (z.unsqueeze(1) - loc.unsqueeze(0)) * inv_scale.unsqueeze(0)
-        pairwise = u.square().mul_(-0.5).sub_((scale.log() + _HALF_LOG_TWO_PI).unsqueeze(0))
-        joint_terms = pairwise.sum(-1).add_(log_w)
-        joint = torch.logsumexp(joint_terms, 1)
-        pairwise.add_(log_w.unsqueeze(-1))
-        per_dim = torch.logsumexp(pairwise, 1)
-        weights = pairwise.sub_(per_dim.unsqueeze(1)).exp_()
-        joint_weights = joint_terms.sub_(joint.unsqueeze(1)).exp_()
+        # layout (i, d, k): every reduction over the mixture components k runs over contiguous memory
+        inv_scale = scale.reciprocal().T
+        u = (z.unsqueeze(-1) - loc.T.unsqueeze(0)) * inv_scale.unsqueeze(0)
+        pairwise = u.square().mul_(-0.5).sub_((scale.log() + _HALF_LOG_TWO_PI).T.unsqueeze(0))
+        joint_terms = pairwise.sum(1).add_(log_w)
+        joint = torch.logsumexp(joint_terms, -1)
+        pairwise.add_(log_w.unsqueeze(1))
+        # softmax over k by hand: one exp serves both the log-sum-exp and the backward's weights
+        peak = pairwise.amax(-1, keepdim=True)
+        weights = pairwise.sub_(peak).exp_()
+        total = weights.sum(-1, keepdim=True)
+        weights.div_(total)
+        per_dim = (peak + total.log()).squeeze(-1)
+        joint_weights = joint_terms.sub_(joint.unsqueeze(-1)).exp_()
         ctx.save_for_backward(u, inv_scale, weights, joint_weights)
         return joint, per_dim
 
@@ -139,15 +144,16 @@ class _MixtureLogDensity(torch.autograd.Function):
     def backward(ctx, g_joint, g_per_dim):
         u, inv_scale, weights, joint_weights = ctx.saved_tensors
         if g_per_dim is None:
-            g_per_dim = torch.zeros_like(u[:, 0])
+            g_per_dim = torch.zeros_like(u[:, :, 0])
         if g_joint is None:
             g_joint = torch.zeros_like(u[:, 0, 0])
-        g = weights.mul_(g_per_dim.unsqueeze(1)).add_((g_joint.unsqueeze(1) * joint_weights).unsqueeze(-1))
+        # g[i, d, k] = dL/dpairwise = g_joint[i] V[i, k] + g_per_dim[i, d] W[i, d, k]
+        g = weights.mul_(g_per_dim.unsqueeze(-1)).add_((g_joint.unsqueeze(-1) * joint_weights).unsqueeze(1))
         g_sum = g.sum(0)
         gu = g.mul_(u)
-        g_z = -(gu * inv_scale.unsqueeze(0)).sum(1)
-        g_loc = gu.sum(0) * inv_scale
-        g_scale = (gu.mul_(u).sum(0) - g_sum) * inv_scale
+        g_z = -(gu * inv_scale.unsqueeze(0)).sum(-1)
+        g_loc = (gu.sum(0) * inv_scale).T
+        g_scale = ((gu.mul_(u).sum(0) - g_sum) * inv_scale).T
         return g_z, g_loc, g_scale, None
 
 
