@@ -21,7 +21,7 @@ import torch
 
 from pyroib.data import load_dataset
 from pyroib.evaluate import importance_nll, split_terms
-from pyroib.run import CHECKPOINT_FILE, RunSpec, load_run
+from pyroib.run import CHECKPOINT_FILE, RunSpec, load_run, resolve_device
 from pyroib.train import train
 
 ANCHOR = 228.70
@@ -35,11 +35,13 @@ def main():
     p.add_argument("--slice-epochs", type=int, default=5)
     p.add_argument("--iw-samples", type=int, default=5000)
     p.add_argument("--prior", default="standard")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--record", default=str(Path(__file__).parent / "results" / "fashion_density.md"))
     args = p.parse_args()
     pyro.enable_validation(False)
     out = Path(args.out)
-    splits = load_dataset("fashion-mnist", binarize="dynamic")
+    device = resolve_device(args.device)
+    splits = load_dataset("fashion-mnist", binarize="dynamic", device=device)
     started = time.perf_counter()
     epoch = 0
     while epoch < args.epochs and (time.perf_counter() - started) / 60 < args.minutes:
@@ -47,13 +49,13 @@ def main():
         spec = RunSpec(model="vae", dataset="fashion-mnist", prior=args.prior,
                        model_config={"data_shape": [1, 28, 28], "latent_dim": 40, "hidden": [300, 300]},
                        schedule="linear", warmup_epochs=20, beta=1.0, batch_size=100, lr=1e-3, analytic_kl=True,
-                       epochs=target, seed=0, device="cpu")
+                       epochs=target, seed=0, device=args.device)
         rows = train(spec, out, resume=(out / CHECKPOINT_FILE).exists(), progress=False, splits=splits)
         epoch = rows[-1]["epoch"]
         print(f"epoch {epoch}: val ELBO {rows[-1]['val_elbo']:.2f} ({(time.perf_counter() - started) / 60:.1f} min)",
               flush=True)
     train_minutes = (time.perf_counter() - started) / 60
-    run = load_run(out)
+    run = load_run(out, device)
     x, y = splits.split("test")
     torch.manual_seed(0)
     values, _ = split_terms(run.model, run.guide, run.objective, x, y)
