@@ -69,7 +69,8 @@ def main():
     print(json.dumps(result))
     lines = ["# Fashion-MNIST density (issue 2)", "",
              f"Command: `python benchmarks/fashion_density.py --out {args.out} --epochs {args.epochs} "
-             f"--minutes {args.minutes} --iw-samples {args.iw_samples}` (2-core CPU, shared with other work)", "",
+             f"--minutes {args.minutes} --slice-epochs {args.slice_epochs} --iw-samples {args.iw_samples} --device "
+             f"{args.device}` ({device.type}; the 2-core CPU here is shared with other work)", "",
              "Dynamic binarisation, 784-300-300-40 MLP VAE, Bernoulli, batch 100, Adam 1e-3, linear KL warm-up over "
              "20 epochs, analytic KL.", "",
              "| epochs | training (min) | test ELBO | test NLL (IW) | K | anchor | evaluation (min) |",
