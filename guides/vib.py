@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import math
 
-import pyro
-import pyro.distributions as dist
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyroib.plates import data_plate
+from pyroib.guides import vae
 
 SCALE_SHIFT = 5.0
 MIN_SCALE = 1e-4  # keeps log q finite when the softplus underflows
@@ -47,17 +45,10 @@ class ReluGaussianEncoder(nn.Module):
         return loc.reshape(*batch_shape, -1), scale.reshape(*batch_shape, -1)
 
 
-class Guide(nn.Module):
+class Guide(vae.Guide):
+    """The VAE family's Gaussian guide with the VIB's ReLU encoder; forward and encode are inherited."""
+
     def __init__(self, config):
-        super().__init__()
+        nn.Module.__init__(self)
         self.config = config
         self.encoder = ReluGaussianEncoder(tuple(config.data_shape), tuple(config.hidden), config.latent_dim)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, index=None, size=None):
-        with data_plate(x, index, size):
-            loc, scale = self.encoder(x)
-            return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loc, scale) of q(z | x)."""
-        return self.encoder(x)
