@@ -124,14 +124,11 @@ def spec_from_args(argv: list[str]):
 def _train(argv):
     import pyro
 
-    from .run import build
-    from .schedules import Schedule
     from .train import train
 
     spec, args, splits = spec_from_args(argv)
-    Schedule(spec.schedule, spec.beta, 1, 1, spec.cycle_ratio, spec.capacity_max, 1)  # fail fast on bad values
     pyro.enable_validation(args.validate)
-    build(spec)  # constructs everything once on the CPU so bad configurations fail before data loading
+    # train() builds the run and its schedule before it writes anything, so bad settings fail with nothing written
     rows = train(spec, args.out, resume=args.resume, progress=not args.no_progress, splits=splits)
     last = rows[-1]
     print(f"trained {spec.model} on {spec.dataset} for {last['epoch']} epochs: validation ELBO "
