@@ -16,16 +16,15 @@ from .evaluate import active_units, importance_nll, split_terms
 from .run import METRICS_FILE, load_run
 
 
-def _split(run, split: str):
+def _load_splits(run):
     from .data import load_dataset
     spec = run.spec
-    splits = load_dataset(spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size,
-                          device=run.device)
-    return splits, *splits.split(split)
+    return load_dataset(spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size,
+                        device=run.device)
 
 
 def evaluate_run(run_dir, split: str = "test", iw_samples: int = 100, device: str = "auto", batch_size: int = 100,
-                 seed: int = 0, run=None, full_data_points: int = 5000) -> dict:
+                 seed: int = 0, run=None, full_data_points: int = 5000, splits=None) -> dict:
     """ELBO, rate, distortion, IWAE NLL, active units and per-dimension KL of a run on a split (nats per point),
     plus the full-data information terms over at most ``full_data_points`` points (0 skips them: O(M² D) time).
 
@@ -33,7 +32,7 @@ def evaluate_run(run_dir, split: str = "test", iw_samples: int = 100, device: st
     ``observes_inputs = False``, as deep VIB does: its importance weights would target p(y), not p(y | x)).
     """
     run = run or load_run(run_dir, device)
-    _, x, y = _split(run, split)
+    x, y = (splits or _load_splits(run)).split(split)
     torch.manual_seed(seed)
     values, kl_per_dim = split_terms(run.model, run.guide, run.objective, x, y, batch_size=max(batch_size, 500))
     result = {"split": split, "n": int(x.shape[0]), "epoch": run.epoch,
@@ -89,10 +88,11 @@ def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
     run = load_run(run_dir, device)
     out = Path(run_dir) / "report"
     out.mkdir(exist_ok=True)
-    result = evaluate_run(run_dir, "test", iw_samples=iw_samples, run=run)
+    splits = _load_splits(run)
+    result = evaluate_run(run_dir, "test", iw_samples=iw_samples, run=run, splits=splits)
     (out / "evaluation.json").write_text(json.dumps(result, indent=2))
     rows = read_jsonl(Path(run_dir) / METRICS_FILE)
-    splits, x, _ = _split(run, "test")
+    x, _ = splits.split("test")
     figures = {}
     torch.manual_seed(0)
     model, guide = run.model, run.guide
