@@ -40,7 +40,7 @@ from torch import Tensor
 
 __all__ = [
     "ESTIMATOR_METHODS", "MMD_KERNELS", "exact_log_qz", "full_data_terms", "gaussian_log_prob_per_dim",
-    "information_terms", "log_qz_estimates", "marginal_kl", "mmd", "mss_log_weight_matrix",
+    "information_terms", "log_qz_estimates", "logsumexp_floored", "marginal_kl", "mmd", "mss_log_weight_matrix",
     "rate_decomposition", "standard_normal_log_prob",
 ]
 
@@ -112,48 +112,66 @@ def mss_log_weight_matrix(batch_size: int, dataset_size: int, *, dtype=None, dev
     return weights.log()
 
 
+# exp() of arguments below about -87 (float32) takes a slow path on x86 CPUs (10-25x the normal cost), and weights
+# near the smallest normal float turn into slow denormals in the backward's products. Terms more than 60 nats below a
+# row's largest are raised to this floor first: they change a log-sum-exp over K terms by at most K·e^-60 relative.
+_EXP_FLOOR = -60.0
+
+
+def logsumexp_floored(x: Tensor, dim: int) -> Tensor:
+    """log Σ exp(x) along ``dim`` for finite ``x``, with terms more than 60 nats below the largest raised to that floor.
+
+    The result differs from :func:`torch.logsumexp` by at most K·e^-60 relative (K terms), and it runs about 10x
+    faster on mixtures whose far components sit hundreds of nats down, where torch's exp takes its slow path.
+    """
+    peak = x.amax(dim, keepdim=True)
+    return (x - peak).clamp_(min=_EXP_FLOOR).exp_().sum(dim).log_().add_(peak.squeeze(dim))
+
+
 class _MixtureLogDensity(torch.autograd.Function):
     """log Σ_k w_ik N(z_i; loc_k, diag scale_k²) jointly (B,) and per dimension (B, D), with a hand-written backward.
 
     Autograd through the (B, K, D) pairwise densities and two log-sum-exps made the β-TCVAE step 1.75x the β-VAE
-    step; here the forward keeps three (B, K, D) buffers and the backward reuses them in place. With
-    u = (z_i - loc_k) / scale_k and P = -u²/2 - log scale_k - log √(2π), the gradient of P is -u/scale w.r.t. z,
-    u/scale w.r.t. loc and (u² - 1)/scale w.r.t. scale; the log-sum-exps pass softmax weights. (No double backward.)
+    step. Here the forward makes nine passes over one (B, D, K) buffer and the backward nine, reusing the buffers in
+    place. With u = (z_i - loc_k) / scale_k and P = -u²/2 - log scale_k - log √(2π), the gradient of P is -u/scale
+    w.r.t. z, u/scale w.r.t. loc and (u² - 1)/scale w.r.t. scale; the log-sum-exps pass softmax weights, which the
+    forward keeps unnormalised (the backward divides the incoming gradient instead). (No double backward.)
     """
 
     @staticmethod
     def forward(ctx, z, loc, scale, log_w):
-        # layout (i, d, k): every reduction over the mixture components k runs over contiguous memory
-        inv_scale = scale.reciprocal().T
-        u = (z.unsqueeze(-1) - loc.T.unsqueeze(0)) * inv_scale.unsqueeze(0)
-        pairwise = u.square().mul_(-0.5).sub_((scale.log() + _HALF_LOG_TWO_PI).T.unsqueeze(0))
+        # layout (i, d, k), every reduction over the components k on contiguous memory. The (D, K) operands are
+        # made contiguous because an output takes its inputs' strides: a transposed view would put d innermost
+        # and made every reduction over k strided (4-8x slower).
+        inv_scale = scale.reciprocal().T.contiguous()
+        u = (z.unsqueeze(-1) - loc.T.contiguous().unsqueeze(0)).mul_(inv_scale)
+        log_norm = -(scale.log() + _HALF_LOG_TWO_PI).T.contiguous()
+        pairwise = torch.addcmul(log_norm.unsqueeze(0), u, u, value=-0.5)
         joint_terms = pairwise.sum(1).add_(log_w)
         joint = torch.logsumexp(joint_terms, -1)
+        joint_weights = joint_terms.sub_(joint.unsqueeze(-1)).clamp_(min=_EXP_FLOOR).exp_()
         pairwise.add_(log_w.unsqueeze(1))
-        # softmax over k by hand: one exp serves both the log-sum-exp and the backward's weights
         peak = pairwise.amax(-1, keepdim=True)
-        weights = pairwise.sub_(peak).exp_()
+        weights = pairwise.sub_(peak).clamp_(min=_EXP_FLOOR).exp_()
         total = weights.sum(-1, keepdim=True)
-        weights.div_(total)
         per_dim = (peak + total.log()).squeeze(-1)
-        joint_weights = joint_terms.sub_(joint.unsqueeze(-1)).exp_()
-        ctx.save_for_backward(u, inv_scale, weights, joint_weights)
+        ctx.save_for_backward(u, inv_scale, weights, total, joint_weights)
         return joint, per_dim
 
     @staticmethod
     def backward(ctx, g_joint, g_per_dim):
-        u, inv_scale, weights, joint_weights = ctx.saved_tensors
+        u, inv_scale, weights, total, joint_weights = ctx.saved_tensors
         if g_per_dim is None:
             g_per_dim = torch.zeros_like(u[:, :, 0])
         if g_joint is None:
             g_joint = torch.zeros_like(u[:, 0, 0])
-        # g[i, d, k] = dL/dpairwise = g_joint[i] V[i, k] + g_per_dim[i, d] W[i, d, k]
-        g = weights.mul_(g_per_dim.unsqueeze(-1)).add_((g_joint.unsqueeze(-1) * joint_weights).unsqueeze(1))
+        # g[i, d, k] = dL/dpairwise = g_per_dim[i, d] W[i, d, k] + g_joint[i] V[i, k], with W = weights / total
+        g = weights.mul_((g_per_dim.unsqueeze(-1) / total)).add_((g_joint.unsqueeze(-1) * joint_weights).unsqueeze(1))
         g_sum = g.sum(0)
         gu = g.mul_(u)
-        g_z = -(gu * inv_scale.unsqueeze(0)).sum(-1)
         g_loc = (gu.sum(0) * inv_scale).T
-        g_scale = ((gu.mul_(u).sum(0) - g_sum) * inv_scale).T
+        g_scale = ((u.mul_(gu).sum(0) - g_sum) * inv_scale).T
+        g_z = -gu.mul_(inv_scale.unsqueeze(0)).sum(-1)
         return g_z, g_loc, g_scale, None
 
 
@@ -287,8 +305,8 @@ def exact_log_qz(
         for loc_t, inv_scale_t, log_norm_t in components:
             standardised = (query.unsqueeze(-1) - loc_t) * inv_scale_t
             block = torch.addcmul(log_norm_t, standardised, standardised, value=-0.5)
-            joint = torch.logaddexp(joint, torch.logsumexp(block.sum(1), dim=-1))
-            per_dim = torch.logaddexp(per_dim, torch.logsumexp(block, dim=-1))
+            joint = torch.logaddexp(joint, logsumexp_floored(block.sum(1), dim=-1))
+            per_dim = torch.logaddexp(per_dim, logsumexp_floored(block, dim=-1))
         joint_parts.append(joint - log_n)
         per_dim_parts.append(per_dim - log_n)
     return torch.cat(joint_parts), torch.cat(per_dim_parts)
@@ -309,10 +327,10 @@ def full_data_terms(
     log q_j(z_j) as the exact N-component mixture (:func:`exact_log_qz`) and returns the keys
     of :func:`information_terms`, averaged over all N * S codes. The only randomness is the
     draw of codes, so rate = MI + TC + dimension-wise KL holds up to rounding and MI <= log N.
-    ``prior`` is as in :func:`marginal_kl` (default standard normal). Cost O(S N^2 D): about
-    2e11 Gaussian log densities for N = 60,000 and D = 64. One shared CPU core managed 4e7-7e7 a
-    second here (float32), so a split that size wants a GPU; the inputs' device is used
-    throughout. Not differentiable (an evaluation metric).
+    ``prior`` is as in :func:`marginal_kl` (default standard normal). Cost O(S N^2 D): 3.6e10
+    Gaussian log densities for N = 60,000 and D = 10, which one CPU core evaluated in 103 s
+    (benchmarks/results/full_data_terms.md); the inputs' device is used throughout. Not
+    differentiable (an evaluation metric).
     """
     if encode_loc.dim() != 2 or encode_scale.shape != encode_loc.shape:
         raise ValueError(

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .estimators import logsumexp_floored
 from .cli import command
 from .priors import AggregatePosterior
 
@@ -131,7 +132,7 @@ def per_dim_mutual_information(loc: torch.Tensor, scale: torch.Tensor, samples: 
     z = loc + scale * torch.randn((samples, *loc.shape), generator=generator, device=loc.device, dtype=loc.dtype)
     own = torch.distributions.Normal(loc, scale).log_prob(z)  # (S, M, D)
     mixture = torch.distributions.Normal(loc, scale)
-    aggregate = torch.cat([mixture.log_prob(z[:, i:i + chunk, None, :]).logsumexp(-2)
+    aggregate = torch.cat([logsumexp_floored(mixture.log_prob(z[:, i:i + chunk, None, :]), -2)
                            for i in range(0, m, chunk)], dim=1) - math.log(m)
     return (own - aggregate).mean((0, 1))
 

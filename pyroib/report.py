@@ -13,6 +13,7 @@ import torch
 
 from .checkpoint import read_jsonl
 from .evaluate import active_units, importance_nll, split_terms
+from .information import FULL_DATA_MAX_POINTS
 from .run import METRICS_FILE, load_run
 
 
@@ -24,7 +25,7 @@ def _load_splits(run):
 
 
 def evaluate_run(run_dir, split: str = "test", iw_samples: int = 100, device: str = "auto", batch_size: int = 100,
-                 seed: int = 0, run=None, full_data_points: int = 5000, splits=None) -> dict:
+                 seed: int = 0, run=None, full_data_points: int = FULL_DATA_MAX_POINTS, splits=None) -> dict:
     """ELBO, rate, distortion, IWAE NLL, active units and per-dimension KL of a run on a split (nats per point),
     plus the full-data information terms over at most ``full_data_points`` points (0 skips them: O(M² D) time).
 
