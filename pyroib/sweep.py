@@ -69,7 +69,8 @@ def _state(spec, out: Path) -> str:
     if not (out / CHECKPOINT_FILE).is_file():
         return "new"
     old, new = read_spec(out).to_json(), spec.to_json()
-    changed = sorted(k for k in old if old[k] != new.get(k) and k not in RESUMABLE_CHANGES)
+    # a sweep point is defined by all its settings but where it runs: a new --lr is a new sweep, not a continuation
+    changed = sorted(k for k in old if old[k] != new.get(k) and k not in RESUMABLE_CHANGES - {"lr"})
     if changed:
         raise ValueError(f"{out} holds a run trained with other settings ({', '.join(changed)}); rerun the sweep "
                          "with its original flags or choose another --out")

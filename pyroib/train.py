@@ -27,7 +27,9 @@ from .handlers import bottleneck, validate_weights
 from .run import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RunSpec, build, read_spec, resolve_device
 from .schedules import Schedule
 
-RESUMABLE_CHANGES = {"epochs", "device"}
+# a resumed run may train longer, move to another device, or continue at another learning rate (the usual last
+# phase of a long run); each epoch's metrics row records the learning rate it used
+RESUMABLE_CHANGES = {"epochs", "device", "lr"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -133,6 +135,8 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         model.load_state_dict(state["model"])
         guide.load_state_dict(state["guide"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:
+            group["lr"] = spec.lr
         if state.get("objective") and hasattr(objective, "load_state_dict"):
             objective.load_state_dict(state["objective"])
         epoch, step = state["epoch"], state["step"]
@@ -176,7 +180,7 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         val, val_kl = split_terms(model, guide, objective, val_x, val_y)
         train_means = {k: float(v) / n_train for k, v in sums.items()}
         weights = schedule(step - 1)  # the weights of the epoch's last step
-        row = {"epoch": epoch, "step": step, "beta": weights.beta,
+        row = {"epoch": epoch, "step": step, "lr": spec.lr, "beta": weights.beta,
                "capacity": None if weights.capacity is None else weights.capacity[1],
                "train_loss": train_means.pop("loss"), "train_elbo": train_means.pop("elbo"),
                "train_rate": train_means.pop("rate"), "train_distortion": train_means.pop("distortion"),

@@ -33,6 +33,13 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert rows[-1]["val_elbo"] == read_jsonl(tmp_path / "full" / "metrics.jsonl")[-1]["val_elbo"]
 
 
+def test_resume_may_lower_the_learning_rate_and_records_it(tmp_path):
+    train(spec(epochs=1), tmp_path / "run", progress=False)
+    rows = train(spec(epochs=2, lr=1e-4), tmp_path / "run", resume=True, progress=False)
+    assert [r["lr"] for r in rows] == [spec().lr, 1e-4]
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["optimizer"]["param_groups"][0]["lr"] == 1e-4
+
+
 def test_resume_refuses_changed_settings_and_new_run_refuses_existing_dir(tmp_path):
     train(spec(epochs=1), tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="beta"):
