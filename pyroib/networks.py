@@ -1,7 +1,9 @@
 """Encoder and decoder networks sized from a model's config (never from literals such as 784).
 
-Two families: ``mlp`` (flatten, fully connected, any data shape) and ``conv`` (stride-2 convolutions for images
-whose height and width are divisible by ``2 ** len(hidden)``). Encoders return the parameters of a diagonal
+Three families: ``mlp`` (flatten, fully connected, any data shape), ``gated`` (the same with gated hidden layers,
+h = (W x + b) * sigmoid(V x + c), as in the VampPrior and Exemplar VAE code behind REFERENCE.md's Fashion-MNIST
+anchors) and ``conv`` (stride-2 convolutions for images whose height and width are divisible by
+``2 ** len(hidden)``). Encoders return the parameters of a diagonal
 Gaussian; decoders return unconstrained parameters with the data's shape (channels multiplied by ``out_factor``
 when a likelihood needs more than one parameter per pixel).
 """
@@ -13,15 +15,33 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-NETWORKS = ("mlp", "conv")
+NETWORKS = ("mlp", "gated", "conv")
+_FULLY_CONNECTED = ("mlp", "gated")
 
 
-def _mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
+class GatedLinear(nn.Module):
+    """h = (W x + b) * sigmoid(V x + c): one matrix product of twice the width, split into value and gate."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, 2 * out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.linear(x).chunk(2, dim=-1)
+        return value * torch.sigmoid(gate)
+
+
+def _mlp(sizes: list[int], final_activation: bool = False, gated: bool = False) -> nn.Sequential:
+    """Fully connected layers; every layer but the last (all with ``final_activation``) is a hidden layer."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2 or final_activation:
-            layers.append(nn.Softplus())
+        hidden = i < len(sizes) - 2 or final_activation
+        if hidden and gated:
+            layers.append(GatedLinear(a, b))
+        else:
+            layers.append(nn.Linear(a, b))
+            if hidden:
+                layers.append(nn.Softplus())
     return nn.Sequential(*layers)
 
 
@@ -47,8 +67,9 @@ class GaussianEncoder(nn.Module):
         super().__init__()
         _check(network, data_shape, hidden)
         self.data_shape = tuple(data_shape)
-        if network == "mlp":
-            self.body = nn.Sequential(nn.Flatten(), _mlp([math.prod(data_shape), *hidden], final_activation=True))
+        if network in _FULLY_CONNECTED:
+            self.body = nn.Sequential(nn.Flatten(), _mlp([math.prod(data_shape), *hidden], final_activation=True,
+                                                         gated=network == "gated"))
             features = hidden[-1]
         else:
             convs: list[nn.Module] = []
@@ -80,8 +101,8 @@ class Decoder(nn.Module):
         _check(network, data_shape, hidden)
         self.out_shape = (data_shape[0] * out_factor, *data_shape[1:])
         self.network = network
-        if network == "mlp":
-            self.body = _mlp([latent_dim, *reversed(hidden), math.prod(self.out_shape)])
+        if network in _FULLY_CONNECTED:
+            self.body = _mlp([latent_dim, *reversed(hidden), math.prod(self.out_shape)], gated=network == "gated")
         else:
             factor = 2 ** len(hidden)
             rev = list(reversed(hidden))

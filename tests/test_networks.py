@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from pyroib.likelihoods import LIKELIHOODS, make_likelihood
-from pyroib.networks import Decoder, GaussianEncoder
+from pyroib.networks import Decoder, GatedLinear, GaussianEncoder
 
 
-@pytest.mark.parametrize("network, hidden", [("mlp", (16,)), ("mlp", (16, 8)), ("conv", (8, 16))])
+@pytest.mark.parametrize("network, hidden", [("mlp", (16,)), ("mlp", (16, 8)), ("gated", (16, 8)), ("conv", (8, 16))])
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 16, 16)])
 def test_encoder_decoder_shapes(network, hidden, shape):
     if network == "conv" and shape[1] % 4:
@@ -16,6 +16,20 @@ def test_encoder_decoder_shapes(network, hidden, shape):
     loc, scale = enc(torch.rand(7, *shape))
     assert loc.shape == scale.shape == (7, 5) and (scale > 0).all()
     assert dec(torch.randn(3, 7, 5)).shape == (3, 7, 2 * shape[0], *shape[1:])
+
+
+def test_gated_network_gates_every_hidden_layer_and_not_the_output():
+    torch.manual_seed(0)
+    layer = GatedLinear(3, 2)
+    x = torch.randn(4, 3)
+    w, b = layer.linear.weight, layer.linear.bias
+    expected = (x @ w[:2].T + b[:2]) * torch.sigmoid(x @ w[2:].T + b[2:])
+    assert torch.allclose(layer(x), expected)
+    dec = Decoder(5, (16, 8), (1, 4, 4), "gated")
+    kinds = [type(m).__name__ for m in dec.body]
+    assert kinds == ["GatedLinear", "GatedLinear", "Linear"]  # unconstrained logits out
+    enc = GaussianEncoder((1, 4, 4), (16, 8), 5, "gated")
+    assert sum(isinstance(m, GatedLinear) for m in enc.modules()) == 2
 
 
 def test_conv_refuses_sizes_it_cannot_halve():
