@@ -22,7 +22,7 @@ import torch
 
 from pyroib.data import load_dataset
 from pyroib.evaluate import importance_nll, split_terms
-from pyroib.checkpoint import read_jsonl
+from pyroib.checkpoint import load_checkpoint, read_jsonl
 from pyroib.run import CHECKPOINT_FILE, METRICS_FILE, RunSpec, load_run, resolve_device
 from pyroib.train import train
 
@@ -56,7 +56,7 @@ def main():
     device = resolve_device(args.device)
     splits = load_dataset("fashion-mnist", binarize="dynamic", device=device)
     started = time.perf_counter()
-    epoch = 0
+    epoch = load_checkpoint(out / CHECKPOINT_FILE)["epoch"] if (out / CHECKPOINT_FILE).is_file() else 0
     while epoch < args.epochs and (args.minutes <= 0 or (time.perf_counter() - started) / 60 < args.minutes):
         target = min(args.epochs, epoch + args.slice_epochs)
         elapsed = (time.perf_counter() - started) / 60
@@ -72,7 +72,7 @@ def main():
                        epochs=target, seed=0, device=args.device)
         rows = train(spec, out, resume=(out / CHECKPOINT_FILE).exists(), progress=False, splits=splits)
         epoch = rows[-1]["epoch"]
-        print(f"epoch {epoch}: val ELBO {rows[-1]['val_elbo']:.2f}, lr {rows[-1]['lr']:g} "
+        print(f"epoch {epoch}: val ELBO {rows[-1]['val_elbo']:.2f}, lr {rows[-1].get('lr', 1e-3):g} "
               f"({(time.perf_counter() - started) / 60:.1f} min)", flush=True)
     session_minutes = (time.perf_counter() - started) / 60
     # a run trained over several invocations: its total training time is the sum of its epochs' times, and its
