@@ -81,11 +81,9 @@ def run_one(prior: str, args: argparse.Namespace) -> dict:
             return previous
     run = load_run(out, device)
     result = evaluate_run(out, "test", iw_samples=0, device=str(device), seed=args.seed, run=run)
-    # Importance sampling one small batch per call, with a full garbage collection after each: under the flow
-    # prior, memory grows by about 4 MB per test point inside long evaluation calls (15 GB measured after a few
-    # thousand points). This helps but did not cure it in the recorded run (see the results file): score the
-    # flow prior in fresh processes over slices of the test set. Small batches also bound the VampPrior's
-    # (particles, batch, 500, 40) log-density tensor.
+    # Importance sampling one small batch per call: small batches bound the VampPrior's (particles, batch, 500, 40)
+    # log-density tensor. (The flow prior's memory growth of the recorded run, 15 GB after a few thousand points,
+    # was a graph on the importance weights, fixed in pyroib.evaluate.importance_log_weights.)
     x, _ = load_dataset("fashion-mnist", binarize="dynamic", device=device).split("test")
     points = min(args.iw_points or len(x), len(x))
     torch.manual_seed(args.seed)

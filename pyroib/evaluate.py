@@ -83,7 +83,12 @@ def _per_point_log_prob(trace, particle_dim: int) -> torch.Tensor:
 
 
 def importance_log_weights(model, guide, x, y=None, particles: int = 100, max_plate_nesting: int | None = None):
-    """log p(x, z_k) - log q(z_k | x) for k = 1..particles, shape (particles, B)."""
+    """log p(x, z_k) - log q(z_k | x) for k = 1..particles, shape (particles, B); no gradient (an evaluation).
+
+    The log densities are computed under ``no_grad`` too, not only the traces: a learned prior (a flow) evaluates
+    its own parameters inside ``log_prob``, and a graph hanging off each pass's weights made the running log-sum-exp
+    of :func:`importance_nll` hold every pass's intermediates (about 300 MB per pass for a flow prior).
+    """
     if max_plate_nesting is None:
         max_plate_nesting = max_plate_nesting_of(model, guide, x, y)
     particle_dim = -(max_plate_nesting + 1)
@@ -91,8 +96,8 @@ def importance_log_weights(model, guide, x, y=None, particles: int = 100, max_pl
     with torch.no_grad():
         guide_trace = poutine.trace(plate(guide)).get_trace(x, y)
         model_trace = poutine.trace(poutine.replay(plate(model), trace=guide_trace)).get_trace(x, y)
-    guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
-    return _per_point_log_prob(model_trace, particle_dim) - _per_point_log_prob(guide_trace, particle_dim)
+        guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
+        return _per_point_log_prob(model_trace, particle_dim) - _per_point_log_prob(guide_trace, particle_dim)
 
 
 def _trim_heap() -> None:

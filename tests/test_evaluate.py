@@ -97,3 +97,18 @@ def test_active_units_counts_dimensions_whose_posterior_mean_varies():
     count, variances = active_units(Guide(), x)
     assert count == 1  # 0.05² ≈ 0.0025 is below the 0.01 threshold; the constant dimension is inactive
     assert variances[0] == pytest.approx(1.0, abs=0.15)
+
+
+def test_importance_weights_carry_no_graph_even_when_the_prior_has_parameters():
+    """A flow prior evaluates its parameters inside log_prob; a graph on the weights would keep every pass's
+    intermediates alive through importance_nll's running log-sum-exp (it grew by ~300 MB per pass)."""
+    from pyroib.evaluate import importance_log_weights
+    from pyroib.run import RunSpec, build
+
+    spec = RunSpec(model="vae", dataset="synthetic", prior="flow",
+                   model_config={"data_shape": [1, 4, 4], "latent_dim": 4, "hidden": [8]})
+    built = build(spec, "cpu")
+    x = torch.bernoulli(torch.full((3, 1, 4, 4), 0.5))
+    log_w = importance_log_weights(built.model, built.guide, x, None, particles=5)
+    assert log_w.shape == (5, 3) and torch.isfinite(log_w).all()
+    assert not log_w.requires_grad
