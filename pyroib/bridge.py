@@ -73,6 +73,19 @@ def to_arviz(groups: dict[str, dict[str, np.ndarray]], dims: dict[str, list[str]
     return az.from_dict(**groups, dims=dims, coords=coords, attrs=dict(attrs or {}))
 
 
+def group_names(data) -> list[str]:
+    """The group names of ArviZ's container: ``InferenceData.groups()`` (0.23) or the DataTree's children (1.x)."""
+    return list(data.groups()) if callable(getattr(data, "groups", None)) else list(data.children)
+
+
+def group(data, name: str):
+    """One group as an ``xarray.Dataset``, from an InferenceData (ArviZ 0.23) or a DataTree (ArviZ 1.x)."""
+    import xarray as xr
+
+    node = data[name]
+    return node if isinstance(node, xr.Dataset) else node.to_dataset()
+
+
 def _draw_point_first(tensor: torch.Tensor, batch_shape: torch.Size, site) -> torch.Tensor:
     """Move a site tensor's particle and data-plate dims to the front: (S, B, remaining dims...)."""
     dims = {frame.name: frame.dim for frame in site["cond_indep_stack"]}
@@ -239,4 +252,4 @@ def from_run(run, *, split: str = "test", points: int | Sequence[int] = 100, dra
                      predictive=predictive, point_index=index)
 
 
-__all__ = ["draw_posterior", "from_pair", "from_run", "import_arviz", "to_arviz"]
+__all__ = ["draw_posterior", "from_pair", "from_run", "group", "group_names", "import_arviz", "to_arviz"]

@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 from scipy.special import logsumexp
 
-from .bridge import POINT_DIM, from_run
+from .bridge import POINT_DIM, from_run, group, group_names
 
 SAMPLE_DIMS = ("chain", "draw")
 PRIOR_WEIGHT, PRIOR_SHAPE = 10, 0.5  # Vehtari's weak prior on k: 10 pseudo-observations at k = 0.5
@@ -92,16 +92,6 @@ def iwae_bound(log_weights, axis: int = -1) -> np.ndarray:
     return logsumexp(lw, axis=axis) - math.log(lw.shape[axis])
 
 
-def _group(data, name: str) -> xr.Dataset:
-    """One group of an InferenceData (ArviZ 0.23) or DataTree (ArviZ 1.x) as an xarray Dataset."""
-    group = data[name]
-    return group if isinstance(group, xr.Dataset) else group.to_dataset()
-
-
-def _group_names(data) -> list[str]:
-    return list(data.groups()) if callable(getattr(data, "groups", None)) else list(data.children)
-
-
 def _stacked(array: xr.DataArray) -> np.ndarray:
     """(point, ..., chain*draw) numpy array: draws last, pooled over chains."""
     stacked = array.stack(__draws__=SAMPLE_DIMS)
@@ -110,7 +100,7 @@ def _stacked(array: xr.DataArray) -> np.ndarray:
 
 def importance_diagnostics(data) -> xr.Dataset:
     """Per data point: ``khat``, ``ess``, ``ess_fraction`` (ESS / S), ``iwae`` and ``elbo`` (nats)."""
-    stats = _group(data, "sample_stats")
+    stats = group(data, "sample_stats")
     log_w = _stacked(stats["log_weight"])
     values = {"khat": pareto_khat(log_w), "ess": importance_ess(log_w), "iwae": iwae_bound(log_w),
               "elbo": log_w.astype(np.float64).mean(-1)}
@@ -122,7 +112,7 @@ def code_summary(data, site: str = "z") -> xr.Dataset:
     """Per latent dimension of ``site``: across points, the mean and sd of the posterior means E[z_j | x], and the
     mean posterior sd (E_x sd[z_j | x]). sd of means >> posterior sd: the dimension carries information about x;
     sd of means ≈ 0 with posterior sd ≈ prior sd: an inactive (collapsed) dimension."""
-    posterior = _group(data, "posterior")
+    posterior = group(data, "posterior")
     if site not in posterior:
         raise ValueError(f"no latent site {site!r} in the posterior; it holds {', '.join(posterior.data_vars)}")
     samples = posterior[site].astype(np.float64)
@@ -139,8 +129,8 @@ def predictive_checks(data, site: str = "x") -> xr.Dataset:
     point): T(x) = mean of a point's features; ``p_value`` per point is P(T(x_rep) >= T(x) | x) under the posterior
     predictive (values piling up near 0 or 1 flag misfit).
     """
-    replicated = _group(data, "posterior_predictive")[site].astype(np.float64)
-    observed = _group(data, "observed_data")[site].astype(np.float64)
+    replicated = group(data, "posterior_predictive")[site].astype(np.float64)
+    observed = group(data, "observed_data")[site].astype(np.float64)
     features = [d for d in observed.dims if d != POINT_DIM]
     t_rep, t_obs = replicated.mean(features), observed.mean(features)
     return xr.Dataset({"replicated_mean": replicated.mean((*SAMPLE_DIMS, POINT_DIM)),
@@ -223,15 +213,15 @@ def report_section(run, splits, out_dir, points: int = 200, draws: int = 100) ->
                "khat_above_0.7": float((diagnostics["khat"] > 0.7).mean()),
                "ess_fraction_mean": float(diagnostics["ess_fraction"].mean()),
                "iwae_mean": float(diagnostics["iwae"].mean()), "elbo_mean": float(diagnostics["elbo"].mean())}
-    posterior = _group(data, "posterior")
+    posterior = group(data, "posterior")
     for site in posterior.data_vars:
         if np.issubdtype(posterior[site].dtype, np.floating):
             codes = code_summary(data, site)
             name = f"posterior_codes_{_file_safe(site)}.png"
             _figure(out_dir / name, 1, lambda axes, codes=codes, site=site: plot_codes(codes, axes, site))
             figures[f"Posterior codes of {site}"] = name
-    if "posterior_predictive" in _group_names(data):
-        for site in _group(data, "posterior_predictive").data_vars:
+    if "posterior_predictive" in group_names(data):
+        for site in group(data, "posterior_predictive").data_vars:
             checks = predictive_checks(data, site)
             name = f"posterior_predictive_{_file_safe(site)}.png"
             _figure(out_dir / name, 2, lambda axes, checks=checks: plot_predictive(checks, axes))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_bridge import ScaledPosteriorGuide, _tiny_spec, linear_gaussian
 
-from pyroib.bridge import from_pair, import_arviz
+from pyroib.bridge import from_pair, group, group_names, import_arviz
 from pyroib.diagnostics import (code_summary, importance_diagnostics, importance_ess, iwae_bound, pareto_khat,
                                 predictive_checks)
 from pyroib.train import train
@@ -20,6 +20,9 @@ def test_pareto_khat_agrees_with_arviz_psis(draws):
     rng = np.random.default_rng(draws)
     log_w = np.concatenate([rng.standard_t(3, size=(3, draws)), 3 * rng.normal(size=(3, draws)),
                             np.log1p(rng.pareto(1.5, size=(3, draws)))])
+    if not hasattr(az, "psislw"):
+        pytest.skip("the reference is ArviZ 0.23's psislw (Python 3.11, CI); arviz_stats' PSIS in ArviZ 1.x fits the "
+                    "tail differently (NaN below about 100 draws, other k̂ above), so it is no known answer")
     _, reference = az.psislw(log_w.copy(), reff=1.0)
     np.testing.assert_allclose(pareto_khat(log_w), reference, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(pareto_khat(log_w.T, axis=0), reference, rtol=1e-10, atol=1e-12)
@@ -95,7 +98,7 @@ def test_diagnostics_read_a_datatree_as_arviz_1_builds_it():
 
     model, x = linear_gaussian(5)
     data = from_pair(model, ScaledPosteriorGuide(model), x, draws=40)
-    tree = xr.DataTree.from_dict({name: data[name] for name in data.groups()})
+    tree = xr.DataTree.from_dict({name: group(data, name) for name in group_names(data)})
     xr.testing.assert_allclose(importance_diagnostics(tree), importance_diagnostics(data))
     xr.testing.assert_allclose(code_summary(tree, "z"), code_summary(data, "z"))
     xr.testing.assert_allclose(predictive_checks(tree, "x"), predictive_checks(data, "x"))
