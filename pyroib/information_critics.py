@@ -9,9 +9,12 @@ samples of Q; its optimum is T* = log P/Q, so E_P[T] estimates KL(P || Q) in nat
 
 Gradients. For the two latent critics the loss term is E_q[T(z)] with T held fixed and gradients flowing into
 the reparameterised codes; at T = T* that is the exact gradient of the KL, since the score of q has mean zero. For
-D the codes of P are data, which carry no gradient, so the loss uses the NWJ form E_P[T] − E_Q[exp T] + 1, equal to
-D at T = T*, whose gradient reaches the decoder through the generated images (the envelope theorem makes it the
-gradient of D itself at the optimal critic). An under-trained critic shrinks every estimate towards 0.
+D the samples of P are data, which carry no gradient, so the decoder must learn through the generated images Q.
+The NWJ form E_P[T] − E_Q[exp T] + 1 has the gradient of D at T = T*, but off the optimum its gradient grows as
+exp T: in a 20-epoch Fashion-MNIST run the decoder chased the critic's extrapolation and the distortion went from
+about 246 to 3,274 nats. So D enters the loss with the value E_P[T] and the gradient of the non-saturating GAN
+loss E_Q[softplus(−T)] (at most 1 per logit), whose minimiser is the same p_θ = p_data. An under-trained critic
+shrinks every estimate towards 0.
 
 Critics live in the objective, not in the model or guide, so ``fit``'s optimiser never sees them: they train with
 their own Adam (β = (0.5, 0.9), as FactorVAE's discriminator) in :meth:`CriticELBO.auxiliary_step`, which ``fit``
@@ -23,6 +26,7 @@ see; ``load_state_dict`` rebuilds them from the saved sizes.
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
@@ -242,6 +246,8 @@ class BoundedIBELBO(CriticELBO):
         fake = self._generated.nodes[DATA_SITE]["fn"].mean
         real, fake = real.reshape(real.shape[0], -1), fake.reshape(fake.shape[0], -1)
         self.remember("data", real, fake)
-        nwj = self.critic_logit("data", real).mean() - self.critic_logit("data", fake).exp().mean() + 1.0
-        terms["critic_data_kl"] = (self.data_kl_weight, nwj)
+        estimate = self.critic_logit("data", real).mean().detach()
+        generator_loss = F.softplus(-self.critic_logit("data", fake)).mean()
+        # the value is the density-ratio estimate of D; the gradient is the non-saturating loss's (module docstring)
+        terms["critic_data_kl"] = (self.data_kl_weight, estimate + (generator_loss - generator_loss.detach()))
         return terms

@@ -186,3 +186,30 @@ def test_batch_of_one_and_joint_prior_fail_on_first_use_with_a_hint(setup):
     # at gamma = 1 a joint prior is fine: MI and TC are properties of q alone
     values = TotalCorrelationELBO(gamma=1.0).terms(mixture_model, guide, x, index=index, size=N).values
     assert "dimwise_kl" not in values and math.isfinite(float(values["total_correlation"]))
+
+
+def test_bibae_data_term_reports_the_critic_kl_and_trains_the_decoder_by_the_non_saturating_loss(setup):
+    """D's value is E_data[T] (the density-ratio estimate); its gradient, which reaches the decoder through the
+    decoded prior draws, is that of E_Q[softplus(-T)], bounded by 1 per logit whatever the critic says."""
+    from torch.nn import functional as F
+
+    model, guide, x, index = setup
+    objective = BoundedIBELBO(**SMALL_CRITIC)
+    model_trace, guide_trace = traces(objective, model, guide, x, index)
+    _, value = objective.information_terms(model_trace, guide_trace, N)["critic_data_kl"]
+    real = x.reshape(B, -1)
+    fake = objective._generated.nodes["x"]["fn"].mean.reshape(B, -1)
+    critic = objective.critics["data"]
+    assert torch.allclose(value, critic(real).mean())
+    with torch.no_grad():  # a critic far off its optimum: huge logits, where exp(T) would explode
+        for p in critic.parameters():
+            p.mul_(50.0)
+    _, value = objective.information_terms(model_trace, guide_trace, N)["critic_data_kl"]
+    decoder = list(model.decoder.parameters())
+    ours = torch.autograd.grad(value, decoder, allow_unused=True, retain_graph=True)
+    reference = torch.autograd.grad(F.softplus(-critic(fake)).mean(), decoder, allow_unused=True)
+    for a, r in zip(ours, reference):
+        assert (a is None) == (r is None)
+        if a is not None:
+            assert torch.isfinite(a).all() and torch.allclose(a, r)
+    assert any(a is not None and a.abs().sum() > 0 for a in ours)
