@@ -1,7 +1,8 @@
 """Time and peak memory of ``pyroib.estimators.full_data_terms`` over Fashion-MNIST encodings.
 
-The encoder is a randomly initialised 784-400-D MLP Gaussian encoder (the cost does not depend on the weights):
-its (loc, scale) for the first M training images go into ``full_data_terms`` (one code per point, chunks of 512).
+The encoder is a trained run's (``--run DIR``, whose MI and TC then mean something) or a randomly initialised
+784-400-D MLP Gaussian encoder: its (loc, scale) for the first M training images go into ``full_data_terms`` (one
+code per point, chunks of 512).
 Each size runs in a fresh subprocess; the peak resident size is reset just before the call (Linux
 ``/proc/self/clear_refs``; ``ru_maxrss`` elsewhere) and the figure given is the peak during the call minus the
 resident size just before it. The cost is O(M² D), so sizes that
@@ -44,7 +45,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure(points: int, latent_dim: int, threads: int) -> dict:
+def measure(points: int, latent_dim: int, threads: int, run_dir: str | None = None) -> dict:
     import torch
 
     from pyroib.data import load_dataset
@@ -52,9 +53,14 @@ def measure(points: int, latent_dim: int, threads: int) -> dict:
     from pyroib.networks import GaussianEncoder
 
     torch.set_num_threads(threads)
-    splits = load_dataset("fashion-mnist", binarize="none", val_size=0)
+    # a trained run saw binary images (dynamic binarisation); the random encoder takes the grey levels
+    splits = load_dataset("fashion-mnist", binarize="static" if run_dir else "none", val_size=0)
     torch.manual_seed(0)
-    encoder = GaussianEncoder((1, 28, 28), (400,), latent_dim)
+    if run_dir:
+        from pyroib.run import load_run
+        encoder = load_run(run_dir, "cpu").guide.encode
+    else:
+        encoder = GaussianEncoder((1, 28, 28), (400,), latent_dim)
     with torch.no_grad():
         loc, scale = encoder(splits.train[:points])
     del splits
@@ -75,16 +81,18 @@ def main():
     p.add_argument("--target", type=int, default=60_000)
     p.add_argument("--latent-dim", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--run", default=None, help="a trained run whose encoder to use (default: a random one)")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--record", default=str(Path(__file__).parent / "results" / "full_data_terms.md"))
     args = p.parse_args()
     if args.one is not None:
-        print(json.dumps(measure(args.one, args.latent_dim, args.threads)))
+        print(json.dumps(measure(args.one, args.latent_dim, args.threads, args.run)))
         return
     rows = []
     for points in (int(s) for s in args.sizes.split(",")):
         out = subprocess.run([sys.executable, __file__, "--one", str(points), "--latent-dim", str(args.latent_dim),
-                              "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+                              "--threads", str(args.threads), *(["--run", args.run] if args.run else [])],
+                             capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     largest = rows[-1]
@@ -92,8 +100,10 @@ def main():
     estimate = largest["seconds"] * (args.target / largest["points"]) ** 2
     lines = ["# Full-data information terms: time and memory", "",
              f"Command: `python benchmarks/full_data_terms.py --sizes {args.sizes} --target {args.target} "
-             f"--threads {args.threads}` (CPU, {args.threads} threads, a machine shared with other jobs).", "",
-             f"{args.latent_dim} latents, random 784-400 MLP encoder over the first M Fashion-MNIST training "
+             f"--threads {args.threads}{f' --run {args.run}' if args.run else ''}` (CPU, {args.threads} threads, a "
+             "machine shared with other jobs).", "",
+             (f"The encoder of the trained run `{args.run}`" if args.run else
+              f"{args.latent_dim} latents, random 784-400 MLP encoder") + " over the first M Fashion-MNIST training "
              "images, one code per point, exact mixture over all M encodings in chunks of 512. Peak extra: "
              "peak resident size during the call (VmHWM, reset before it) minus the resident size before it.", "",
              "| M | seconds | s / M² (ns) | peak extra MiB | MI (nats) | TC (nats) |", "|---|---|---|---|---|---|"]
