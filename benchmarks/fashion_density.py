@@ -5,8 +5,8 @@ Setting: dynamic binarisation (test binarised once with a fixed seed), 40-d late
 ``--final-lr``), batch 100, a linear KL warm-up,
 test NLL by importance sampling with 5,000 samples. Anchor: 228.70 nats (Exemplar VAE paper, Table 1, VAE).
 
-Training stops at ``--epochs`` or after ``--minutes`` of wall time (0: no limit), whichever comes first: it runs in slices through
-``pyroib.train.train(..., resume=True)``, so a session can stop it and a later one continue it exactly.
+Training stops at ``--epochs`` or after ``--minutes`` of wall time (0: no limit), whichever comes first: it runs in
+slices through ``pyroib.train.train(..., resume=True)``, so a session can stop it and a later one continue it exactly.
 
     python benchmarks/fashion_density.py --out runs/fashion-density --epochs 1000 --minutes 60 --iw-samples 5000
 """
@@ -68,8 +68,9 @@ def main():
         spec = RunSpec(model="vae", dataset="fashion-mnist", prior=args.prior,
                        model_config={"data_shape": [1, 28, 28], "latent_dim": 40, "hidden": [300, 300],
                                      **({"network": args.network} if args.network != "mlp" else {})},
-                       schedule="linear", warmup_epochs=20, beta=1.0, batch_size=100, lr=args.final_lr if final_phase else args.lr, analytic_kl=True,
-                       epochs=target, seed=0, device=args.device)
+                       schedule="linear", warmup_epochs=20, beta=1.0, batch_size=100,
+                       lr=args.final_lr if final_phase else args.lr, analytic_kl=True, epochs=target, seed=0,
+                       device=args.device)
         rows = train(spec, out, resume=(out / CHECKPOINT_FILE).exists(), progress=False, splits=splits)
         epoch = rows[-1]["epoch"]
         print(f"epoch {epoch}: val ELBO {rows[-1]['val_elbo']:.2f}, lr {rows[-1].get('lr', 1e-3):g} "
@@ -112,8 +113,8 @@ def main():
                                  if args.final_lr is not None else "")
              + f"` ({device.type}; the 2-core CPU here is shared with other work). The run was trained in resumable "
              f"slices over one or more invocations; the same schedule in one go: `{from_scratch}`.", "",
-             f"Dynamic binarisation, 784-300-300-40 {args.network} VAE, Bernoulli, batch 100, Adam, linear KL warm-up over "
-             f"20 epochs, analytic KL. Learning rate: {schedule}.", "",
+             f"Dynamic binarisation, 784-300-300-40 {args.network} VAE, Bernoulli, batch 100, Adam, linear KL "
+             f"warm-up over 20 epochs, analytic KL. Learning rate: {schedule}.", "",
              "| epochs | training (min) | test ELBO | test NLL (IW) | K | anchor | evaluation (min) |",
              "|---|---|---|---|---|---|---|",
              f"| {epoch} | {train_minutes:.1f} | {values['elbo']:.2f} | {nll:.2f} | {args.iw_samples} | {ANCHOR} | "

@@ -44,7 +44,7 @@ def run_one(prior: str, args: argparse.Namespace) -> dict:
     from pyroib.data import load_dataset
     from pyroib.evaluate import importance_nll
     from pyroib.report import evaluate_run
-    from pyroib.run import CHECKPOINT_FILE, RunSpec, load_run
+    from pyroib.run import CHECKPOINT_FILE, RunSpec, load_run, resolve_device
     from pyroib.checkpoint import load_checkpoint
     from pyroib.train import train
 
@@ -55,7 +55,6 @@ def run_one(prior: str, args: argparse.Namespace) -> dict:
                                                **({"network": args.network} if args.network != "mlp" else {})},
                    dataset="fashion-mnist", binarize="dynamic", prior=prior, prior_options=PRIOR_OPTIONS[prior],
                    epochs=1, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device)
-    from pyroib.run import resolve_device
     device = resolve_device(args.device)
     splits = load_dataset("fashion-mnist", binarize="dynamic", seed=args.seed, device=device)
     epoch = load_checkpoint(out / CHECKPOINT_FILE)["epoch"] if (out / CHECKPOINT_FILE).is_file() else 0
@@ -103,7 +102,8 @@ def run_one(prior: str, args: argparse.Namespace) -> dict:
 
 
 def write_results(results: list[dict], args: argparse.Namespace, command: str) -> str:
-    lines = [f"# Fashion-MNIST test NLL by prior (VAE, 40-d latents, 300-300 {args.network} networks, dynamic binarisation)", "",
+    lines = [f"# Fashion-MNIST test NLL by prior (VAE, 40-d latents, 300-300 {args.network} networks, dynamic "
+             "binarisation)", "",
              f"Command: `{command}`", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, torch threads per "
              f"model {args.threads}, {args.jobs} models trained at once; Python {platform.python_version()}.", "",

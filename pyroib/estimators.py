@@ -119,7 +119,7 @@ _EXP_FLOOR = -60.0
 
 
 def logsumexp_floored(x: Tensor, dim: int) -> Tensor:
-    """log Σ exp(x) along ``dim`` for finite ``x``, with terms more than 60 nats below the largest raised to that floor.
+    """log Σ exp(x) along ``dim`` for finite ``x``; terms more than 60 nats below the largest are raised to that floor.
 
     The result differs from :func:`torch.logsumexp` by at most K·e^-60 relative (K terms), and it runs about 10x
     faster on mixtures whose far components sit hundreds of nats down, where torch's exp takes its slow path.

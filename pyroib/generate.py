@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .estimators import logsumexp_floored
 from .cli import command
+from .estimators import logsumexp_floored
 from .priors import AggregatePosterior
 
 AGGREGATE_FILE = "aggregate_prior.pt"

@@ -216,24 +216,18 @@ class FlowPrior(Prior):
         self.layers = nn.ModuleList(layers)
         self.register_buffer("base_loc", torch.zeros(latent_dim), persistent=False)
         self.register_buffer("base_scale", torch.ones(latent_dim), persistent=False)
-        # T.Permute keeps its index as a plain attribute, so it is rebuilt from this buffer when the device changes;
-        # not on every call: each new Permute, once inverted, sat in a reference cycle with its inverse and cached
-        # tensors, and importance sampling piled up gigabytes of such garbage between garbage collections.
+        # T.Permute keeps its index as a plain attribute, so it is rebuilt from this buffer on each call.
         self.register_buffer("reversal", torch.arange(latent_dim - 1, -1, -1), persistent=False)
-        self._permute: T.Permute | None = None
 
     def forward(self, batch_size: int) -> TorchDistribution:
         base = dist.Normal(self.base_loc, self.base_scale).to_event(1).expand([_positive_int("batch_size", batch_size)])
-        if self._permute is None or self._permute.permutation.device != self.reversal.device:
-            self._permute = T.Permute(self.reversal)
         transforms = []
         for i, layer in enumerate(self.layers):
             # Pyro's transforms cache their last (x, y) pair by tensor identity, so the same z evaluated again
             # after a parameter update or a state_dict load would get the stale answer (and a freed graph).
             layer._cached_x_y = (None, None)
             if i > 0 and self.latent_dim > 1:
-                self._permute._cached_x_y = (None, None)
-                transforms.append(self._permute)
+                transforms.append(T.Permute(self.reversal))
             transforms.append(layer)
         return dist.TransformedDistribution(base, transforms)
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from pyroib.estimators import (
-    logsumexp_floored,
     exact_log_qz,
     full_data_terms,
     log_qz_estimates,
+    logsumexp_floored,
     marginal_kl,
     mmd,
     mss_log_weight_matrix,
