@@ -27,6 +27,10 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence, register_kl
 
+# the product of the β factors a site's scale carries, kept in its ``infer`` dict so that the objective can report
+# the rate without β but with any other weight (a user's data weighting, a subsample factor) the scale holds
+BOTTLENECK_SCALE = "bottleneck_scale"
+
 
 class AnchorWeighted(dist.TorchDistribution):
     """An ``Independent`` over the last dimension whose log density is Σ_j w_j log p_j(z_j).
@@ -97,6 +101,7 @@ class BottleneckMessenger(Messenger):
             msg["mask"] = False if msg["mask"] is None else msg["mask"] & False
         elif beta != 1.0:
             msg["scale"] = beta * msg["scale"]
+            msg["infer"] = {**msg["infer"], BOTTLENECK_SCALE: msg["infer"].get(BOTTLENECK_SCALE, 1.0) * beta}
         if self.anchors is not None:
             base = per_dimension(msg["fn"])
             if base is None:
@@ -135,4 +140,4 @@ def bottleneck(model: Callable, guide: Callable, beta: float | Mapping[str, floa
     return (BottleneckMessenger(beta, anchors)(model), BottleneckMessenger(beta, anchors)(guide))
 
 
-__all__ = ["AnchorWeighted", "BottleneckMessenger", "bottleneck", "per_dimension", "poutine", "validate_weights"]
+__all__ = ["AnchorWeighted", "BOTTLENECK_SCALE", "BottleneckMessenger", "bottleneck", "per_dimension", "poutine", "validate_weights"]

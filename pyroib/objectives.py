@@ -3,7 +3,8 @@
 One function, :meth:`InfoELBO.terms`, splits a model/guide trace pair into named terms in nats per data point:
 
 * ``distortion``  D = -E_q log p(x | z)          (all observed sites)
-* ``rate``        R = E_q[log q(z|x) - log p(z)]  (all latent sites, *unweighted*)
+* ``rate``        R = E_q[log q(z|x) - log p(z)]  (all latent sites, without β and anchor weights; a user's data
+  weights, as on the distortion, stay)
 * ``rate/<site>`` and ``kl_per_dim/<site>`` for each latent site, the latter per dimension where the site factorises
 * one entry per extra information term a subclass adds (total correlation, MMD, ...), with its weight.
 
@@ -31,7 +32,7 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.trace_elbo import _compute_log_r
 from torch.distributions import kl_divergence
 
-from .handlers import AnchorWeighted, per_dimension
+from .handlers import BOTTLENECK_SCALE, AnchorWeighted, per_dimension
 
 DATA_PLATE = "data"
 
@@ -59,15 +60,6 @@ def dataset_size(trace) -> int:
             if frame.name == DATA_PLATE:
                 return int(frame.full_size or frame.size)
     return 1
-
-
-def subsample_factor(site) -> float:
-    """Product of full_size / size over the site's plates: turns a minibatch sum into a dataset-total estimate."""
-    factor = 1.0
-    for frame in site["cond_indep_stack"]:
-        if frame.full_size is not None and frame.size:
-            factor *= frame.full_size / frame.size
-    return factor
 
 
 def latent_site_names(model_trace, guide_trace) -> list[str]:
@@ -176,8 +168,14 @@ class InfoELBO(Trace_ELBO):
 
     @staticmethod
     def _unweighted_rate(model_site, guide_site, analytic, size, want_per_dim=True):
-        """E[log q - log p] for one latent site per data point, ignoring β/anchor weights and masks."""
-        factor = subsample_factor(guide_site) / size
+        """E[log q - log p] for one latent site per data point, without the bottleneck's β and anchor weights.
+
+        Every other factor of the site's scale stays: the subsample factor N / B of the data plate and any
+        ``poutine.scale`` a user put on model and guide to weight data points, so that distortion and rate carry
+        the same weights and ``elbo = -(distortion + rate)`` is the ELBO of the program as written. Masks are
+        ignored (β = 0 is a mask, and its rate is still reported).
+        """
+        weight = guide_site["scale"] / guide_site["infer"].get(BOTTLENECK_SCALE, 1.0) / size
         q_dim, p_dim = per_dimension(guide_site["fn"]), per_dimension(model_site["fn"])
         # anchored sites weight their log densities, so the unweighted rate needs the per-dimension densities
         anchored = isinstance(guide_site["fn"], AnchorWeighted)
@@ -188,14 +186,14 @@ class InfoELBO(Trace_ELBO):
                 elementwise = kl_divergence(q_dim, p_dim)
             else:
                 elementwise = q_dim.log_prob(z) - p_dim.log_prob(z)
-            elementwise = elementwise.detach()
-            per_dim = elementwise.reshape(-1, elementwise.shape[-1]).sum(0) * factor
+            elementwise = elementwise.detach() * _per_point(weight)
+            per_dim = elementwise.reshape(-1, elementwise.shape[-1]).sum(0)
             return per_dim.sum(), per_dim if want_per_dim else None
         if analytic:
-            kl = kl_divergence(guide_site["fn"], model_site["fn"]).detach()
-            return kl.sum() * factor, None
-        diff = guide_site["unscaled_log_prob"] - model_site["unscaled_log_prob"]
-        return diff.detach().sum() * factor, None
+            diff = kl_divergence(guide_site["fn"], model_site["fn"])
+        else:
+            diff = guide_site["unscaled_log_prob"] - model_site["unscaled_log_prob"]
+        return (diff.detach() * weight).sum(), None
 
     def terms(self, model, guide, *args, capacity: tuple[float, float] | None = None, per_dimension: bool = True,
               **kwargs) -> Terms:
@@ -229,6 +227,11 @@ class InfoELBO(Trace_ELBO):
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return float(loss)
+
+
+def _per_point(weight):
+    """A site's scale (a number, or a tensor over its batch shape) made to broadcast over per-dimension values."""
+    return weight.unsqueeze(-1) if torch.is_tensor(weight) and weight.dim() else weight
 
 
 def _as_tensor(x) -> torch.Tensor:

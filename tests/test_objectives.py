@@ -152,6 +152,38 @@ def test_loss_method_uses_the_same_breakdown():
     assert value == pytest.approx(float(Trace_ELBO().loss(model, guide, x, None, index, N)), rel=1e-5)
 
 
+@pytest.mark.parametrize("analytic", [False, True])
+@pytest.mark.parametrize("per_dimension", [True, False])
+def test_user_data_weights_reach_rate_and_distortion_alike_but_beta_only_the_loss(analytic, per_dimension):
+    """poutine.scale on model and guide weights data points: the reported terms keep it, and drop only β."""
+    from pyro import poutine
+    model, guide = pair()
+    x, index = batch()
+    weights = torch.tensor([0.5, 2.0, 1.0, 0.25, 3.0, 1.5])
+    objective = InfoELBO(analytic_kl=analytic)
+    weighted = (poutine.scale(model, scale=weights), poutine.scale(guide, scale=weights))
+    pyro.set_rng_seed(11)
+    at_one = objective.terms(*weighted, x, None, index, N, per_dimension=per_dimension)
+    pyro.set_rng_seed(11)
+    at_three = objective.terms(*bottleneck(*weighted, beta=3.0), x, None, index, N, per_dimension=per_dimension)
+    reference = (TraceMeanField_ELBO if analytic else Trace_ELBO)()
+    pyro.set_rng_seed(11)
+    pyro_loss = reference.differentiable_loss(*weighted, x, None, index, N)
+    # at β = 1 the reported ELBO is the weighted program's ELBO, per data point
+    assert torch.allclose(-at_one.values["elbo"] * N, pyro_loss, rtol=1e-5)
+    d, r = at_one.values["distortion"], at_one.values["rate"]
+    assert torch.allclose(at_three.values["rate"], r)
+    assert torch.allclose(at_three.loss / N, d + 3.0 * r, rtol=1e-5)
+    if analytic:
+        # the rate is Σ_i w_i KL(q(z|x_i) || p(z)) · (N / B) / N: the data weights times the plate's subsample factor
+        loc, scale = guide.encode(x)
+        kl = torch.distributions.kl_divergence(dist.Normal(loc, scale), dist.Normal(0.0, 1.0)).detach()
+        expected = (weights.unsqueeze(-1) * kl).sum(0) / len(x)
+        assert torch.allclose(r, expected.sum(), rtol=1e-5)
+        if per_dimension:
+            assert torch.allclose(at_one.kl_per_dim["z"], expected, rtol=1e-5)
+
+
 def test_training_breakdown_without_per_dimension_reports_the_same_unweighted_rate():
     model, guide = pair()
     x, index = batch()
