@@ -144,17 +144,37 @@ def _evaluate(argv):
     p.add_argument("run")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--iw-samples", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="points per importance-sampling pass (default 100; under an aggregate prior, chosen to keep "
+                        "its log density within about 256 MB)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prior", default="standard",
+                   help="standard (the prior the model was trained with), aggregate (the factorised aggregate "
+                        "posterior of the training encodings) or aggregate-joint, in place of p(z); the aggregate is "
+                        "fitted and saved first if DIR/aggregate_prior.pt is missing")
     p.add_argument("--full-data-points", type=int, default=FULL_DATA_MAX_POINTS,
                    help="at most this many points of the split for the full-data MI/TC/KL estimates, a random subset "
                         "above it (time grows with its square: 60,000 10-d codes take about 100 s on one CPU core; "
                         "0 skips)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
-    result = evaluate_run(args.run, split=args.split, iw_samples=args.iw_samples, device=args.device,
-                          batch_size=args.batch_size, seed=args.seed, full_data_points=args.full_data_points)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.prior not in ("standard", "aggregate", "aggregate-joint"):
+        raise ValueError(f"unknown --prior {args.prior!r}; choose one of standard, aggregate, aggregate-joint")
+    if args.prior == "standard":
+        result = evaluate_run(args.run, split=args.split, iw_samples=args.iw_samples, device=args.device,
+                              batch_size=args.batch_size or 100, seed=args.seed,
+                              full_data_points=args.full_data_points)
+    else:
+        from .generate import evaluate_with_prior, prior_by_name
+        from .run import load_run
+        run = load_run(args.run, args.device)
+        result = evaluate_with_prior(run, prior_by_name(run, args.prior), split=args.split,
+                                     iw_samples=args.iw_samples, batch_size=args.batch_size, seed=args.seed,
+                                     full_data_points=args.full_data_points)
+        result = {"prior": args.prior, **result}
     if args.json:
         print(json.dumps(result))
     else:
