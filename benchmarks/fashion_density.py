@@ -47,8 +47,12 @@ def main():
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads for training (0: torch's default)")
     p.add_argument("--eval-threads", type=int, default=0, help="torch CPU threads for the evaluation (0: unchanged)")
-    p.add_argument("--record", default=str(Path(__file__).parent / "results" / "fashion_density.md"))
+    p.add_argument("--record", default=None,
+                   help="result file (default: results/fashion_density.md, fashion_density_gated.md for gated)")
     args = p.parse_args()
+    if args.record is None:
+        suffix = "" if args.network == "mlp" else f"_{args.network}"
+        args.record = str(Path(__file__).parent / "results" / f"fashion_density{suffix}.md")
     pyro.enable_validation(False)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,7 +113,7 @@ def main():
     lines = ["# Fashion-MNIST density (issue 2)", "",
              f"Last command: `python benchmarks/fashion_density.py --out {args.out} --epochs {args.epochs} "
              f"--minutes {args.minutes} --slice-epochs {args.slice_epochs} --iw-samples {args.iw_samples} --device "
-             f"{args.device}" + (f" --final-lr {args.final_lr:g} --final-minutes {args.final_minutes:g}"
+             f"{args.device} --network {args.network} --lr {args.lr:g}" + (f" --final-lr {args.final_lr:g} --final-minutes {args.final_minutes:g}"
                                  if args.final_lr is not None else "")
              + f"` ({device.type}; the 2-core CPU here is shared with other work). The run was trained in resumable "
              f"slices over one or more invocations; the same schedule in one go: `{from_scratch}`.", "",
