@@ -41,6 +41,8 @@ def main():
                    help="learning rate of the last phase: the last --final-epochs epochs or --final-minutes minutes")
     p.add_argument("--final-epochs", type=int, default=0)
     p.add_argument("--final-minutes", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=None,
+                   help="clip the per-data-point gradient norm (pyroib train --grad-clip)")
     p.add_argument("--prior", default="standard")
     p.add_argument("--network", default="mlp", choices=["mlp", "gated"],
                    help="hidden layers: softplus MLP, or gated as in the code behind the anchor")
@@ -73,7 +75,7 @@ def main():
                        model_config={"data_shape": [1, 28, 28], "latent_dim": 40, "hidden": [300, 300],
                                      **({"network": args.network} if args.network != "mlp" else {})},
                        schedule="linear", warmup_epochs=20, beta=1.0, batch_size=100,
-                       lr=args.final_lr if final_phase else args.lr, analytic_kl=True, epochs=target, seed=0,
+                       lr=args.final_lr if final_phase else args.lr, grad_clip=args.grad_clip, analytic_kl=True, epochs=target, seed=0,
                        device=args.device)
         rows = train(spec, out, resume=(out / CHECKPOINT_FILE).exists(), progress=False, splits=splits)
         epoch = rows[-1]["epoch"]
@@ -113,7 +115,8 @@ def main():
     lines = ["# Fashion-MNIST density (issue 2)", "",
              f"Last command: `python benchmarks/fashion_density.py --out {args.out} --epochs {args.epochs} "
              f"--minutes {args.minutes} --slice-epochs {args.slice_epochs} --iw-samples {args.iw_samples} --device "
-             f"{args.device} --network {args.network} --lr {args.lr:g}" + (f" --final-lr {args.final_lr:g} --final-minutes {args.final_minutes:g}"
+             f"{args.device} --network {args.network} --lr {args.lr:g}"
+             + (f" --grad-clip {args.grad_clip:g}" if args.grad_clip else "") + (f" --final-lr {args.final_lr:g} --final-minutes {args.final_minutes:g}"
                                  if args.final_lr is not None else "")
              + f"` ({device.type}; the 2-core CPU here is shared with other work). The run was trained in resumable "
              f"slices over one or more invocations; the same schedule in one go: `{from_scratch}`.", "",

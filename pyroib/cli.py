@@ -51,6 +51,9 @@ def _train_parser(config_cls=None, options: dict | None = None, defaults: dict |
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--grad-clip", type=float, default=None,
+                   help="clip the gradient of the per-data-point loss to this norm (off by default); each epoch's "
+                        "metrics row counts the clipped steps")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the rate (β); 0 switches it off")
     p.add_argument("--anchors", default=None, help="per-latent rate weights w1,w2,... (AnchorVAE)")
     p.add_argument("--schedule", default="constant", help="constant, linear, cyclical or capacity")
@@ -115,7 +118,8 @@ def spec_from_args(argv: list[str]):
         beta=args.beta, anchors=_parse_floats(args.anchors, "--anchors") if args.anchors else None,
         schedule=args.schedule, warmup_epochs=args.warmup_epochs, cycle_epochs=args.cycle_epochs,
         cycle_ratio=args.cycle_ratio, capacity_max=args.capacity_max, capacity_epochs=args.capacity_epochs,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, num_particles=args.particles,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip,
+        num_particles=args.particles,
         analytic_kl=args.analytic_kl, seed=args.seed, device=args.device)
     return spec, args, splits
 

@@ -44,6 +44,7 @@ class RunSpec:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    grad_clip: float | None = None
     num_particles: int = 1
     analytic_kl: bool = False
     seed: int = 0

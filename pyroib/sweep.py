@@ -64,13 +64,14 @@ def _state(spec, out: Path) -> str:
     """"new", "partial" (resume it) or "finished"; a run trained with other settings raises ValueError."""
     from .checkpoint import read_jsonl
     from .run import CHECKPOINT_FILE, METRICS_FILE, read_spec
-    from .train import RESUMABLE_CHANGES
+    from .train import OPTIMISER_SETTINGS, RESUMABLE_CHANGES
 
     if not (out / CHECKPOINT_FILE).is_file():
         return "new"
     old, new = read_spec(out).to_json(), spec.to_json()
-    # a sweep point is defined by all its settings but where it runs: a new --lr is a new sweep, not a continuation
-    changed = sorted(k for k in old if old[k] != new.get(k) and k not in RESUMABLE_CHANGES - {"lr"})
+    # a sweep point is defined by all its settings but where it runs: a new --lr or --grad-clip is a new sweep, not
+    # a continuation
+    changed = sorted(k for k in old if old[k] != new.get(k) and k not in RESUMABLE_CHANGES - OPTIMISER_SETTINGS)
     if changed:
         raise ValueError(f"{out} holds a run trained with other settings ({', '.join(changed)}); rerun the sweep "
                          "with its original flags or choose another --out")

@@ -27,9 +27,11 @@ from .handlers import bottleneck, validate_weights
 from .run import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RunSpec, build, read_spec, resolve_device
 from .schedules import Schedule
 
-# a resumed run may train longer, move to another device, or continue at another learning rate (the usual last
-# phase of a long run); each epoch's metrics row records the learning rate it used
-RESUMABLE_CHANGES = {"epochs", "device", "lr"}
+# a resumed run may train longer, move to another device, or continue at another learning rate or gradient clip
+# (the usual remedies in a long run: a last phase at a lower rate, a clip after loss spikes); each epoch's metrics
+# row records the learning rate and clip it used
+OPTIMISER_SETTINGS = {"lr", "grad_clip"}
+RESUMABLE_CHANGES = {"epochs", "device"} | OPTIMISER_SETTINGS
 
 
 class TrainingDiverged(RuntimeError):
@@ -72,8 +74,9 @@ def _check_resume(spec: RunSpec, out: Path) -> None:
     old, new = stored.to_json(), spec.to_json()
     changed = sorted(k for k in old if old[k] != new.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
+        allowed = ", ".join("--" + k.replace("_", "-") for k in sorted(RESUMABLE_CHANGES))
         raise ValueError(f"--resume: {out} was trained with other settings ({', '.join(changed)}); resuming may "
-                         "change only --epochs and --device. Rerun with the original flags or use another --out")
+                         f"change only {allowed}. Rerun with the original flags or use another --out")
 
 
 def complete_spec(spec: RunSpec, splits: DataSplits) -> RunSpec:
@@ -104,6 +107,8 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     validate_weights(spec.beta, spec.anchors, spec.model_config.get("latent_dim"))
     if spec.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {spec.epochs}")
+    if spec.grad_clip is not None and not (0 < spec.grad_clip < math.inf):
+        raise ValueError(f"--grad-clip must be a positive finite gradient norm, got {spec.grad_clip}")
     if resume and not (out / CHECKPOINT_FILE).is_file():
         raise FileNotFoundError(f"--resume: no checkpoint in {out}; start the run without --resume")
     if not resume and ((out / CHECKPOINT_FILE).exists() or (out / METRICS_FILE).exists()):
@@ -146,11 +151,15 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     write_json(out / CONFIG_FILE, spec.to_json())
 
     n_train = splits.train.shape[0]
+    parameters = _parameters(model, guide)
+    # the surrogate is N times the per-data-point loss, so the clip applies to N times the per-point gradient norm
+    max_norm = None if spec.grad_clip is None else spec.grad_clip * n_train
     for epoch in range(epoch + 1, spec.epochs + 1):
         model.train()
         guide.train()
         sums: dict[str, torch.Tensor] = {}
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        clipped = torch.zeros((), dtype=torch.long, device=device)
         started = time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {epoch}/{spec.epochs}", leave=False, disable=not progress, mininterval=0.5)
         for i, (x, y, index) in enumerate(bar):
@@ -160,6 +169,8 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
                                     per_dimension=False)
             optimizer.zero_grad(set_to_none=True)
             terms.surrogate.backward()
+            if max_norm is not None:
+                clipped += torch.nn.utils.clip_grad_norm_(parameters, max_norm) > max_norm  # no host sync
             optimizer.step()
             if hasattr(objective, "auxiliary_step"):
                 objective.auxiliary_step(model, guide, x, y, index=index, size=n_train)
@@ -180,7 +191,8 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         val, val_kl = split_terms(model, guide, objective, val_x, val_y)
         train_means = {k: float(v) / n_train for k, v in sums.items()}
         weights = schedule(step - 1)  # the weights of the epoch's last step
-        row = {"epoch": epoch, "step": step, "lr": spec.lr, "beta": weights.beta,
+        row = {"epoch": epoch, "step": step, "lr": spec.lr, "grad_clip": spec.grad_clip,
+               "clipped_steps": int(clipped), "beta": weights.beta,
                "capacity": None if weights.capacity is None else weights.capacity[1],
                "train_loss": train_means.pop("loss"), "train_elbo": train_means.pop("elbo"),
                "train_rate": train_means.pop("rate"), "train_distortion": train_means.pop("distortion"),

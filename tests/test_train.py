@@ -40,6 +40,42 @@ def test_resume_may_lower_the_learning_rate_and_records_it(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["optimizer"]["param_groups"][0]["lr"] == 1e-4
 
 
+def test_grad_clip_bounds_every_applied_gradient_and_counts_the_clipped_steps(tmp_path, monkeypatch):
+    from pyroib.data import load_dataset
+    n_train = load_dataset("digits").train.shape[0]
+    applied = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        applied.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    clip = 0.5  # nats per data point per unit of parameter: far below this model's gradient norms
+    rows = train(spec(epochs=1, grad_clip=clip), tmp_path / "tight", progress=False)
+    assert rows[0]["grad_clip"] == clip and rows[0]["clipped_steps"] == rows[0]["step"] == len(applied)
+    # the surrogate is N times the per-point loss, so the clip bounds N times the per-point gradient norm
+    assert max(applied) <= clip * n_train * (1 + 1e-5)
+    assert min(applied) >= clip * n_train * (1 - 1e-5)
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    loose = train(spec(epochs=1, grad_clip=1e12), tmp_path / "loose", progress=False)
+    train(spec(epochs=1), tmp_path / "plain", progress=False)
+    assert loose[0]["clipped_steps"] == 0
+    plain = load_checkpoint(tmp_path / "plain" / "checkpoint.pt")["model"]
+    for name, value in load_checkpoint(tmp_path / "loose" / "checkpoint.pt")["model"].items():
+        assert torch.equal(value, plain[name]), name  # a clip that never binds changes nothing
+    tight = load_checkpoint(tmp_path / "tight" / "checkpoint.pt")["model"]
+    assert any(not torch.equal(value, plain[name]) for name, value in tight.items())
+    # a long run may add a clip when it resumes; a meaningless clip is refused before anything is written
+    rows = train(spec(epochs=2, grad_clip=100.0), tmp_path / "plain", resume=True, progress=False)
+    assert [r["grad_clip"] for r in rows] == [None, 100.0]
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="--grad-clip must be a positive finite"):
+            train(spec(epochs=1, grad_clip=bad), tmp_path / f"bad{bad}", progress=False)
+        assert not (tmp_path / f"bad{bad}").exists()
+
+
 def test_resume_refuses_changed_settings_and_new_run_refuses_existing_dir(tmp_path):
     train(spec(epochs=1), tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="beta"):
