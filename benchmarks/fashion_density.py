@@ -49,6 +49,9 @@ def main():
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads for training (0: torch's default)")
     p.add_argument("--eval-threads", type=int, default=0, help="torch CPU threads for the evaluation (0: unchanged)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                   help="evaluate the epoch with the best validation ELBO (early stopping, as the anchor's code "
+                        "does) or the last one")
     p.add_argument("--record", default=None,
                    help="result file (default: results/fashion_density.md, fashion_density_gated.md for gated)")
     args = p.parse_args()
@@ -97,7 +100,7 @@ def main():
     final = phases[-1][2] - phases[-1][1] + 1 if len(phases) > 1 else 0
     if args.eval_threads:
         torch.set_num_threads(args.eval_threads)
-    run = load_run(out, device)
+    run = load_run(out, device, args.checkpoint)
     x, y = splits.split("test")
     torch.manual_seed(0)
     values, _ = split_terms(run.model, run.guide, run.objective, x, y)
@@ -105,27 +108,34 @@ def main():
     nll = importance_nll(run.model, run.guide, x, y, samples=args.iw_samples, batch_size=50,
                          particles_per_pass=500).mean().item()
     eval_minutes = (time.perf_counter() - eval_start) / 60
-    result = {"epochs": epoch, "train_minutes": round(train_minutes, 1), "eval_minutes": round(eval_minutes, 1),
+    result = {"epochs": epoch, "evaluated_epoch": run.epoch, "checkpoint": args.checkpoint,
+              "train_minutes": round(train_minutes, 1), "eval_minutes": round(eval_minutes, 1),
               "session_minutes": round(session_minutes, 1), "lr_schedule": schedule, "test_elbo": values["elbo"],
               "test_nll_iw": nll, "iw_samples": args.iw_samples, "anchor": ANCHOR, "prior": args.prior}
     print(json.dumps(result))
-    from_scratch = (f"python benchmarks/fashion_density.py --out runs/fashion-density --epochs {epoch} --minutes 0 "
-                    f"--iw-samples {args.iw_samples} --device cuda --network {args.network}"
-                    + (f" --lr {phases[0][0]:g} --final-lr {phases[-1][0]:g} --final-epochs {final}" if final else ""))
+    flags = (f"--network {args.network} --lr {args.lr:g}"
+             + (f" --grad-clip {args.grad_clip:g}" if args.grad_clip else "") + f" --checkpoint {args.checkpoint}"
+             + (f" --final-lr {args.final_lr:g} --final-minutes {args.final_minutes:g}" if args.final_lr is not None
+                else ""))
+    if len(phases) <= 2:
+        in_one_go = ("the same schedule in one go: `python benchmarks/fashion_density.py --out runs/fashion-density "
+                     f"--epochs {epoch} --minutes 0 --iw-samples {args.iw_samples} --device cuda --network "
+                     f"{args.network}" + (f" --lr {phases[0][0]:g} --final-lr {phases[-1][0]:g} --final-epochs "
+                                          f"{final}" if final else "")
+                     + (f" --grad-clip {args.grad_clip:g}" if args.grad_clip else "") + "`")
+    else:
+        in_one_go = "its learning-rate phases, below, took one invocation each (`--lr` changes on resume)"
     lines = ["# Fashion-MNIST density (issue 2)", "",
              f"Last command: `python benchmarks/fashion_density.py --out {args.out} --epochs {args.epochs} "
              f"--minutes {args.minutes} --slice-epochs {args.slice_epochs} --iw-samples {args.iw_samples} --device "
-             f"{args.device} --network {args.network} --lr {args.lr:g}"
-             + (f" --grad-clip {args.grad_clip:g}" if args.grad_clip else "") + (f" --final-lr {args.final_lr:g} --final-minutes {args.final_minutes:g}"
-                                 if args.final_lr is not None else "")
-             + f"` ({device.type}; the 2-core CPU here is shared with other work). The run was trained in resumable "
-             f"slices over one or more invocations; the same schedule in one go: `{from_scratch}`.", "",
+             f"{args.device} {flags}` ({device.type}; the 2-core CPU here is shared with other work). The run was "
+             f"trained in resumable slices over one or more invocations; {in_one_go}.", "",
              f"Dynamic binarisation, 784-300-300-40 {args.network} VAE, Bernoulli, batch 100, Adam, linear KL "
              f"warm-up over 20 epochs, analytic KL. Learning rate: {schedule}.", "",
-             "| epochs | training (min) | test ELBO | test NLL (IW) | K | anchor | evaluation (min) |",
-             "|---|---|---|---|---|---|---|",
-             f"| {epoch} | {train_minutes:.1f} | {values['elbo']:.2f} | {nll:.2f} | {args.iw_samples} | {ANCHOR} | "
-             f"{eval_minutes:.1f} |", ""]
+             "| epochs | evaluated epoch | training (min) | test ELBO | test NLL (IW) | K | anchor | evaluation (min) |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| {epoch} | {run.epoch} ({args.checkpoint}) | {train_minutes:.1f} | {values['elbo']:.2f} | {nll:.2f} | "
+             f"{args.iw_samples} | {ANCHOR} | {eval_minutes:.1f} |", ""]
     Path(args.record).write_text("\n".join(lines))
 
 

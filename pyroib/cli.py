@@ -153,6 +153,8 @@ def _evaluate(argv):
                         "its log density within about 256 MB)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default="last",
+                   help="last (the end of training) or best (the epoch with the best validation ELBO)")
     p.add_argument("--prior", default="standard",
                    help="standard (the prior the model was trained with), aggregate (the factorised aggregate "
                         "posterior of the training encodings) or aggregate-joint, in place of p(z); the aggregate is "
@@ -170,11 +172,11 @@ def _evaluate(argv):
     if args.prior == "standard":
         result = evaluate_run(args.run, split=args.split, iw_samples=args.iw_samples, device=args.device,
                               batch_size=args.batch_size or 100, seed=args.seed,
-                              full_data_points=args.full_data_points)
+                              full_data_points=args.full_data_points, checkpoint=args.checkpoint)
     else:
         from .generate import evaluate_with_prior, prior_by_name
         from .run import load_run
-        run = load_run(args.run, args.device)
+        run = load_run(args.run, args.device, args.checkpoint)
         result = evaluate_with_prior(run, prior_by_name(run, args.prior), split=args.split,
                                      iw_samples=args.iw_samples, batch_size=args.batch_size, seed=args.seed,
                                      full_data_points=args.full_data_points)

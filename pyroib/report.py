@@ -25,18 +25,20 @@ def _load_splits(run):
 
 
 def evaluate_run(run_dir, split: str = "test", iw_samples: int = 100, device: str = "auto", batch_size: int = 100,
-                 seed: int = 0, run=None, full_data_points: int = FULL_DATA_MAX_POINTS, splits=None) -> dict:
+                 seed: int = 0, run=None, full_data_points: int = FULL_DATA_MAX_POINTS, splits=None,
+                 checkpoint: str = "last") -> dict:
     """ELBO, rate, distortion, IWAE NLL, active units and per-dimension KL of a run on a split (nats per point),
     plus the full-data information terms over at most ``full_data_points`` points (0 skips them: O(M² D) time).
 
     ``nll_iw`` estimates -log p(x) and is reported only for models that observe x (a model class may say
     ``observes_inputs = False``, as deep VIB does: its importance weights would target p(y), not p(y | x)).
     """
-    run = run or load_run(run_dir, device)
+    run = run or load_run(run_dir, device, checkpoint)
     x, y = (splits or _load_splits(run)).split(split)
     torch.manual_seed(seed)
     values, kl_per_dim = split_terms(run.model, run.guide, run.objective, x, y, batch_size=max(batch_size, 500))
     result = {"split": split, "n": int(x.shape[0]), "epoch": run.epoch,
+              "checkpoint": getattr(run, "checkpoint", "last"),
               "elbo": values.pop("elbo"), "rate": values.pop("rate"), "distortion": values.pop("distortion")}
     values.pop("loss", None)
     if iw_samples > 0 and getattr(run.model, "observes_inputs", True):

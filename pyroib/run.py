@@ -19,6 +19,10 @@ from .checkpoint import load_checkpoint
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+# the weights of the epoch with the best validation ELBO so far: what early stopping would keep, and what survives
+# a late divergence that the last checkpoint does not
+BEST_FILE = "best.pt"
+CHECKPOINTS = {"last": CHECKPOINT_FILE, "best": BEST_FILE}
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -121,13 +125,24 @@ def read_spec(run_dir: str | Path) -> RunSpec:
         raise ValueError(f"{path} is damaged ({error}); it cannot be read as a pyroib run configuration") from None
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> SimpleNamespace:
-    """Rebuild a trained run (model, guide, objective, spec) from its directory, weights loaded, in eval mode."""
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint: str = "last") -> SimpleNamespace:
+    """Rebuild a trained run (model, guide, objective, spec) from its directory, weights loaded, in eval mode.
+
+    ``checkpoint="last"`` loads the end of training (``checkpoint.pt``), ``"best"`` the epoch with the best
+    validation ELBO (``best.pt``).
+    """
     run_dir = Path(run_dir)
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"unknown checkpoint {checkpoint!r}: choose last (the end of training) or best (the best "
+                         "validation ELBO)")
     spec = read_spec(run_dir)
     device = resolve_device(device) if isinstance(device, str) else device
     built = build(spec, device)
-    state = load_checkpoint(run_dir / CHECKPOINT_FILE, map_location=device)
+    path = run_dir / CHECKPOINTS[checkpoint]
+    if checkpoint == "best" and not path.is_file() and (run_dir / CHECKPOINT_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir} has no {BEST_FILE} (runs trained before pyroib kept one); use the last "
+                                "checkpoint, or resume training for an epoch to write it")
+    state = load_checkpoint(path, map_location=device)
     built.model.load_state_dict(state["model"])
     built.guide.load_state_dict(state["guide"])
     if state.get("objective") and hasattr(built.objective, "load_state_dict"):
@@ -135,6 +150,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> SimpleN
     built.model.eval()
     built.guide.eval()
     built.epoch = state["epoch"]
+    built.checkpoint = checkpoint
     built.run_dir = run_dir
     built.device = device
     return built

@@ -24,7 +24,7 @@ from .checkpoint import append_jsonl, load_checkpoint, read_jsonl, save_checkpoi
 from .data import BatchIterator, DataSplits
 from .evaluate import split_terms
 from .handlers import bottleneck, validate_weights
-from .run import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RunSpec, build, read_spec, resolve_device
+from .run import BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RunSpec, build, read_spec, resolve_device
 from .schedules import Schedule
 
 # a resumed run may train longer, move to another device, or continue at another learning rate or gradient clip
@@ -135,6 +135,7 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
                                  **({"fused": True} if device.type == "cuda" else {}))
     out.mkdir(parents=True, exist_ok=True)
     epoch = step = 0
+    best_elbo = -math.inf
     if resume:
         state = load_checkpoint(out / CHECKPOINT_FILE, map_location=device)
         model.load_state_dict(state["model"])
@@ -148,6 +149,10 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         batches.generator.set_state(state["batch_generator"])
         _set_rng_state(state["rng"], device)
         truncate_jsonl(out / METRICS_FILE, lambda row: row.get("epoch", 0) <= epoch)
+        if (out / BEST_FILE).is_file():
+            best = load_checkpoint(out / BEST_FILE)
+            # a kill between writing best.pt and checkpoint.pt leaves a best epoch the resumed run will redo
+            best_elbo = best["val_elbo"] if best["epoch"] <= epoch else -math.inf
     write_json(out / CONFIG_FILE, spec.to_json())
 
     n_train = splits.train.shape[0]
@@ -203,6 +208,11 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         if not math.isfinite(row["val_elbo"]):
             raise TrainingDiverged(f"validation ELBO is not finite after epoch {epoch}; the last good checkpoint "
                                    f"(epoch {epoch - 1}) is kept in {out}")
+        if row["val_elbo"] > best_elbo:
+            best_elbo = row["val_elbo"]
+            save_checkpoint({"model": model.state_dict(), "guide": guide.state_dict(),
+                             "objective": objective.state_dict() if hasattr(objective, "state_dict") else {},
+                             "epoch": epoch, "val_elbo": best_elbo}, out / BEST_FILE)
         save_checkpoint({"model": model.state_dict(), "guide": guide.state_dict(),
                          "optimizer": optimizer.state_dict(),
                          "objective": objective.state_dict() if hasattr(objective, "state_dict") else {},

@@ -76,6 +76,52 @@ def test_grad_clip_bounds_every_applied_gradient_and_counts_the_clipped_steps(tm
         assert not (tmp_path / f"bad{bad}").exists()
 
 
+def _scripted_validation(monkeypatch, elbos):
+    """Make each epoch's validation ELBO the next of ``elbos`` (training itself is untouched)."""
+    import pyroib.train as training
+    real, queue = training.split_terms, list(elbos)
+
+    def scripted(*args, **kwargs):
+        values, kl = real(*args, **kwargs)
+        return {**values, "elbo": queue.pop(0)}, kl
+
+    monkeypatch.setattr(training, "split_terms", scripted)
+
+
+def test_best_checkpoint_keeps_the_best_validation_epoch_across_resumes(tmp_path, monkeypatch, capsys):
+    from pyroib.run import load_run
+    _scripted_validation(monkeypatch, [-10.0, -5.0, -7.0, -4.0, -3.0, -8.0, -1.0])  # "two" takes the 4th, 5th
+    train(spec(epochs=3), tmp_path / "run", progress=False)
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert (best["epoch"], best["val_elbo"]) == (2, -5.0)
+    train(spec(epochs=2), tmp_path / "two", progress=False)  # the same seed stopped after epoch 2
+    two = load_checkpoint(tmp_path / "two" / "checkpoint.pt")
+    for name, value in two["model"].items():
+        assert torch.equal(value, best["model"][name]), name
+    # a resumed run compares against the stored best, not against -inf
+    train(spec(epochs=4), tmp_path / "run", resume=True, progress=False)
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 2
+    train(spec(epochs=5), tmp_path / "run", resume=True, progress=False)
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 5
+    run = load_run(tmp_path / "run", "cpu", checkpoint="best")
+    assert run.epoch == 5 and load_run(tmp_path / "two", "cpu").epoch == 2
+    monkeypatch.undo()
+    assert cli.main(["evaluate", str(tmp_path / "two"), "--checkpoint", "best", "--iw-samples", "2",
+                     "--full-data-points", "0", "--json", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["checkpoint"], result["epoch"]) == ("best", 2)
+
+
+def test_best_checkpoint_errors(tmp_path, capsys):
+    from pyroib.run import load_run
+    train(spec(epochs=1), tmp_path / "run", progress=False)
+    (tmp_path / "run" / "best.pt").unlink()  # as in a run trained before pyroib kept one
+    with pytest.raises(FileNotFoundError, match="no best.pt"):
+        load_run(tmp_path / "run", "cpu", checkpoint="best")
+    assert cli.main(["evaluate", str(tmp_path / "run"), "--checkpoint", "first", "--device", "cpu"]) == 2
+    assert "unknown checkpoint 'first'" in capsys.readouterr().err
+
+
 def test_resume_refuses_changed_settings_and_new_run_refuses_existing_dir(tmp_path):
     train(spec(epochs=1), tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="beta"):
