@@ -54,7 +54,8 @@ def run_one(prior: str, args: argparse.Namespace) -> dict:
     spec = RunSpec(model="vae", model_config={"data_shape": [1, 28, 28], "latent_dim": 40, "hidden": [300, 300],
                                                **({"network": args.network} if args.network != "mlp" else {})},
                    dataset="fashion-mnist", binarize="dynamic", prior=prior, prior_options=PRIOR_OPTIONS[prior],
-                   epochs=1, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device)
+                   epochs=1, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, seed=args.seed,
+                   device=args.device)
     device = resolve_device(args.device)
     splits = load_dataset("fashion-mnist", binarize="dynamic", seed=args.seed, device=device)
     epoch = load_checkpoint(out / CHECKPOINT_FILE)["epoch"] if (out / CHECKPOINT_FILE).is_file() else 0
@@ -76,9 +77,10 @@ def run_one(prior: str, args: argparse.Namespace) -> dict:
     saved = out / "benchmark.json"
     if args.evaluate_only and saved.is_file():
         previous = json.loads(saved.read_text())
-        if previous["epoch"] == epoch and previous.get("iw_samples") == args.iw_samples:
+        if previous.get("trained_epochs", previous["epoch"]) == epoch and previous.get("iw_samples") == args.iw_samples \
+                and previous.get("checkpoint", "last") == args.checkpoint:
             return previous
-    run = load_run(out, device)
+    run = load_run(out, device, args.checkpoint)
     result = evaluate_run(out, "test", iw_samples=0, device=str(device), seed=args.seed, run=run)
     # Importance sampling one small batch per call: small batches bound the VampPrior's (particles, batch, 500, 40)
     # log-density tensor. (The flow prior's memory growth of the recorded run, 15 GB after a few thousand points,
@@ -94,7 +96,7 @@ def run_one(prior: str, args: argparse.Namespace) -> dict:
     nll = torch.cat(parts)
     result.update(nll_iw=float(nll.mean()), iw_samples=args.iw_samples, iw_points=points)
     result = {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
-    result.update(prior=prior, train_minutes=train_minutes, eval_minutes=(time.perf_counter() - tick) / 60,
+    result.update(prior=prior, trained_epochs=epoch, train_minutes=train_minutes, eval_minutes=(time.perf_counter() - tick) / 60,
                   anchor=ANCHORS.get(prior), budget_stopped=epoch < args.epochs and args.minutes > 0)
     saved.write_text(json.dumps(result, indent=2))
     print(f"[{prior}] test NLL {result['nll_iw']:.2f} nats (K = {args.iw_samples})", flush=True)
@@ -118,7 +120,9 @@ def write_results(results: list[dict], args: argparse.Namespace, command: str) -
         anchor = "—" if r["anchor"] is None else f"{r['anchor']:.2f}"
         gap = "—" if r["anchor"] is None else f"{r['nll_iw'] - r['anchor']:+.2f}"
         stopped = " (budget)" if r["budget_stopped"] else ""
-        lines.append(f"| {r['prior']} | {r['epoch']}{stopped} | {r['train_minutes']:.1f} | {-r['elbo']:.2f} "
+        trained = r.get("trained_epochs", r["epoch"])
+        epochs = f"{trained}" + (f" (best: {r['epoch']})" if r["epoch"] != trained else "")
+        lines.append(f"| {r['prior']} | {epochs}{stopped} | {r['train_minutes']:.1f} | {-r['elbo']:.2f} "
                      f"| {r['nll_iw']:.2f} ({r.get('iw_points', r['n'])} points) | {anchor} | {gap} | {r.get('active_units', '—')} |")
     return "\n".join(lines) + "\n"
 
@@ -131,6 +135,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iw-samples", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--grad-clip", type=float, default=None,
+                   help="clip the per-data-point gradient norm (pyroib train --grad-clip); long gated runs need it")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                   help="evaluate the epoch with the best validation ELBO (early stopping) or the last one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--network", default="mlp", choices=["mlp", "gated"],
