@@ -82,8 +82,8 @@ def main():
                        model_config={"data_shape": [1, 28, 28], "latent_dim": 40, "hidden": [300, 300],
                                      **({"network": args.network} if args.network != "mlp" else {})},
                        schedule="linear", warmup_epochs=20, beta=1.0, batch_size=100,
-                       lr=args.final_lr if final_phase else args.lr, grad_clip=args.grad_clip, analytic_kl=True, epochs=target, seed=0,
-                       device=args.device)
+                       lr=args.final_lr if final_phase else args.lr, grad_clip=args.grad_clip, analytic_kl=True,
+                       epochs=target, seed=0, device=args.device)
         rows = train(spec, out, resume=(out / CHECKPOINT_FILE).exists(), progress=False, splits=splits)
         epoch = rows[-1]["epoch"]
         print(f"epoch {epoch}: val ELBO {rows[-1]['val_elbo']:.2f}, lr {rows[-1].get('lr', 1e-3):g} "

@@ -77,8 +77,9 @@ def run_one(prior: str, args: argparse.Namespace) -> dict:
     saved = out / "benchmark.json"
     if args.evaluate_only and saved.is_file():
         previous = json.loads(saved.read_text())
-        if previous.get("trained_epochs", previous["epoch"]) == epoch and previous.get("iw_samples") == args.iw_samples \
-                and previous.get("checkpoint", "last") == args.checkpoint:
+        same = (previous.get("trained_epochs", previous["epoch"]), previous.get("iw_samples"),
+                previous.get("checkpoint", "last")) == (epoch, args.iw_samples, args.checkpoint)
+        if same:
             return previous
     run = load_run(out, device, args.checkpoint)
     result = evaluate_run(out, "test", iw_samples=0, device=str(device), seed=args.seed, run=run)
@@ -96,7 +97,8 @@ def run_one(prior: str, args: argparse.Namespace) -> dict:
     nll = torch.cat(parts)
     result.update(nll_iw=float(nll.mean()), iw_samples=args.iw_samples, iw_points=points)
     result = {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
-    result.update(prior=prior, trained_epochs=epoch, train_minutes=train_minutes, eval_minutes=(time.perf_counter() - tick) / 60,
+    result.update(prior=prior, trained_epochs=epoch, train_minutes=train_minutes,
+                  eval_minutes=(time.perf_counter() - tick) / 60,
                   anchor=ANCHORS.get(prior), budget_stopped=epoch < args.epochs and args.minutes > 0)
     saved.write_text(json.dumps(result, indent=2))
     print(f"[{prior}] test NLL {result['nll_iw']:.2f} nats (K = {args.iw_samples})", flush=True)

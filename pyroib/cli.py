@@ -167,14 +167,12 @@ def _evaluate(argv):
     args = p.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.prior not in ("standard", "aggregate", "aggregate-joint"):
-        raise ValueError(f"unknown --prior {args.prior!r}; choose one of standard, aggregate, aggregate-joint")
-    if args.prior == "standard":
+    from .generate import check_prior_name, evaluate_with_prior, prior_by_name  # generate registers on cli
+    if check_prior_name(args.prior) == "standard":
         result = evaluate_run(args.run, split=args.split, iw_samples=args.iw_samples, device=args.device,
                               batch_size=args.batch_size or 100, seed=args.seed,
                               full_data_points=args.full_data_points, checkpoint=args.checkpoint)
     else:
-        from .generate import evaluate_with_prior, prior_by_name
         from .run import load_run
         run = load_run(args.run, args.device, args.checkpoint)
         result = evaluate_with_prior(run, prior_by_name(run, args.prior), split=args.split,

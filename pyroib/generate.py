@@ -33,6 +33,7 @@ import torch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .cli import command
 from .estimators import logsumexp_floored
+from .information import FULL_DATA_MAX_POINTS
 from .priors import AggregatePosterior
 
 AGGREGATE_FILE = "aggregate_prior.pt"
@@ -98,14 +99,13 @@ def load_aggregate_priors(run, fit_if_missing: bool = True, max_components: int 
 
 
 def evaluate_with_prior(run, prior, split: str = "test", iw_samples: int = 100, batch_size: int | None = None,
-                        seed: int = 0, full_data_points: int | None = None) -> dict:
+                        seed: int = 0, full_data_points: int = FULL_DATA_MAX_POINTS) -> dict:
     """``pyroib.report.evaluate_run`` with ``prior`` standing in for the run's own prior p(z); restored afterwards.
 
     The ELBO and IWAE bound then read log p(x) of the model p(z') p(x|z) with the swapped p(z'), a different
     generative model sharing the decoder. Without ``batch_size`` it is chosen so that an aggregate prior's
     (particles, batch, M, D) log-density tensor stays within about 256 MB.
     """
-    from .information import FULL_DATA_MAX_POINTS
     from .report import evaluate_run
     if batch_size is None:
         batch_size = 100
@@ -116,8 +116,7 @@ def evaluate_with_prior(run, prior, split: str = "test", iw_samples: int = 100, 
     run.model.prior = prior.to(run.device)
     try:
         return evaluate_run(run.run_dir, split=split, iw_samples=iw_samples, batch_size=batch_size, seed=seed,
-                            run=run, full_data_points=FULL_DATA_MAX_POINTS if full_data_points is None
-                            else full_data_points)
+                            run=run, full_data_points=full_data_points)
     finally:
         run.model.prior = original
 
@@ -163,12 +162,17 @@ def write_grid(images: torch.Tensor, path: str | Path, nrow: int) -> tuple[int, 
     return tuple(array.shape[:2])
 
 
+def check_prior_name(name: str) -> str:
+    """``name`` if it is one of SAMPLE_PRIORS; commands call it before loading a run, so a bad flag fails fast."""
+    if name not in SAMPLE_PRIORS:
+        raise ValueError(f"unknown --prior {name!r}; choose one of {', '.join(SAMPLE_PRIORS)}")
+    return name
+
+
 def prior_by_name(run, name: str):
     """The run's own prior (``"standard"``), or the factorised (``"aggregate"``) or joint (``"aggregate-joint"``)
     aggregate posterior, fitted and saved first when the run has none."""
-    if name not in SAMPLE_PRIORS:
-        raise ValueError(f"unknown --prior {name!r}; choose one of {', '.join(SAMPLE_PRIORS)}")
-    if name == "standard":
+    if check_prior_name(name) == "standard":
         return run.model.prior
     forms = load_aggregate_priors(run)
     return forms["factorised" if name == "aggregate" else "joint"].to(run.device)
@@ -210,8 +214,7 @@ def _sample(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    if args.prior not in SAMPLE_PRIORS:  # before the run is loaded: a bad flag fails fast
-        raise ValueError(f"unknown --prior {args.prior!r}; choose one of {', '.join(SAMPLE_PRIORS)}")
+    check_prior_name(args.prior)
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
     nrow = args.nrow or math.ceil(math.sqrt(args.n))

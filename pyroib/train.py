@@ -131,7 +131,8 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
                             drop_last=objective.min_batch_size > 1)
     schedule = make_schedule(spec, len(batches))
     anchors = validate_weights(spec.beta, spec.anchors, getattr(built.config, "latent_dim", None))
-    optimizer = torch.optim.Adam(_parameters(model, guide), lr=spec.lr,
+    parameters = _parameters(model, guide)
+    optimizer = torch.optim.Adam(parameters, lr=spec.lr,
                                  **({"fused": True} if device.type == "cuda" else {}))
     out.mkdir(parents=True, exist_ok=True)
     epoch = step = 0
@@ -156,7 +157,6 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     write_json(out / CONFIG_FILE, spec.to_json())
 
     n_train = splits.train.shape[0]
-    parameters = _parameters(model, guide)
     # the surrogate is N times the per-data-point loss, so the clip applies to N times the per-point gradient norm
     max_norm = None if spec.grad_clip is None else spec.grad_clip * n_train
     for epoch in range(epoch + 1, spec.epochs + 1):
@@ -208,16 +208,14 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         if not math.isfinite(row["val_elbo"]):
             raise TrainingDiverged(f"validation ELBO is not finite after epoch {epoch}; the last good checkpoint "
                                    f"(epoch {epoch - 1}) is kept in {out}")
+        trained = {"model": model.state_dict(), "guide": guide.state_dict(),
+                   "objective": objective.state_dict() if hasattr(objective, "state_dict") else {}, "epoch": epoch}
         if row["val_elbo"] > best_elbo:
             best_elbo = row["val_elbo"]
-            save_checkpoint({"model": model.state_dict(), "guide": guide.state_dict(),
-                             "objective": objective.state_dict() if hasattr(objective, "state_dict") else {},
-                             "epoch": epoch, "val_elbo": best_elbo}, out / BEST_FILE)
-        save_checkpoint({"model": model.state_dict(), "guide": guide.state_dict(),
-                         "optimizer": optimizer.state_dict(),
-                         "objective": objective.state_dict() if hasattr(objective, "state_dict") else {},
-                         "epoch": epoch, "step": step, "batch_generator": batches.generator.get_state(),
-                         "rng": _rng_state(device)}, out / CHECKPOINT_FILE)
+            save_checkpoint({**trained, "val_elbo": best_elbo}, out / BEST_FILE)
+        save_checkpoint({**trained, "optimizer": optimizer.state_dict(), "step": step,
+                         "batch_generator": batches.generator.get_state(), "rng": _rng_state(device)},
+                        out / CHECKPOINT_FILE)
         append_jsonl(out / METRICS_FILE, row)
         if progress:
             tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.3f}  val ELBO {row['val_elbo']:.3f}  "
