@@ -53,9 +53,11 @@ def run_one(prior: str, args: argparse.Namespace) -> dict:
     out = Path(args.root) / prior
     spec = RunSpec(model="vae", model_config={"data_shape": [1, 28, 28], "latent_dim": 40, "hidden": [300, 300],
                                                **({"network": args.network} if args.network != "mlp" else {})},
-                   dataset="fashion-mnist", binarize="dynamic", prior=prior, prior_options=PRIOR_OPTIONS[prior],
+                   dataset="fashion-mnist", binarize="dynamic", prior=prior,
+                   prior_options={**PRIOR_OPTIONS[prior], **({"init": "data"} if prior == "vamp" and
+                                                             args.prior_init == "data" else {})},
                    epochs=1, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, seed=args.seed,
-                   device=args.device)
+                   device=args.device, init_from=args.init_from)
     device = resolve_device(args.device)
     splits = load_dataset("fashion-mnist", binarize="dynamic", seed=args.seed, device=device)
     epoch = load_checkpoint(out / CHECKPOINT_FILE)["epoch"] if (out / CHECKPOINT_FILE).is_file() else 0
@@ -141,6 +143,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="clip the per-data-point gradient norm (pyroib train --grad-clip); long gated runs need it")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"],
                    help="evaluate the epoch with the best validation ELBO (early stopping) or the last one")
+    p.add_argument("--init-from", default=None,
+                   help="start every prior's run from this run's weights (pyroib train --init-from), e.g. a trained "
+                        "standard-prior VAE; resumed runs keep their own")
+    p.add_argument("--prior-init", default=None, choices=["data"],
+                   help="vamp: pseudo-inputs start at random training images (pyroib train --prior-init)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--network", default="mlp", choices=["mlp", "gated"],

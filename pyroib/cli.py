@@ -48,6 +48,11 @@ def _train_parser(config_cls=None, options: dict | None = None, defaults: dict |
     p.add_argument("--val-size", type=int, default=None)
     p.add_argument("--prior", default="standard", help="standard, learned, mixture, vamp or flow")
     p.add_argument("--prior-components", type=int, default=None, help="mixture components or VampPrior inputs")
+    p.add_argument("--prior-init", default=None, choices=["data"],
+                   help="vamp: start the pseudo-inputs at random training images instead of grey noise")
+    p.add_argument("--init-from", default=None,
+                   help="start from the weights of a run directory (its best.pt, else checkpoint.pt) or a .pt file, "
+                        "where names match: fine-tune, or warm-start another prior")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -111,6 +116,10 @@ def spec_from_args(argv: list[str]):
     prior_options = {}
     if args.prior_components is not None:
         prior_options["n_components" if args.prior == "mixture" else "n_pseudo_inputs"] = args.prior_components
+    if args.prior_init is not None:
+        if args.prior != "vamp":
+            raise ValueError(f"--prior-init data is for --prior vamp (its pseudo-inputs); got --prior {args.prior}")
+        prior_options["init"] = args.prior_init
     spec = RunSpec(
         model=args.model, model_config=model_config, dataset=args.dataset, data_dir=args.data_dir,
         binarize=args.binarize, val_size=args.val_size, prior=args.prior, prior_options=prior_options,
@@ -120,7 +129,7 @@ def spec_from_args(argv: list[str]):
         cycle_ratio=args.cycle_ratio, capacity_max=args.capacity_max, capacity_epochs=args.capacity_epochs,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip,
         num_particles=args.particles,
-        analytic_kl=args.analytic_kl, seed=args.seed, device=args.device)
+        analytic_kl=args.analytic_kl, seed=args.seed, device=args.device, init_from=args.init_from)
     return spec, args, splits
 
 

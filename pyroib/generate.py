@@ -40,7 +40,7 @@ AGGREGATE_FILE = "aggregate_prior.pt"
 DEFAULT_MAX_COMPONENTS = 5000
 SAMPLE_PRIORS = ("standard", "aggregate", "aggregate-joint")
 GRID_PADDING = 2
-MEMORY_BUDGET_FLOATS = 2**26  # 256 MB of float32 for the (particles, batch, M, D) tensor of an aggregate log density
+MEMORY_BUDGET_FLOATS = 2**26  # 256 MB of float32 for the log-density tensors of an aggregate prior
 
 
 def training_encodings(run, limit: int | None = None, batch_size: int = 1000, seed: int = 0):
@@ -104,13 +104,16 @@ def evaluate_with_prior(run, prior, split: str = "test", iw_samples: int = 100, 
 
     The ELBO and IWAE bound then read log p(x) of the model p(z') p(x|z) with the swapped p(z'), a different
     generative model sharing the decoder. Without ``batch_size`` it is chosen so that an aggregate prior's
-    (particles, batch, M, D) log-density tensor stays within about 256 MB.
+    log-density tensors ((particles, batch, D, M) factorised, (particles, batch, M) joint) stay near 256 MB.
     """
     from .report import evaluate_run
     if batch_size is None:
         batch_size = 100
         if isinstance(prior, AggregatePosterior):
-            per_point = min(250, max(iw_samples, 1)) * prior.n_components * prior.latent_dim
+            # the factorised form broadcasts (particles, batch, D, M); the joint one scores (particles, batch, M)
+            # in float64 with a few temporaries (DiagonalNormalMixture)
+            per_component = 4 if prior.joint else prior.latent_dim
+            per_point = min(250, max(iw_samples, 1)) * prior.n_components * per_component
             batch_size = max(1, min(100, MEMORY_BUDGET_FLOATS // per_point))
     original = run.model.prior
     run.model.prior = prior.to(run.device)

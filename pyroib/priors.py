@@ -18,6 +18,8 @@ import pyro.distributions as dist
 import pyro.distributions.transforms as T
 from pyro.distributions.torch_distribution import TorchDistribution
 
+from .mixture import DiagonalNormalMixture
+
 __all__ = [
     "Prior", "StandardNormal", "LearnedGaussian", "MixtureOfGaussians", "VampPrior", "FlowPrior",
     "AggregatePosterior", "FactorisedAggregatePosterior", "JointAggregatePosterior",
@@ -96,9 +98,8 @@ class MixtureOfGaussians(Prior):
         self.log_scales = nn.Parameter(torch.full((n_components, latent_dim), math.log(self.initial_scale)))
 
     def forward(self, batch_size: int) -> TorchDistribution:
-        components = dist.Normal(self.locs, self.log_scales.exp()).to_event(1)
-        mixture = dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
-        return mixture.expand([_positive_int("batch_size", batch_size)])
+        return DiagonalNormalMixture(self.locs, self.log_scales.exp(), self.logits,
+                                     batch_shape=(_positive_int("batch_size", batch_size),))
 
 
 class VampPrior(Prior):
@@ -168,6 +169,11 @@ class VampPrior(Prior):
         unit = ((init - low) / (high - low)).clamp(self.init_margin, 1 - self.init_margin)
         return torch.logit(unit)
 
+    def set_pseudo_inputs(self, data: torch.Tensor) -> None:
+        """Start the pseudo-inputs at ``data`` ((K, *data_shape) points inside ``data_range``), as ``init`` does."""
+        with torch.no_grad():
+            self.pseudo_raw.copy_(self._raw_from_data(data.to(self.pseudo_raw), tuple(self.pseudo_raw.shape)))
+
     def _check_encoder(self, latent_dim: int | None) -> int:
         # A dry run in eval mode, so layers such as batch norm keep their running statistics untouched.
         was_training = getattr(self.encoder, "training", None)
@@ -189,9 +195,7 @@ class VampPrior(Prior):
 
     def forward(self, batch_size: int) -> TorchDistribution:
         loc, scale = self.encoder(self.pseudo_inputs)
-        uniform = dist.Categorical(logits=loc.new_zeros(self.n_pseudo_inputs))
-        mixture = dist.MixtureSameFamily(uniform, dist.Normal(loc, scale).to_event(1))
-        return mixture.expand([_positive_int("batch_size", batch_size)])
+        return DiagonalNormalMixture(loc, scale, batch_shape=(_positive_int("batch_size", batch_size),))
 
 
 class FlowPrior(Prior):
@@ -241,10 +245,10 @@ class AggregatePosterior(Prior):
       of different data points, which is how the CorEx paper generates new images.
     * ``JointAggregatePosterior`` (joint=True, not factorised): z from (1/N) sum_n N(loc_n, diag scale_n^2).
 
-    Memory: ``log_prob`` and the distribution's ``sample`` build a (batch, N, latent_dim) tensor, e.g. 1.2 GB of
-    float32 for batch 128, N = 60,000, latent_dim = 40. Bound it with ``max_components``; ``self.sample(n)``
-    draws without that cost. loc and scale are buffers (plus the 0-d bool buffer ``is_joint``), so a fitted prior
-    is saved in a state_dict and rebuilt with ``from_state_dict`` or by shapes ``Form(n_components, latent_dim)``.
+    Memory: the factorised form's ``log_prob`` builds a (batch, latent_dim, N) tensor, e.g. 1.2 GB of float32 for
+    batch 128, N = 60,000, latent_dim = 40, and the joint form's a (batch, N) one in float64 (DiagonalNormalMixture).
+    Bound them with ``max_components``; ``self.sample(n)`` draws without that cost. loc and scale are buffers (plus
+    the 0-d bool buffer ``is_joint``), so a fitted prior is saved in a state_dict and rebuilt with ``from_state_dict`` or by shapes ``Form(n_components, latent_dim)``.
     """
 
     joint: bool
@@ -334,9 +338,7 @@ class JointAggregatePosterior(AggregatePosterior):
     joint = True
 
     def forward(self, batch_size: int) -> TorchDistribution:
-        uniform = dist.Categorical(logits=self.loc.new_zeros(self.n_components))
-        mixture = dist.MixtureSameFamily(uniform, dist.Normal(self.loc, self.scale).to_event(1))
-        return mixture.expand([_positive_int("batch_size", batch_size)])
+        return DiagonalNormalMixture(self.loc, self.scale, batch_shape=(_positive_int("batch_size", batch_size),))
 
 
 _PRIORS_BY_NAME = {

@@ -53,6 +53,7 @@ class RunSpec:
     analytic_kl: bool = False
     seed: int = 0
     device: str = "auto"
+    init_from: str | None = None  # a run directory (its best.pt, else checkpoint.pt) or a checkpoint file
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,6 +97,8 @@ def build(spec: RunSpec, device: torch.device | str = "cpu") -> SimpleNamespace:
     config = make_config(program.Config, spec.model_config)
     guide = program.Guide(config)
     prior_kwargs = dict(spec.prior_options)
+    if spec.prior == "vamp" and prior_kwargs.get("init") == "data":
+        del prior_kwargs["init"]  # training sets the pseudo-inputs to training images (initialise_pseudo_inputs)
     if spec.prior == "vamp":
         prior_kwargs.setdefault("encoder", guide.encode)
         prior_kwargs.setdefault("data_shape", tuple(config.data_shape))
@@ -109,6 +112,60 @@ def build(spec: RunSpec, device: torch.device | str = "cpu") -> SimpleNamespace:
     objective = arch.objective(num_particles=spec.num_particles, analytic_kl=spec.analytic_kl, **options)
     return SimpleNamespace(model=model.to(device), guide=guide.to(device), objective=objective, config=config,
                            program=program, spec=spec)
+
+
+def initialise_pseudo_inputs(built: SimpleNamespace, train_x: torch.Tensor) -> None:
+    """``prior_options={"init": "data"}`` for a VampPrior: its K pseudo-inputs start as K distinct training images
+    drawn with the run's seed (Tomczak and Welling's data initialisation)."""
+    if built.spec.prior != "vamp" or built.spec.prior_options.get("init") != "data":
+        return
+    prior = built.model.prior
+    k = prior.n_pseudo_inputs
+    if k > train_x.shape[0]:
+        raise ValueError(f"{k} pseudo-inputs initialised from data need at least {k} training images; the training "
+                         f"split has {train_x.shape[0]}")
+    chosen = torch.randperm(train_x.shape[0], generator=torch.Generator().manual_seed(built.spec.seed))[:k]
+    prior.set_pseudo_inputs(train_x[chosen.to(train_x.device)])
+
+
+def warm_start(built: SimpleNamespace, source: str | Path) -> dict[str, list[str]]:
+    """Copy into a freshly built run every model and guide weight of ``source`` whose name it shares.
+
+    ``source`` is a run directory (its best.pt, or checkpoint.pt when it has none) or a checkpoint file. A shared
+    name with another shape is an error; weights only the new run has (a VampPrior's pseudo-inputs on a run trained
+    with the standard prior) keep their initialisation; weights only the source has are ignored. Returns the names
+    under "loaded", "kept" and "ignored".
+    """
+    source = Path(source)
+    if source.is_dir():
+        path = source / BEST_FILE if (source / BEST_FILE).is_file() else source / CHECKPOINT_FILE
+    else:
+        path = source
+    if not path.is_file():
+        raise FileNotFoundError(f"--init-from {source}: no checkpoint there; pass a pyroib run directory or a "
+                                ".pt checkpoint file")
+    state = load_checkpoint(path)  # load_state_dict copies onto the run's device
+    if "model" not in state or "guide" not in state:
+        raise ValueError(f"--init-from {path} is not a pyroib checkpoint (it has no model and guide weights)")
+    summary = {"loaded": [], "kept": [], "ignored": []}
+    for part in ("model", "guide"):
+        module, weights = getattr(built, part), state[part]
+        own = module.state_dict()
+        for name, value in own.items():
+            if name not in weights:
+                summary["kept"].append(f"{part}.{name}")
+            elif weights[name].shape != value.shape:
+                raise ValueError(f"--init-from {path}: {part} weight {name} has shape {tuple(weights[name].shape)} "
+                                 f"there but {tuple(value.shape)} in this run; the networks must match where their "
+                                 "names do")
+            else:
+                summary["loaded"].append(f"{part}.{name}")
+        summary["ignored"] += [f"{part}.{name}" for name in weights if name not in own]
+        module.load_state_dict({name: weights[name] for name in own if name in weights}, strict=False)
+    if not summary["loaded"]:
+        raise ValueError(f"--init-from {path}: no weight name in common with this run; it was trained with another "
+                         "model")
+    return summary
 
 
 def read_spec(run_dir: str | Path) -> RunSpec:

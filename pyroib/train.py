@@ -13,6 +13,7 @@ bit. A non-finite loss stops training with a message; the last good checkpoint s
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -24,7 +25,8 @@ from .checkpoint import append_jsonl, load_checkpoint, read_jsonl, save_checkpoi
 from .data import BatchIterator, DataSplits
 from .evaluate import split_terms
 from .handlers import bottleneck, validate_weights
-from .run import BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RunSpec, build, read_spec, resolve_device
+from .run import (BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RunSpec, build, initialise_pseudo_inputs,
+                  read_spec, resolve_device, warm_start)
 from .schedules import Schedule
 
 # a resumed run may train longer, move to another device, or continue at another learning rate or gradient clip
@@ -72,7 +74,9 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 def _check_resume(spec: RunSpec, out: Path) -> None:
     stored = read_spec(out)
     old, new = stored.to_json(), spec.to_json()
-    changed = sorted(k for k in old if old[k] != new.get(k) and k not in RESUMABLE_CHANGES)
+    # the warm start shaped only the first epoch's weights, so a resume may leave --init-from out
+    changed = sorted(k for k in old if old[k] != new.get(k) and k not in RESUMABLE_CHANGES
+                     and not (k == "init_from" and new.get(k) is None))
     if changed:
         allowed = ", ".join("--" + k.replace("_", "-") for k in sorted(RESUMABLE_CHANGES))
         raise ValueError(f"--resume: {out} was trained with other settings ({', '.join(changed)}); resuming may "
@@ -122,9 +126,21 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     spec = complete_spec(spec, splits)
     if resume:
         _check_resume(spec, out)
+        spec = dataclasses.replace(spec, init_from=read_spec(out).init_from)
+    elif spec.init_from is not None and not Path(spec.init_from).exists():
+        raise FileNotFoundError(f"--init-from {spec.init_from} does not exist; pass a pyroib run directory or a .pt "
+                                "checkpoint file (nothing was written)")
     torch.manual_seed(spec.seed)
     built = build(spec, device)
     model, guide, objective = built.model, built.guide, built.objective
+    if not resume:
+        initialise_pseudo_inputs(built, splits.train)
+        if spec.init_from is not None:
+            summary = warm_start(built, spec.init_from)
+            if progress:
+                tqdm.write(f"initialised {len(summary['loaded'])} weights from {spec.init_from}"
+                           + (f"; kept at initialisation: {', '.join(summary['kept'])}" if summary["kept"] else "")
+                           + (f"; not used: {', '.join(summary['ignored'])}" if summary["ignored"] else ""))
     if hasattr(model, "likelihood"):
         model.likelihood.check_data(splits.train, splits.binarize)
     batches = BatchIterator(splits, spec.batch_size, torch.Generator().manual_seed(spec.seed),

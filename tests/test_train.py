@@ -295,3 +295,61 @@ def test_batch_level_objectives_drop_a_last_minibatch_too_small_for_their_estima
     rows = train(spec(model="beta-tcvae", epochs=1, batch_size=646), tmp_path / "tc", progress=False)
     assert rows[-1]["step"] == 2
     assert "train_total_correlation" in rows[-1]
+
+
+def test_init_from_starts_a_run_from_another_runs_weights(tmp_path):
+    from pyroib.run import build, warm_start
+    train(spec(epochs=2), tmp_path / "source", progress=False)
+    source = load_checkpoint(tmp_path / "source" / "best.pt")
+    # a learning rate too small to move a float32 weight: the first epoch trains exactly the source's weights
+    rows = train(spec(epochs=1, lr=1e-30, init_from=str(tmp_path / "source")), tmp_path / "warm", progress=False)
+    warm = load_checkpoint(tmp_path / "warm" / "checkpoint.pt")
+    for part in ("model", "guide"):
+        for name, value in source[part].items():
+            assert torch.equal(value, warm[part][name]), name
+    cold = train(spec(epochs=1, lr=1e-30), tmp_path / "cold", progress=False)
+    assert rows[0]["val_elbo"] > cold[0]["val_elbo"] + 1.0  # the trained weights, not a fresh initialisation
+    # a resume may leave --init-from out and keeps the record of where the run started
+    train(spec(epochs=2, lr=1e-30), tmp_path / "warm", resume=True, progress=False)
+    assert json.loads((tmp_path / "warm" / "config.json").read_text())["init_from"] == str(tmp_path / "source")
+    # another prior: the shared networks load, the VampPrior's pseudo-inputs keep their own start
+    vamp = build(spec(prior="vamp", prior_options={"n_pseudo_inputs": 5}))
+    summary = warm_start(vamp, tmp_path / "source" / "checkpoint.pt")
+    assert summary["kept"] == ["model.prior.pseudo_raw"] and not summary["ignored"]
+    last = load_checkpoint(tmp_path / "source" / "checkpoint.pt")
+    for name, value in vamp.guide.state_dict().items():
+        assert torch.equal(value, last["guide"][name]), name
+
+
+def test_init_from_refuses_what_it_cannot_load(tmp_path):
+    train(spec(epochs=1), tmp_path / "source", progress=False)
+    with pytest.raises(FileNotFoundError, match="--init-from .* does not exist"):
+        train(spec(epochs=1, init_from=str(tmp_path / "missing")), tmp_path / "a", progress=False)
+    assert not (tmp_path / "a").exists()
+    wider = replace(spec(), model_config={**SMALL, "latent_dim": 4})
+    with pytest.raises(ValueError, match=r"shape \(.*\) there but .* in this run"):
+        train(replace(wider, epochs=1, init_from=str(tmp_path / "source")), tmp_path / "b", progress=False)
+    assert not (tmp_path / "b" / "checkpoint.pt").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no checkpoint there"):
+        train(spec(epochs=1, init_from=str(tmp_path / "empty")), tmp_path / "c", progress=False)
+
+
+def test_vamp_pseudo_inputs_start_at_training_images(tmp_path, capsys):
+    from pyroib.data import load_dataset
+    from pyroib.run import build, initialise_pseudo_inputs
+    images = load_dataset("digits").train
+    built = build(spec(prior="vamp", prior_options={"n_pseudo_inputs": 7, "init": "data"}))
+    initialise_pseudo_inputs(built, images)
+    chosen = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(spec().seed))[:7]
+    expected = images[chosen].clamp(1e-3, 1 - 1e-3)
+    assert torch.allclose(built.model.prior.pseudo_inputs, expected, atol=1e-6)
+    # and training starts there: the CLI flag, refused for a prior without pseudo-inputs
+    assert cli.main(["train", "--dataset", "digits", "--latent-dim", "3", "--hidden", "32", "--epochs", "1",
+                     "--prior", "vamp", "--prior-components", "7", "--prior-init", "data", "--no-progress",
+                     "--device", "cpu", "--seed", "3", "--out", str(tmp_path / "vamp")]) == 0
+    stored = json.loads((tmp_path / "vamp" / "config.json").read_text())
+    assert stored["prior_options"] == {"n_pseudo_inputs": 7, "init": "data"}
+    assert cli.main(["train", "--dataset", "digits", "--prior", "standard", "--prior-init", "data",
+                     "--out", str(tmp_path / "std")]) == 2
+    assert "--prior-init data is for --prior vamp" in capsys.readouterr().err
