@@ -86,15 +86,16 @@ def fit_and_save(run, max_components: int | None = DEFAULT_MAX_COMPONENTS, seed:
     return {**forms, "n_encodings": int(loc.shape[0]), "variance": stored["variance"]}
 
 
-def load_aggregate_priors(run, fit_if_missing: bool = True, max_components: int | None = DEFAULT_MAX_COMPONENTS):
-    """{"factorised": prior, "joint": prior} from ``run_dir/aggregate_prior.pt``, fitted and saved when absent."""
+def load_aggregate_priors(run, max_components: int | None = DEFAULT_MAX_COMPONENTS):
+    """{"factorised": prior, "joint": prior} from ``run_dir/aggregate_prior.pt``, fitted and saved when absent or
+    when it holds the encodings of other weights (another epoch: a resumed run, or the other checkpoint)."""
     path = Path(run.run_dir) / AGGREGATE_FILE
-    if not path.is_file():
-        if not fit_if_missing:
-            raise FileNotFoundError(f"no {AGGREGATE_FILE} in {run.run_dir}: run pyroib fit-prior {run.run_dir}")
+    state = load_checkpoint(path, map_location=run.device) if path.is_file() else None
+    if state is None or state.get("epoch") != run.epoch:
+        if state is not None:  # refit as the user fitted it
+            max_components = state.get("max_components", max_components) or None
         fitted = fit_and_save(run, max_components)
         return {k: fitted[k] for k in ("factorised", "joint")}
-    state = load_checkpoint(path, map_location=run.device)
     return {k: AggregatePosterior.from_state_dict(state[k]) for k in ("factorised", "joint")}
 
 
@@ -191,10 +192,11 @@ def _fit_prior(argv):
                    help="subsample this many encodings (0 = all; the joint form's log density costs batch x M x D)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--checkpoint", default="last", help="last or best: whose encodings to fit")
     args = p.parse_args(argv)
     if args.max_components < 0:
         raise ValueError(f"--max-components must be >= 0 (0 keeps all encodings), got {args.max_components}")
-    run = load_run(args.run, args.device)
+    run = load_run(args.run, args.device, args.checkpoint)
     fitted = fit_and_save(run, args.max_components or None, args.seed)
     variance = fitted["variance"]
     print(f"aggregate posterior of {fitted['n_encodings']} training encodings, D = {variance.numel()}, "
@@ -216,6 +218,8 @@ def _sample(argv):
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--checkpoint", default="last", help="last (the end of training) or best (the best validation "
+                   "ELBO)")
     args = p.parse_args(argv)
     check_prior_name(args.prior)
     if args.n < 1:
@@ -223,7 +227,7 @@ def _sample(argv):
     nrow = args.nrow or math.ceil(math.sqrt(args.n))
     if nrow < 1:
         raise ValueError(f"--nrow must be at least 1, got {nrow}")
-    run = load_run(args.run, args.device)
+    run = load_run(args.run, args.device, args.checkpoint)
     if not hasattr(run.model, "decode") or len(run.config.data_shape) != 3:
         raise ValueError(f"{args.run}: sampling images needs a model with decode() over (C, H, W) data")
     images = decode_prior_draws(run, prior_by_name(run, args.prior), args.n, args.seed)

@@ -154,3 +154,22 @@ def test_report_section_writes_its_figures(run_dir):
     for name in figures.values():
         assert matplotlib.image.imread(out / name).shape[0] > 100
     assert (out / "aggregate_prior.json").exists()
+
+
+def test_a_stale_aggregate_prior_is_refitted_with_its_subsample_size(run_dir, tmp_path):
+    from dataclasses import replace
+
+    from pyroib.run import read_spec
+    assert cli.main(["fit-prior", str(run_dir), "--max-components", "50", "--device", "cpu"]) == 0
+    assert torch.load(run_dir / AGGREGATE_FILE, weights_only=True)["epoch"] == 2
+    train(replace(read_spec(run_dir), epochs=3), run_dir, resume=True, progress=False)
+    # the stored aggregate encodes epoch 2's weights; sampling from epoch 3 refits it, 50 components as before
+    assert cli.main(["sample", str(run_dir), "--prior", "aggregate", "--n", "4", "--device", "cpu",
+                     "--out", str(tmp_path / "grid.png")]) == 0
+    state = torch.load(run_dir / AGGREGATE_FILE, weights_only=True)
+    loc, _ = training_encodings(load_run(run_dir))
+    assert state["epoch"] == 3 and state["factorised"]["loc"].shape == (50, LATENT)
+    assert ((state["joint"]["loc"][:, None, :] == loc[None]).all(-1).sum(1) >= 1).all()
+    best = load_run(run_dir, "cpu", checkpoint="best")
+    assert cli.main(["fit-prior", str(run_dir), "--checkpoint", "best", "--device", "cpu"]) == 0
+    assert torch.load(run_dir / AGGREGATE_FILE, weights_only=True)["epoch"] == best.epoch
