@@ -37,6 +37,11 @@ ANCHORS = {"standard": 228.70, "vamp": 227.35}  # nats, Exemplar VAE paper Table
 PRIOR_OPTIONS = {"standard": {}, "vamp": {"n_pseudo_inputs": 500}, "flow": {}}
 
 
+def vamp_options(args: argparse.Namespace) -> dict:
+    return {**({"init": args.prior_init} if args.prior_init else {}),
+            **({"range_map": args.prior_range_map} if args.prior_range_map else {})}
+
+
 def run_one(prior: str, args: argparse.Namespace) -> dict:
     import pyro
     import torch
@@ -54,8 +59,7 @@ def run_one(prior: str, args: argparse.Namespace) -> dict:
     spec = RunSpec(model="vae", model_config={"data_shape": [1, 28, 28], "latent_dim": 40, "hidden": [300, 300],
                                                **({"network": args.network} if args.network != "mlp" else {})},
                    dataset="fashion-mnist", binarize="dynamic", prior=prior,
-                   prior_options={**PRIOR_OPTIONS[prior], **({"init": "data"} if prior == "vamp" and
-                                                             args.prior_init == "data" else {})},
+                   prior_options={**PRIOR_OPTIONS[prior], **(vamp_options(args) if prior == "vamp" else {})},
                    epochs=1, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, seed=args.seed,
                    device=args.device, init_from=args.init_from)
     device = resolve_device(args.device)
@@ -148,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
                         "standard-prior VAE; resumed runs keep their own")
     p.add_argument("--prior-init", default=None, choices=["data"],
                    help="vamp: pseudo-inputs start at random training images (pyroib train --prior-init)")
+    p.add_argument("--prior-range-map", default=None, choices=["sigmoid", "clamp"],
+                   help="vamp: sigmoid (default) or clamp map into [0, 1] (pyroib train --prior-range-map)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--network", default="mlp", choices=["mlp", "gated"],

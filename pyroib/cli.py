@@ -50,6 +50,9 @@ def _train_parser(config_cls=None, options: dict | None = None, defaults: dict |
     p.add_argument("--prior-components", type=int, default=None, help="mixture components or VampPrior inputs")
     p.add_argument("--prior-init", default=None, choices=["data"],
                    help="vamp: start the pseudo-inputs at random training images instead of grey noise")
+    p.add_argument("--prior-range-map", default=None, choices=["sigmoid", "clamp"],
+                   help="vamp: how raw parameters map into the data range, sigmoid (default) or clamp (moves "
+                        "saturated pixels; use it with --prior-init data)")
     p.add_argument("--init-from", default=None,
                    help="start from the weights of a run directory (its best.pt, else checkpoint.pt) or a .pt file, "
                         "where names match: fine-tune, or warm-start another prior")
@@ -120,6 +123,10 @@ def spec_from_args(argv: list[str]):
         if args.prior != "vamp":
             raise ValueError(f"--prior-init data is for --prior vamp (its pseudo-inputs); got --prior {args.prior}")
         prior_options["init"] = args.prior_init
+    if args.prior_range_map is not None:
+        if args.prior != "vamp":
+            raise ValueError(f"--prior-range-map is for --prior vamp (its pseudo-inputs); got --prior {args.prior}")
+        prior_options["range_map"] = args.prior_range_map
     spec = RunSpec(
         model=args.model, model_config=model_config, dataset=args.dataset, data_dir=args.data_dir,
         binarize=args.binarize, val_size=args.val_size, prior=args.prior, prior_options=prior_options,

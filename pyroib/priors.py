@@ -102,6 +102,24 @@ class MixtureOfGaussians(Prior):
                                      batch_shape=(_positive_int("batch_size", batch_size),))
 
 
+class _ReturningClamp(torch.autograd.Function):
+    """clamp(x, low, high) whose gradient also passes where x is at or past a bound and a descent step would move
+    it back inside (the plain clamp passes none there)."""
+
+    @staticmethod
+    def forward(ctx, x, low, high):
+        ctx.save_for_backward(x)
+        ctx.bounds = (low, high)
+        return x.clamp(low, high)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,), (low, high) = ctx.saved_tensors, ctx.bounds
+        inside = (x > low) & (x < high)
+        returning = ((x <= low) & (grad < 0)) | ((x >= high) & (grad > 0))  # descent moves x by -grad
+        return grad * (inside | returning), None, None
+
+
 class VampPrior(Prior):
     """p(z) = (1/K) sum_k q(z | u_k): the guide's encoder applied to K learned pseudo-inputs u_k (Tomczak and
     Welling 2018). Not factorised.
@@ -111,21 +129,33 @@ class VampPrior(Prior):
     owns it and are never counted twice by an optimiser; this prior's own parameters are the pseudo-inputs alone.
     Gradients still reach the encoder through ``log_prob``.
 
-    With ``data_range=(low, high)`` the pseudo-inputs are u = low + (high - low) sigmoid(raw), always inside the data's
-    range; with ``data_range=None`` they are free (u = raw). ``init`` gives K data points to start from; for a bounded
-    range they are first clipped to 1e-3 (high - low) inside it, since the sigmoid never reaches its bounds (binary
-    data thus start at 0.001 / 0.999 where the sigmoid's slope is still about 1e-3). Without ``init``,
-    raw ~ N(0, 0.1^2): pseudo-inputs near the middle of the range (or near 0 when free).
+    With ``data_range=(low, high)`` the pseudo-inputs stay inside the data's range, by ``range_map``:
+
+    * ``"sigmoid"`` (default): u = low + (high - low) sigmoid(raw). ``init`` data are first clipped to 1e-3 (high - low)
+      inside the range, since the sigmoid never reaches its bounds; there its slope is about 1e-3, so pseudo-inputs
+      started at binary or saturated pixels barely move under Adam (a step changes raw by about the learning rate).
+    * ``"clamp"``: u = clamp(raw, low, high), as the hard-tanh of the VampPrior authors' code. Adam then moves every
+      pixel by about the learning rate per step wherever it starts, which is what a data initialisation needs.
+      Unlike a plain clamp (no gradient at or past a bound, so a pixel once pushed there is frozen for good) the
+      gradient passes at a bound whenever it points back into the range.
+
+    With ``data_range=None`` they are free (u = raw). ``init`` gives K data points to start from. Without it the
+    pseudo-inputs start near the middle of the range (raw ~ N(0, 0.1^2) for the sigmoid, the middle plus
+    N(0, (0.025 (high - low))^2) for the clamp, the sigmoid's spread there) or near 0 when free.
     """
 
     init_margin = 1e-3
+    range_maps = ("sigmoid", "clamp")
 
     def __init__(self, encoder: Callable, data_shape: Sequence[int], n_pseudo_inputs: int = 500,
                  init: torch.Tensor | None = None, data_range: tuple[float, float] | None = (0.0, 1.0),
-                 latent_dim: int | None = None):
+                 latent_dim: int | None = None, range_map: str = "sigmoid"):
         super().__init__()
         if not callable(encoder):
             raise TypeError(f"encoder must be callable as encoder(u) -> (loc, scale), got {type(encoder).__name__}")
+        if range_map not in self.range_maps:
+            raise ValueError(f"range_map must be one of {', '.join(self.range_maps)}, got {range_map!r}")
+        self.range_map = range_map
         data_shape = (data_shape,) if isinstance(data_shape, int) else tuple(data_shape)
         for size in data_shape:
             _positive_int("each size in data_shape", size)
@@ -140,6 +170,9 @@ class VampPrior(Prior):
         shape = (n_pseudo_inputs, *data_shape)
         if init is None:
             raw = 0.1 * torch.randn(shape, **factory)
+            if self.data_range is not None and range_map == "clamp":
+                low, high = self.data_range
+                raw = low + (high - low) * (0.5 + raw / 4)  # the sigmoid's start: slope 1/4 at the middle
         else:
             raw = self._raw_from_data(torch.as_tensor(init, **factory), shape)
         self.pseudo_raw = nn.Parameter(raw)
@@ -154,6 +187,8 @@ class VampPrior(Prior):
         if self.data_range is None:
             return self.pseudo_raw
         low, high = self.data_range
+        if self.range_map == "clamp":
+            return _ReturningClamp.apply(self.pseudo_raw, low, high)
         return low + (high - low) * torch.sigmoid(self.pseudo_raw)
 
     def _raw_from_data(self, init: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -167,7 +202,7 @@ class VampPrior(Prior):
             raise ValueError(f"init has values outside data_range {self.data_range}; pass the range of your data, "
                              "or data_range=None for free pseudo-inputs")
         unit = ((init - low) / (high - low)).clamp(self.init_margin, 1 - self.init_margin)
-        return torch.logit(unit)
+        return low + (high - low) * unit if self.range_map == "clamp" else torch.logit(unit)
 
     def set_pseudo_inputs(self, data: torch.Tensor) -> None:
         """Start the pseudo-inputs at ``data`` ((K, *data_shape) points inside ``data_range``), as ``init`` does."""

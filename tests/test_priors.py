@@ -192,10 +192,12 @@ def test_aggregate_subsampling_keeps_pairs_of_loc_and_scale():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("data_range", [(0.0, 1.0), None])
-def test_vamp_prior_at_data_points_is_their_joint_mixture_of_encodings(dtype, data_range):
+@pytest.mark.parametrize("range_map", ["sigmoid", "clamp"])
+def test_vamp_prior_at_data_points_is_their_joint_mixture_of_encodings(dtype, data_range, range_map):
     encoder = GaussianEncoder(DATA_DIM, 3).to(dtype)
     points = 0.01 + 0.98 * torch.rand(7, DATA_DIM, dtype=dtype)
-    prior = VampPrior(encoder, (DATA_DIM,), n_pseudo_inputs=7, init=points, data_range=data_range)
+    prior = VampPrior(encoder, (DATA_DIM,), n_pseudo_inputs=7, init=points, data_range=data_range,
+                      range_map=range_map)
     z = torch.randn(11, 3, dtype=dtype)
     with torch.no_grad():
         loc, scale = encoder(points)
@@ -376,3 +378,38 @@ def test_prior_scores_a_latent_site_of_a_pyro_model(kind):
     if list(prior.parameters()):
         loss.backward()
         assert all(p.grad is not None for p in prior.parameters())
+
+
+def test_vamp_clamp_map_moves_pseudo_inputs_started_at_saturated_pixels():
+    """The sigmoid map starts binary data at 0.001 / 0.999, where Adam's steps in raw space barely move them; the
+    clamp map starts them exactly at the data and moves every pixel by about the learning rate."""
+    binary = torch.randint(0, 2, (5, DATA_DIM)).float()
+    moved = {}
+    for range_map in ("sigmoid", "clamp"):
+        torch.manual_seed(0)
+        prior = VampPrior(GaussianEncoder(DATA_DIM, 2), (DATA_DIM,), n_pseudo_inputs=5, init=binary,
+                          range_map=range_map)
+        start = prior.pseudo_inputs.detach().clone()
+        optimizer = torch.optim.Adam(prior.parameters(), lr=1e-2)
+        for _ in range(10):
+            optimizer.zero_grad()
+            # pull every pixel towards 1/2, away from both bounds
+            (prior.pseudo_inputs - 0.5).pow(2).sum().backward()
+            optimizer.step()
+        moved[range_map] = (prior.pseudo_inputs.detach() - start).abs()
+        assert ((prior.pseudo_inputs >= 0) & (prior.pseudo_inputs <= 1)).all()
+        if range_map == "clamp":
+            assert torch.allclose(start, binary.clamp(1e-3, 1 - 1e-3))
+    assert torch.allclose(moved["clamp"], torch.full_like(moved["clamp"], 0.1), rtol=0.05)  # 10 steps of lr
+    assert moved["sigmoid"].max() < 1e-3
+    # pushed past a bound, a pixel stays at it, and comes back as soon as its gradient points inside
+    prior = VampPrior(GaussianEncoder(DATA_DIM, 2), (DATA_DIM,), n_pseudo_inputs=1, range_map="clamp",
+                      init=torch.full((1, DATA_DIM), 0.5))
+    with torch.no_grad():
+        prior.pseudo_raw.fill_(1.5)
+    (grad,) = torch.autograd.grad(-prior.pseudo_inputs.sum(), prior.pseudo_raw)  # descent would push it further out
+    assert prior.pseudo_inputs.eq(1).all() and grad.eq(0).all()
+    (grad,) = torch.autograd.grad((prior.pseudo_inputs - 0.5).pow(2).sum(), prior.pseudo_raw)
+    assert grad.gt(0).all()  # a descent step lowers raw, back towards the range
+    with pytest.raises(ValueError, match="range_map must be one of sigmoid, clamp"):
+        VampPrior(GaussianEncoder(DATA_DIM, 2), (DATA_DIM,), n_pseudo_inputs=5, range_map="tanh")
