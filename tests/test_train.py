@@ -350,6 +350,12 @@ def test_vamp_pseudo_inputs_start_at_training_images(tmp_path, capsys):
                      "--device", "cpu", "--seed", "3", "--out", str(tmp_path / "vamp")]) == 0
     stored = json.loads((tmp_path / "vamp" / "config.json").read_text())
     assert stored["prior_options"] == {"n_pseudo_inputs": 7, "init": "data"}
-    assert cli.main(["train", "--dataset", "digits", "--prior", "standard", "--prior-init", "data",
-                     "--out", str(tmp_path / "std")]) == 2
-    assert "--prior-init data is for --prior vamp" in capsys.readouterr().err
+    for flag in (["--prior-init", "data"], ["--prior-range-map", "clamp"]):
+        assert cli.main(["train", "--dataset", "digits", "--prior", "standard", *flag,
+                         "--out", str(tmp_path / "std")]) == 2
+        assert f"{flag[0]}" in capsys.readouterr().err and not (tmp_path / "std").exists()
+    assert cli.main(["train", "--dataset", "digits", "--latent-dim", "3", "--hidden", "32", "--epochs", "1",
+                     "--prior", "vamp", "--prior-components", "7", "--prior-init", "data", "--prior-range-map",
+                     "clamp", "--no-progress", "--device", "cpu", "--seed", "3", "--out", str(tmp_path / "clamp")]) == 0
+    from pyroib.run import load_run
+    assert load_run(tmp_path / "clamp").model.prior.range_map == "clamp"
