@@ -121,7 +121,10 @@ def write_results(results: list[dict], args: argparse.Namespace, command: str) -
              f"Training: batch {args.batch_size}, Adam lr {args.lr}, seed {args.seed}, no β warm-up, at most "
              f"{args.epochs} epochs" + (f" or {args.minutes:g} minutes of training wall time per model" if
                                        args.minutes > 0 else "") + f". Test NLL with K = {args.iw_samples} "
-             "importance samples on the 10,000 test images (binarised once, seed 0).", "",
+             "importance samples on the 10,000 test images (binarised once, seed 0)." +
+             (f" Every run started from the weights of `{args.init_from}` (`pyroib train --init-from`; the "
+              "VampPrior's pseudo-inputs are its own)." if args.init_from else "") +
+             (f" VampPrior options: {vamp_options(args)}." if vamp_options(args) else ""), "",
              "| prior | epochs | train min | test −ELBO | test NLL (IW) | anchor (paper) | gap to anchor | "
              "active units |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
