@@ -13,6 +13,16 @@ and the full-length run (no wall-clock budget, the paper's sample count) is
 
     .venv/bin/python benchmarks/priors_fashion.py --minutes 0 --epochs 500 --iw-samples 5000
 
+The VampPrior row of benchmarks/results/priors_fashion_warm.md fine-tunes the trained gated VAE of
+fashion_density_gated.md (runs/fashion-gated) under the VampPrior, pseudo-inputs started at training images and
+mapped by the clamp (the sigmoid map leaves pixels started at 0 or 1 frozen), in two phases of one command each:
+
+    .venv/bin/python benchmarks/priors_fashion.py --priors vamp --network gated --grad-clip 150 --minutes 0 \
+        --batch-size 100 --init-from runs/fashion-gated --prior-init data --prior-range-map clamp --threads 2 \
+        --jobs 1 --iw-samples 5000 --checkpoint last --root runs/benchmarks/priors_fashion_clamp \
+        --results benchmarks/results/priors_fashion_warm.md --lr 1e-4 --epochs 170 --train-only
+    (then the same without --train-only, with --lr 3e-5 --epochs N_FINAL: it trains on and evaluates)
+
 Each prior trains in its own process (``--jobs``, one torch thread each), one epoch at a time through
 ``pyroib.train.train(..., resume=True)``, until ``--epochs`` or until the next epoch would overrun ``--minutes`` of
 training wall time; rerunning with a larger budget continues the runs in ``--root`` where they stopped. Every
@@ -77,6 +87,8 @@ def run_one(prior: str, args: argparse.Namespace) -> dict:
         epoch = rows[-1]["epoch"]
         print(f"[{prior}] epoch {epoch}: val ELBO {rows[-1]['val_elbo']:.2f} ({last_epoch_seconds:.0f} s)",
               flush=True)
+    if args.train_only:
+        return {}
     from pyroib.checkpoint import read_jsonl
     train_minutes = sum(row["seconds"] for row in read_jsonl(out / "metrics.jsonl")) / 60  # across resumed calls
     tick = time.perf_counter()
@@ -165,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per model")
     p.add_argument("--iw-points", type=int, default=0, help="test points for the importance-sampled NLL; 0 = all")
     p.add_argument("--evaluate-only", action="store_true", help="evaluate the runs in --root as they stand")
+    p.add_argument("--train-only", action="store_true", help="train, and leave evaluation and results for later")
     p.add_argument("--root", default="runs/benchmarks/priors_fashion")
     p.add_argument("--results", default=str(RESULTS))
     args = p.parse_args(argv)
@@ -175,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     command = " ".join([".venv/bin/python", "benchmarks/priors_fashion.py", *(argv or sys.argv[1:])])
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
         results = list(pool.map(run_one, priors, [args] * len(priors)))
+    if args.train_only:
+        return
     text = write_results(results, args, command)
     Path(args.results).write_text(text)
     print(text)
