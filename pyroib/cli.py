@@ -119,14 +119,12 @@ def spec_from_args(argv: list[str]):
     prior_options = {}
     if args.prior_components is not None:
         prior_options["n_components" if args.prior == "mixture" else "n_pseudo_inputs"] = args.prior_components
-    if args.prior_init is not None:
-        if args.prior != "vamp":
-            raise ValueError(f"--prior-init data is for --prior vamp (its pseudo-inputs); got --prior {args.prior}")
-        prior_options["init"] = args.prior_init
-    if args.prior_range_map is not None:
-        if args.prior != "vamp":
-            raise ValueError(f"--prior-range-map is for --prior vamp (its pseudo-inputs); got --prior {args.prior}")
-        prior_options["range_map"] = args.prior_range_map
+    for flag, option, value in (("--prior-init data", "init", args.prior_init),
+                                ("--prior-range-map", "range_map", args.prior_range_map)):
+        if value is not None:
+            if args.prior != "vamp":
+                raise ValueError(f"{flag} is for --prior vamp (its pseudo-inputs); got --prior {args.prior}")
+            prior_options[option] = value
     spec = RunSpec(
         model=args.model, model_config=model_config, dataset=args.dataset, data_dir=args.data_dir,
         binarize=args.binarize, val_size=args.val_size, prior=args.prior, prior_options=prior_options,

@@ -189,7 +189,7 @@ def _fit_prior(argv):
                                 "factorised and joint aggregate posterior in DIR/" + AGGREGATE_FILE)
     p.add_argument("run")
     p.add_argument("--max-components", type=int, default=DEFAULT_MAX_COMPONENTS,
-                   help="subsample this many encodings (0 = all; the joint form's log density costs batch x M x D)")
+                   help="subsample this many encodings (0 = all; the factorised form's log density costs batch x D x M)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--checkpoint", default="last", help="last or best: whose encodings to fit")

@@ -137,6 +137,9 @@ def warm_start(built: SimpleNamespace, source: str | Path) -> dict[str, list[str
     under "loaded", "kept" and "ignored".
     """
     source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"--init-from {source} does not exist; pass a pyroib run directory or a .pt "
+                                "checkpoint file (nothing was written)")
     if source.is_dir():
         path = source / BEST_FILE if (source / BEST_FILE).is_file() else source / CHECKPOINT_FILE
     else:

@@ -127,9 +127,6 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     if resume:
         _check_resume(spec, out)
         spec = dataclasses.replace(spec, init_from=read_spec(out).init_from)
-    elif spec.init_from is not None and not Path(spec.init_from).exists():
-        raise FileNotFoundError(f"--init-from {spec.init_from} does not exist; pass a pyroib run directory or a .pt "
-                                "checkpoint file (nothing was written)")
     torch.manual_seed(spec.seed)
     built = build(spec, device)
     model, guide, objective = built.model, built.guide, built.objective
