@@ -21,11 +21,12 @@ def command(name: str, help: str):
     return register
 
 
-def _parse_floats(text: str, what: str) -> list[float]:
+def _parse_floats(text: str, what: str, kind=float) -> list:
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
+        noun = "whole numbers" if kind is int else "numbers"
+        raise ValueError(f"{what} must be comma-separated {noun}, got {text!r}") from None
 
 
 def _flag_type(default):
@@ -47,7 +48,11 @@ def _train_parser(config_cls=None, options: dict | None = None, defaults: dict |
     p.add_argument("--binarize", default="dynamic", help="none, static or dynamic")
     p.add_argument("--val-size", type=int, default=None)
     p.add_argument("--prior", default="standard", help="standard, learned, mixture, vamp or flow")
-    p.add_argument("--prior-components", type=int, default=None, help="mixture components or VampPrior inputs")
+    p.add_argument("--prior-components", type=int, default=None,
+                   help="mixture: components (default 10); vamp: pseudo-inputs (default 500)")
+    p.add_argument("--prior-flow-layers", type=int, default=None, help="flow: spline-coupling layers (default 2)")
+    p.add_argument("--prior-flow-hidden", default=None,
+                   help="flow: hidden sizes of each coupling's network, comma-separated (default 64,64)")
     p.add_argument("--prior-init", default=None, choices=["data"],
                    help="vamp: start the pseudo-inputs at random training images instead of grey noise")
     p.add_argument("--prior-range-map", default=None, choices=["sigmoid", "clamp"],
@@ -117,13 +122,17 @@ def spec_from_args(argv: list[str]):
         model_config["n_classes"] = info["n_classes"]
     model_config = {k: list(v) if isinstance(v, tuple) else v for k, v in model_config.items()}
     prior_options = {}
-    if args.prior_components is not None:
-        prior_options["n_components" if args.prior == "mixture" else "n_pseudo_inputs"] = args.prior_components
-    for flag, option, value in (("--prior-init data", "init", args.prior_init),
-                                ("--prior-range-map", "range_map", args.prior_range_map)):
+    hidden = _parse_floats(args.prior_flow_hidden, "--prior-flow-hidden", int) if args.prior_flow_hidden else None
+    for flag, priors, option, value in (
+            ("--prior-components", ("mixture", "vamp"),
+             "n_components" if args.prior == "mixture" else "n_pseudo_inputs", args.prior_components),
+            ("--prior-init data", ("vamp",), "init", args.prior_init),
+            ("--prior-range-map", ("vamp",), "range_map", args.prior_range_map),
+            ("--prior-flow-layers", ("flow",), "n_flows", args.prior_flow_layers),
+            ("--prior-flow-hidden", ("flow",), "hidden", hidden)):
         if value is not None:
-            if args.prior != "vamp":
-                raise ValueError(f"{flag} is for --prior vamp (its pseudo-inputs); got --prior {args.prior}")
+            if args.prior not in priors:
+                raise ValueError(f"{flag} is for --prior {' or '.join(priors)}; got --prior {args.prior}")
             prior_options[option] = value
     spec = RunSpec(
         model=args.model, model_config=model_config, dataset=args.dataset, data_dir=args.data_dir,

@@ -359,3 +359,23 @@ def test_vamp_pseudo_inputs_start_at_training_images(tmp_path, capsys):
                      "clamp", "--no-progress", "--device", "cpu", "--seed", "3", "--out", str(tmp_path / "clamp")]) == 0
     from pyroib.run import load_run
     assert load_run(tmp_path / "clamp").model.prior.range_map == "clamp"
+
+
+def test_flow_prior_size_from_the_cli_and_prior_flags_refused_for_other_priors(tmp_path, capsys):
+    from pyroib.run import load_run
+    assert cli.main(["train", "--dataset", "digits", "--latent-dim", "4", "--hidden", "32", "--epochs", "1",
+                     "--prior", "flow", "--prior-flow-layers", "3", "--prior-flow-hidden", "16,8", "--no-progress",
+                     "--device", "cpu", "--seed", "3", "--out", str(tmp_path / "flow")]) == 0
+    prior = load_run(tmp_path / "flow").model.prior
+    assert len(prior.layers) == 3
+    first_layer_widths = [m.out_features for m in prior.layers[0].modules() if isinstance(m, torch.nn.Linear)]
+    assert first_layer_widths[:2] == [16, 8]
+    for prior_name, flag in (("flow", ["--prior-components", "5"]), ("vamp", ["--prior-flow-layers", "3"]),
+                             ("standard", ["--prior-flow-hidden", "16"])):
+        assert cli.main(["train", "--dataset", "digits", "--prior", prior_name, *flag,
+                         "--out", str(tmp_path / "refused")]) == 2
+        err = capsys.readouterr().err
+        assert flag[0] in err and f"got --prior {prior_name}" in err and not (tmp_path / "refused").exists()
+    assert cli.main(["train", "--dataset", "digits", "--prior", "flow", "--prior-flow-hidden", "16,x",
+                     "--out", str(tmp_path / "refused")]) == 2
+    assert "comma-separated whole numbers" in capsys.readouterr().err
