@@ -23,6 +23,10 @@ mapped by the clamp (the sigmoid map leaves pixels started at 0 or 1 frozen), in
         --results benchmarks/results/priors_fashion_warm.md --lr 1e-4 --epochs 170 --train-only
     (then the same without --train-only, with --lr 3e-5 --epochs 210: it trains on and evaluates; 227.25 nats)
 
+The flow row (benchmarks/results/priors_fashion_warm_flow.md) is the same fine-tune under ``--priors flow``, without
+the two VampPrior flags, --results benchmarks/results/priors_fashion_warm_flow.md, phases --lr 1e-4 --epochs 150
+--train-only, then --lr 3e-5 --epochs 190 (227.75 nats).
+
 Each prior trains in its own process (``--jobs``, one torch thread each), one epoch at a time through
 ``pyroib.train.train(..., resume=True)``, until ``--epochs`` or until the next epoch would overrun ``--minutes`` of
 training wall time; rerunning with a larger budget continues the runs in ``--root`` where they stopped. Every
