@@ -178,6 +178,7 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         sums: dict[str, torch.Tensor] = {}
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         clipped = torch.zeros((), dtype=torch.long, device=device)
+        grad_norms = torch.zeros(2, device=device)  # sum and max of the per-point norm, kept on the device: no sync
         started = time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {epoch}/{spec.epochs}", leave=False, disable=not progress, mininterval=0.5)
         for i, (x, y, index) in enumerate(bar):
@@ -188,7 +189,10 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
             optimizer.zero_grad(set_to_none=True)
             terms.surrogate.backward()
             if max_norm is not None:
-                clipped += torch.nn.utils.clip_grad_norm_(parameters, max_norm) > max_norm  # no host sync
+                norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+                clipped += norm > max_norm
+                grad_norms[0] += norm.detach() / n_train
+                grad_norms[1] = torch.maximum(grad_norms[1], norm.detach() / n_train)
             optimizer.step()
             if hasattr(objective, "auxiliary_step"):
                 objective.auxiliary_step(model, guide, x, y, index=index, size=n_train)
@@ -210,7 +214,11 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         train_means = {k: float(v) / n_train for k, v in sums.items()}
         weights = schedule(step - 1)  # the weights of the epoch's last step
         row = {"epoch": epoch, "step": step, "lr": spec.lr, "grad_clip": spec.grad_clip,
-               "clipped_steps": int(clipped), "beta": weights.beta,
+               "clipped_steps": int(clipped),
+               # gradient norms per data point, the scale of --grad-clip (measured only where the clip computes them)
+               **({"grad_norm_mean": float(grad_norms[0]) / len(batches), "grad_norm_max": float(grad_norms[1])}
+                  if max_norm is not None else {}),
+               "beta": weights.beta,
                "capacity": None if weights.capacity is None else weights.capacity[1],
                "train_loss": train_means.pop("loss"), "train_elbo": train_means.pop("elbo"),
                "train_rate": train_means.pop("rate"), "train_distortion": train_means.pop("distortion"),

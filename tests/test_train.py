@@ -77,6 +77,33 @@ def test_grad_clip_bounds_every_applied_gradient_and_counts_the_clipped_steps(tm
         assert not (tmp_path / f"bad{bad}").exists()
 
 
+def test_clipped_runs_log_the_per_point_gradient_norm_the_clip_compares(tmp_path, monkeypatch):
+    from pyroib.data import load_dataset
+    n_train = load_dataset("digits").train.shape[0]
+    applied = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        applied.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) / n_train)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    (loose,) = train(spec(epochs=1, grad_clip=1e12), tmp_path / "loose", progress=False)
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    assert loose["clipped_steps"] == 0
+    assert loose["grad_norm_max"] == pytest.approx(max(applied), rel=1e-5)
+    assert loose["grad_norm_mean"] == pytest.approx(sum(applied) / len(applied), rel=1e-5)
+    # the logged maximum is where clipping starts: the same seed gives the same steps up to the largest one, which
+    # a clip just below it binds and a clip just above it does not
+    (below,) = train(spec(epochs=1, grad_clip=max(applied) * (1 - 1e-4)), tmp_path / "below", progress=False)
+    assert below["clipped_steps"] >= 1
+    (above,) = train(spec(epochs=1, grad_clip=max(applied) * (1 + 1e-4)), tmp_path / "above", progress=False)
+    assert above["clipped_steps"] == 0 and above["grad_norm_max"] == pytest.approx(max(applied), rel=1e-5)
+    (plain,) = train(spec(epochs=1), tmp_path / "plain", progress=False)
+    assert "grad_norm_max" not in plain and "grad_norm_mean" not in plain
+
+
 def _scripted_validation(monkeypatch, elbos):
     """Make each epoch's validation ELBO the next of ``elbos`` (training itself is untouched)."""
     import pyroib.train as training
