@@ -11,7 +11,7 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
-EXPECTED = {"quickstart", "information_plane", "anchor_vae", "custom_model"}
+EXPECTED = {"quickstart", "information_plane", "anchor_vae", "custom_model", "priors"}
 CELL_TIMEOUT_S = 300
 
 
