@@ -21,7 +21,7 @@ def command(name: str, help: str):
     return register
 
 
-def _parse_floats(text: str, what: str, kind=float) -> list:
+def _parse_list(text: str, what: str, kind=float) -> list:
     try:
         return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -110,7 +110,7 @@ def spec_from_args(argv: list[str]):
     parser = _train_parser(program.Config, program.architecture.options, program.architecture.defaults)
     args = parser.parse_args(argv)
     from .handlers import validate_weights
-    validate_weights(args.beta, _parse_floats(args.anchors, "--anchors") if args.anchors else None)
+    validate_weights(args.beta, _parse_list(args.anchors, "--anchors") if args.anchors else None)
     splits = load_dataset(args.dataset, data_dir=args.data_dir, binarize=args.binarize, val_size=args.val_size,
                           device=resolve_device(args.device))
     info = {"data_shape": splits.data_shape, "n_classes": splits.n_classes}
@@ -122,7 +122,7 @@ def spec_from_args(argv: list[str]):
         model_config["n_classes"] = info["n_classes"]
     model_config = {k: list(v) if isinstance(v, tuple) else v for k, v in model_config.items()}
     prior_options = {}
-    hidden = _parse_floats(args.prior_flow_hidden, "--prior-flow-hidden", int) if args.prior_flow_hidden else None
+    hidden = _parse_list(args.prior_flow_hidden, "--prior-flow-hidden", int) if args.prior_flow_hidden else None
     for flag, priors, option, value in (
             ("--prior-components", ("mixture", "vamp"),
              "n_components" if args.prior == "mixture" else "n_pseudo_inputs", args.prior_components),
@@ -138,7 +138,7 @@ def spec_from_args(argv: list[str]):
         model=args.model, model_config=model_config, dataset=args.dataset, data_dir=args.data_dir,
         binarize=args.binarize, val_size=args.val_size, prior=args.prior, prior_options=prior_options,
         objective_options={k[len("option__"):]: v for k, v in vars(args).items() if k.startswith("option__")},
-        beta=args.beta, anchors=_parse_floats(args.anchors, "--anchors") if args.anchors else None,
+        beta=args.beta, anchors=_parse_list(args.anchors, "--anchors") if args.anchors else None,
         schedule=args.schedule, warmup_epochs=args.warmup_epochs, cycle_epochs=args.cycle_epochs,
         cycle_ratio=args.cycle_ratio, capacity_max=args.capacity_max, capacity_epochs=args.capacity_epochs,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip,
