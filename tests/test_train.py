@@ -41,18 +41,25 @@ def test_resume_may_lower_the_learning_rate_and_records_it(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["optimizer"]["param_groups"][0]["lr"] == 1e-4
 
 
-def test_grad_clip_bounds_every_applied_gradient_and_counts_the_clipped_steps(tmp_path, monkeypatch):
-    from pyroib.data import load_dataset
-    n_train = load_dataset("digits").train.shape[0]
+def _record_applied_gradient_norms(monkeypatch, per: int = 1) -> list[float]:
+    """Patch Adam.step to record the norm of every gradient it applies, divided by ``per``."""
     applied = []
     step = torch.optim.Adam.step
 
     def spy(self, *args, **kwargs):
         grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-        applied.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        applied.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) / per)
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    return applied
+
+
+def test_grad_clip_bounds_every_applied_gradient_and_counts_the_clipped_steps(tmp_path, monkeypatch):
+    from pyroib.data import load_dataset
+    n_train = load_dataset("digits").train.shape[0]
+    step = torch.optim.Adam.step
+    applied = _record_applied_gradient_norms(monkeypatch)
     clip = 0.5  # nats per data point per unit of parameter: far below this model's gradient norms
     rows = train(spec(epochs=1, grad_clip=clip), tmp_path / "tight", progress=False)
     assert rows[0]["grad_clip"] == clip and rows[0]["clipped_steps"] == rows[0]["step"] == len(applied)
@@ -80,15 +87,8 @@ def test_grad_clip_bounds_every_applied_gradient_and_counts_the_clipped_steps(tm
 def test_clipped_runs_log_the_per_point_gradient_norm_the_clip_compares(tmp_path, monkeypatch):
     from pyroib.data import load_dataset
     n_train = load_dataset("digits").train.shape[0]
-    applied = []
     step = torch.optim.Adam.step
-
-    def spy(self, *args, **kwargs):
-        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-        applied.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) / n_train)
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    applied = _record_applied_gradient_norms(monkeypatch, per=n_train)
     (loose,) = train(spec(epochs=1, grad_clip=1e12), tmp_path / "loose", progress=False)
     monkeypatch.setattr(torch.optim.Adam, "step", step)
     assert loose["clipped_steps"] == 0
