@@ -189,10 +189,11 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
             optimizer.zero_grad(set_to_none=True)
             terms.surrogate.backward()
             if max_norm is not None:
-                norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+                norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm).detach()
                 clipped += norm > max_norm
-                grad_norms[0] += norm.detach() / n_train
-                grad_norms[1] = torch.maximum(grad_norms[1], norm.detach() / n_train)
+                per_point = norm / n_train
+                grad_norms[0] += per_point
+                grad_norms[1] = torch.maximum(grad_norms[1], per_point)
             optimizer.step()
             if hasattr(objective, "auxiliary_step"):
                 objective.auxiliary_step(model, guide, x, y, index=index, size=n_train)

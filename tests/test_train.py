@@ -422,8 +422,7 @@ def test_every_prior_trains_the_vae_and_the_beta_vae_from_the_cli(tmp_path, caps
         assert cli.main(["train", "--dataset", "digits", "--latent-dim", "3", "--hidden", "32", "--epochs", "2",
                          "--prior", prior, "--beta", beta, "--no-progress", "--device", "cpu", "--seed", "3",
                          "--out", str(out)]) == 0
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        for row in rows:
+        for row in read_jsonl(out / "metrics.jsonl"):
             assert row["train_loss"] == pytest.approx(row["train_distortion"] + float(beta) * row["train_rate"],
                                                       rel=1e-4)
             assert row["train_elbo"] == pytest.approx(-(row["train_distortion"] + row["train_rate"]), rel=1e-4)
