@@ -54,6 +54,10 @@ class Model(nn.Module):
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
         return z
 
+    def check_data(self, x: torch.Tensor, binarize: str) -> None:
+        """Refuse data the likelihood cannot score (grey levels under a Bernoulli likelihood, say)."""
+        self.likelihood.check_data(x, binarize)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Mean image E[x | z]."""
         return self.likelihood.mean(self.decoder(z))

@@ -9,17 +9,17 @@ pair a program with a different objective or defaults; its ``options`` become co
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
 
 from .information import MMDELBO, TotalCorrelationELBO
 from .information_critics import AdversarialELBO, BoundedIBELBO, FactorVAEELBO
 from .objectives import InfoELBO
+from .program import Program, ProgramError, check_classes, load_module
 
 _CRITIC = {"critic_width": 256, "critic_depth": 2, "critic_lr": 1e-4, "critic_steps": 1}
+# batch-level terms read one latent site; None: the program's only one, or its declared Model.latent_site
+_SITE = {"latent_site": None}
 
 
 @dataclass(frozen=True)
@@ -36,20 +36,20 @@ ARCHITECTURES: dict[str, Architecture] = {
                                        "--schedule and --anchors"),
     "beta-vae": Architecture("vae", defaults={"beta": 4.0}, summary="the VAE with β = 4 by default"),
     "beta-tcvae": Architecture("vae", TotalCorrelationELBO,
-                               options={"alpha": 1.0, "tc_weight": 6.0, "gamma": 1.0, "estimator": "mss"},
+                               options={"alpha": 1.0, "tc_weight": 6.0, "gamma": 1.0, "estimator": "mss", **_SITE},
                                summary="β-TCVAE: α·MI + tc_weight·TC + γ·dimension-wise KL, minibatch stratified"),
-    "factorvae": Architecture("vae", FactorVAEELBO, options={"tc_weight": 10.0, **_CRITIC},
+    "factorvae": Architecture("vae", FactorVAEELBO, options={"tc_weight": 10.0, **_CRITIC, **_SITE},
                               summary="FactorVAE: rate + tc_weight·TC, TC from a critic on permuted codes"),
-    "infovae": Architecture("vae", MMDELBO, options={"mmd_weight": 1000.0, "kernel": "rbf"},
+    "infovae": Architecture("vae", MMDELBO, options={"mmd_weight": 1000.0, "kernel": "rbf", **_SITE},
                             summary="InfoVAE: β·rate + mmd_weight·MMD²(q(z), p(z))"),
     "aae": Architecture("vae", AdversarialELBO,
                         options={"marginal_weight": 1.0, "divergence": "critic", "kernel": "rbf",
-                                 "deterministic_encoder": False, **_CRITIC},
+                                 "deterministic_encoder": False, **_CRITIC, **_SITE},
                         defaults={"beta": 0.0}, summary="adversarial autoencoder: distortion + marginal_weight·B "
                                                         "(critic or MMD), no per-point rate"),
     "bibae": Architecture("vae", BoundedIBELBO,
                           options={"marginal_kl_weight": 1.0, "data_kl_weight": 1.0, "marginal_estimator": "mss",
-                                   **_CRITIC},
+                                   "data_site": None, **_CRITIC, **_SITE},
                           summary="BIB-AE: β·A + B + D + distortion, D from a critic on images"),
     # grey levels: a classifier gains nothing from Bernoulli noise on its inputs (0.84 vs 0.95 accuracy on digits)
     "vib": Architecture("vib", defaults={"binarize": "none"}, summary="deep VIB (Alemi et al. 2016): "
@@ -57,27 +57,13 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(ProgramError):
     pass
 
 
-def _load_path(path: Path) -> ModuleType:
-    if not path.is_file():
-        raise UnknownModelError(f"model file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"pyroib_user_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    missing = [n for n in ("Config", "Model", "Guide") if not hasattr(module, n)]
-    if missing:
-        raise UnknownModelError(f"{path} must define Config, Model and Guide; it lacks {', '.join(missing)}")
-    return module
-
-
 def program_names() -> list[str]:
-    root = Path(__file__).resolve().parent.parent / "models"
     import pyroib.models as models_pkg
-    roots = [Path(p) for p in models_pkg.__path__] or [root]
+    roots = [Path(p) for p in models_pkg.__path__]
     return sorted({p.stem.replace("_", "-") for r in roots for p in r.glob("*.py") if not p.stem.startswith("_")})
 
 
@@ -85,14 +71,25 @@ def known_names() -> list[str]:
     return sorted(set(ARCHITECTURES) | set(program_names()))
 
 
-def resolve(name: str) -> SimpleNamespace:
-    """Return ``(name, Config, Model, Guide, architecture)`` for an architecture name, a program name or a path."""
-    if name.endswith(".py"):
-        module = _load_path(Path(name))
-        arch = Architecture(str(Path(name).resolve()), objective=getattr(module, "objective", InfoELBO),
-                            options=dict(getattr(module, "options", {})))
-        return SimpleNamespace(name=name, Config=module.Config, Model=module.Model, Guide=module.Guide,
-                               architecture=arch)
+def load_program_file(path: str | Path) -> Program:
+    """A user's ``PATH.py`` holding Config, Model and Guide (and optionally ``objective``, an ELBO class, with
+    ``options``, its keyword defaults, which become flags)."""
+    path = Path(path).resolve()
+    module, digest = load_module(path)
+    missing = [n for n in ("Config", "Model", "Guide") if n not in vars(module)]
+    if missing:
+        raise UnknownModelError(f"{path} must define Config, Model and Guide; it lacks {', '.join(missing)}")
+    objective = vars(module).get("objective", InfoELBO)
+    options = dict(vars(module).get("options", {}))
+    arch = Architecture(str(path), objective=objective, options=options)
+    return Program(str(path), module.Config, module.Model, module.Guide,
+                   check_classes(str(path), module.Config, module.Model, module.Guide), arch, path, digest)
+
+
+def resolve(name: str | Path) -> Program:
+    """The program of an architecture name, a program name (``models/NAME.py``) or a path to a user's file."""
+    if str(name).endswith(".py"):
+        return load_program_file(name)
     arch = ARCHITECTURES.get(name)
     program = arch.program if arch else name
     if arch is None and program not in program_names():
@@ -104,5 +101,5 @@ def resolve(name: str) -> SimpleNamespace:
         guides = importlib.import_module(f"pyroib.guides.{module_name}")
     except ModuleNotFoundError:
         raise UnknownModelError(f"model program {program!r} has no guide: add guides/{module_name}.py") from None
-    return SimpleNamespace(name=name, Config=models.Config, Model=models.Model, Guide=guides.Guide,
-                           architecture=arch or Architecture(program))
+    capabilities = check_classes(f"models/{module_name}.py", models.Config, models.Model, guides.Guide)
+    return Program(name, models.Config, models.Model, guides.Guide, capabilities, arch or Architecture(program))

@@ -18,6 +18,7 @@ site's scale, the Monte Carlo ELBO both sites (REFERENCE.md, traps).
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
 
 import pyro.distributions as dist
@@ -83,7 +84,8 @@ def per_dimension(fn: dist.Distribution) -> dist.Distribution | None:
 
 
 class BottleneckMessenger(Messenger):
-    def __init__(self, beta: float | Mapping[str, float], anchors: torch.Tensor | None = None):
+    def __init__(self, beta: float | Mapping[str, float],
+                 anchors: torch.Tensor | Mapping[str, torch.Tensor] | None = None):
         super().__init__()
         self.beta = beta
         self.anchors = anchors
@@ -102,29 +104,48 @@ class BottleneckMessenger(Messenger):
         elif beta != 1.0:
             msg["scale"] = beta * msg["scale"]
             msg["infer"] = {**msg["infer"], BOTTLENECK_SCALE: msg["infer"].get(BOTTLENECK_SCALE, 1.0) * beta}
-        if self.anchors is not None:
+        anchors = self.anchors.get(msg["name"]) if isinstance(self.anchors, Mapping) else self.anchors
+        if anchors is not None:
             base = per_dimension(msg["fn"])
             if base is None:
                 raise ValueError(
                     f"anchor weights need a factorised distribution at latent site {msg['name']!r} (an Independent "
                     f"over the latent dimensions); got {type(msg['fn']).__name__}. Priors that do not factorise "
                     "(mixture, VampPrior, flow, joint aggregate) cannot take per-latent weights: use --beta instead")
-            if base.batch_shape[-1] != self.anchors.shape[-1]:
-                raise ValueError(f"{self.anchors.shape[-1]} anchor weights given but latent site {msg['name']!r} has "
+            if base.batch_shape[-1] != anchors.shape[-1]:
+                raise ValueError(f"{anchors.shape[-1]} anchor weights given but latent site {msg['name']!r} has "
                                  f"{base.batch_shape[-1]} dimensions: give one weight per latent dimension")
-            msg["fn"] = AnchorWeighted(base, self.anchors.to(device=base.mean.device, dtype=base.mean.dtype))
+            msg["fn"] = AnchorWeighted(base, anchors.to(device=base.mean.device, dtype=base.mean.dtype))
 
 
-def validate_weights(beta: float, anchors=None, latent_dim: int | None = None) -> torch.Tensor | None:
-    """Check β and anchor weights at construction time; return anchors as a tensor (or None)."""
-    if not isinstance(beta, Mapping):
-        if not (beta >= 0 and beta < float("inf")):
-            raise ValueError(f"beta must be a finite number >= 0 (got {beta}); beta = 0 switches the rate term off")
+def _check_beta(beta, where: str = "beta") -> None:
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not (0 <= beta < float("inf")):
+        raise ValueError(f"{where} must be a finite number >= 0 (got {beta!r}); beta = 0 switches the rate term off")
+
+
+def _anchor_tensor(weights, where: str) -> torch.Tensor:
+    weights = torch.as_tensor(weights, dtype=torch.get_default_dtype()).flatten()
+    if not torch.isfinite(weights).all() or (weights < 0).any():
+        raise ValueError(f"{where} must be finite and >= 0, got {weights.tolist()}")
+    return weights
+
+
+def validate_weights(beta, anchors=None, latent_dim: int | None = None):
+    """Check β and anchor weights at construction time; return anchors as a tensor, a {site: tensor} dict, or None.
+
+    ``beta`` is one number for every latent site or ``{site: β}``; ``anchors`` one list of per-dimension weights for
+    every latent site or ``{site: [w_1, ..., w_D]}``.
+    """
+    if isinstance(beta, Mapping):
+        for site, value in beta.items():
+            _check_beta(value, f"beta of site {site!r}")
+    else:
+        _check_beta(beta)
     if anchors is None:
         return None
-    anchors = torch.as_tensor(anchors, dtype=torch.get_default_dtype()).flatten()
-    if not torch.isfinite(anchors).all() or (anchors < 0).any():
-        raise ValueError(f"anchor weights must be finite and >= 0, got {anchors.tolist()}")
+    if isinstance(anchors, Mapping):
+        return {site: _anchor_tensor(w, f"anchor weights of site {site!r}") for site, w in anchors.items()}
+    anchors = _anchor_tensor(anchors, "anchor weights")
     if latent_dim is not None and anchors.numel() != latent_dim:
         raise ValueError(f"{anchors.numel()} anchor weights given for {latent_dim} latent dimensions: "
                          "--anchors needs exactly one weight per latent dimension (see --latent-dim)")
@@ -132,7 +153,7 @@ def validate_weights(beta: float, anchors=None, latent_dim: int | None = None) -
 
 
 def bottleneck(model: Callable, guide: Callable, beta: float | Mapping[str, float] = 1.0,
-               anchors: torch.Tensor | None = None) -> tuple[Callable, Callable]:
+               anchors: torch.Tensor | Mapping[str, torch.Tensor] | None = None) -> tuple[Callable, Callable]:
     """Wrap model and guide with the same bottleneck weights. β = 1 and no anchors returns them unchanged."""
     anchors = validate_weights(beta, anchors)
     if not isinstance(beta, Mapping) and beta == 1.0 and anchors is None:

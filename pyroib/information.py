@@ -7,8 +7,8 @@ next to N · (distortion + β · rate). So the objective per data point is
     distortion + β · rate + Σ_k weight_k · term_k                     (β from the bottleneck handlers, default 1)
 
 whatever the batch size, and a weight means the same at batch 64 and 1,024. The terms are read from the traces the
-ELBO already has: the codes z, and loc and scale of q(z|x), from the guide's latent site ``"z"``; the prior from the
-model's site; N from the data plate (the ``size`` argument). Batch-level estimators are those of
+ELBO already has: the codes z, and loc and scale of q(z|x), from the guide's latent site (``latent_site``, by default
+the program's only latent site); the prior from the model's site of the same name; N from the data plate (the ``size`` argument). Batch-level estimators are those of
 :mod:`pyroib.estimators` (Chen et al. 2018's minibatch stratified sampling by default).
 
 * :class:`TotalCorrelationELBO` (β-TCVAE): rate = index-code MI + TC + dimension-wise KL, reweighted to
@@ -33,8 +33,6 @@ from . import estimators
 from .handlers import per_dimension
 from .objectives import InfoELBO
 
-LATENT_SITE = "z"
-DATA_SITE = "x"
 FULL_DATA_MAX_POINTS = 10_000
 
 
@@ -53,7 +51,7 @@ def check_choice(name: str, value, choices) -> str:
     return value
 
 
-def latent_codes(guide_trace, site: str = LATENT_SITE):
+def latent_codes(guide_trace, site: str):
     """(z, loc, scale) of the guide's latent site, each (B, D); scale is None for a deterministic (Delta) code."""
     node = guide_trace.nodes.get(site)
     if node is None or node["type"] != "sample":
@@ -73,14 +71,14 @@ def latent_codes(guide_trace, site: str = LATENT_SITE):
     return z, loc.expand_as(z), None if scale is None else scale.expand_as(z)
 
 
-def prior_log_density(model_trace, site: str = LATENT_SITE):
+def prior_log_density(model_trace, site: str):
     """z (B, D) -> log p(z): per dimension (B, D) when the prior factorises, joint (B,) otherwise."""
     fn = model_trace.nodes[site]["fn"]
     base = per_dimension(fn)
     return base.log_prob if base is not None else fn.log_prob
 
 
-def prior_draws(model_trace, site: str = LATENT_SITE) -> torch.Tensor:
+def prior_draws(model_trace, site: str) -> torch.Tensor:
     """One draw per batch row from the model's prior at ``site`` (reparameterised where possible)."""
     fn = model_trace.nodes[site]["fn"]
     return fn.rsample() if fn.has_rsample else fn.sample()
@@ -124,10 +122,11 @@ class TotalCorrelationELBO(InfoELBO):
         self.estimator = check_choice("estimator", estimator, estimators.ESTIMATOR_METHODS)
 
     def information_terms(self, model_trace, guide_trace, size):
-        z, loc, scale = latent_codes(guide_trace)
+        site = self.latent_site_of(model_trace, guide_trace)
+        z, loc, scale = latent_codes(guide_trace, site)
         _require_stochastic(scale, "the rate decomposition")
         _require_pairs(z.shape[0], self.estimator, "the total correlation")
-        log_pz = prior_log_density(model_trace)(z)
+        log_pz = prior_log_density(model_trace, site)(z)
         if log_pz.dim() != 2 and self.gamma != 1.0:
             raise ValueError("gamma != 1 weights the dimension-wise KL Σ_j KL(q(z_j) || p(z_j)), which exists only "
                              "for a prior that factorises over latent dimensions; use --prior standard or learned, "
@@ -157,15 +156,16 @@ class MarginalKLELBO(InfoELBO):
         self.estimator = check_choice("estimator", estimator, estimators.ESTIMATOR_METHODS)
 
     def information_terms(self, model_trace, guide_trace, size):
-        return {"marginal_kl": (self.marginal_kl_weight, batch_marginal_kl(model_trace, guide_trace, size,
+        site = self.latent_site_of(model_trace, guide_trace)
+        return {"marginal_kl": (self.marginal_kl_weight, batch_marginal_kl(model_trace, guide_trace, site, size,
                                                                             self.estimator))}
 
 
-def batch_marginal_kl(model_trace, guide_trace, size: int, estimator: str = "mss") -> torch.Tensor:
-    z, loc, scale = latent_codes(guide_trace)
+def batch_marginal_kl(model_trace, guide_trace, site: str, size: int, estimator: str = "mss") -> torch.Tensor:
+    z, loc, scale = latent_codes(guide_trace, site)
     _require_stochastic(scale, "the marginal KL by sampling")
     _require_pairs(z.shape[0], estimator, "the marginal KL")
-    return estimators.marginal_kl(z, loc, scale, size, prior_log_density(model_trace), estimator)
+    return estimators.marginal_kl(z, loc, scale, size, prior_log_density(model_trace, site), estimator)
 
 
 class MMDELBO(InfoELBO):
@@ -190,15 +190,16 @@ class MMDELBO(InfoELBO):
         self.kernel = check_choice("kernel", kernel, estimators.MMD_KERNELS)
 
     def information_terms(self, model_trace, guide_trace, size):
-        return {"mmd": (self.mmd_weight, batch_mmd(model_trace, guide_trace, self.kernel))}
+        site = self.latent_site_of(model_trace, guide_trace)
+        return {"mmd": (self.mmd_weight, batch_mmd(model_trace, guide_trace, site, self.kernel))}
 
 
-def batch_mmd(model_trace, guide_trace, kernel: str = "rbf") -> torch.Tensor:
-    z, _, _ = latent_codes(guide_trace)
+def batch_mmd(model_trace, guide_trace, site: str, kernel: str = "rbf") -> torch.Tensor:
+    z, _, _ = latent_codes(guide_trace, site)
     if z.shape[0] < 2:
         raise ValueError(f"the MMD between codes and prior draws needs batches of at least 2 points, got "
                          f"{z.shape[0]}; choose another --batch-size")
-    return estimators.mmd(z, prior_draws(model_trace), kernel=kernel)
+    return estimators.mmd(z, prior_draws(model_trace, site), kernel=kernel)
 
 
 # ------------------------------------------------------------------------------------------- full-data evaluation

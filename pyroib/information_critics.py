@@ -29,15 +29,15 @@ import torch
 from torch.nn import functional as F
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 
 import pyro.distributions as dist
 
 from . import estimators
 from .critics import Critic, density_ratio_loss, permute_dims
 from .handlers import per_dimension
-from .information import (DATA_SITE, LATENT_SITE, batch_marginal_kl, batch_mmd, check_choice, check_weight,
-                          latent_codes, prior_draws)
-from .objectives import InfoELBO
+from .information import batch_marginal_kl, batch_mmd, check_choice, check_weight, latent_codes, prior_draws
+from .objectives import InfoELBO, choose_site, observed_site_names
 
 CRITIC_BETAS = (0.5, 0.9)
 
@@ -132,8 +132,9 @@ class CriticELBO(InfoELBO):
     # terms ---------------------------------------------------------------------------------------------------
     def critic_marginal_kl(self, model_trace, guide_trace) -> torch.Tensor:
         """E_q[T(z)] for the critic of q(z) against p(z): KL(q(z) || p(z)) in nats per point."""
-        z, _, _ = latent_codes(guide_trace)
-        self.remember("marginal", z, prior_draws(model_trace))
+        site = self.latent_site_of(model_trace, guide_trace)
+        z, _, _ = latent_codes(guide_trace, site)
+        self.remember("marginal", z, prior_draws(model_trace, site))
         return self.critic_logit("marginal", z).mean()
 
 
@@ -149,7 +150,7 @@ class FactorVAEELBO(CriticELBO):
         self.tc_weight = check_weight("tc_weight", tc_weight)
 
     def information_terms(self, model_trace, guide_trace, size):
-        z, _, _ = latent_codes(guide_trace)
+        z, _, _ = latent_codes(guide_trace, self.latent_site_of(model_trace, guide_trace))
         self.remember("tc", z, None)
         return {"critic_tc": (self.tc_weight, self.critic_logit("tc", z).mean())}
 
@@ -157,15 +158,16 @@ class FactorVAEELBO(CriticELBO):
 class _PosteriorMean(Messenger):
     """Replace q(z|x) at one site by a point mass at its mean: a deterministic encoder from a Gaussian guide."""
 
-    def __init__(self, site: str):
+    def __init__(self, site: str | None):
         super().__init__()
-        self.site = site
+        self.site = site  # None: every latent site of the guide
 
     def _process_message(self, msg):
-        if msg["type"] == "sample" and msg["name"] == self.site and not msg["is_observed"]:
+        if msg["type"] == "sample" and self.site in (None, msg["name"]) and not msg["is_observed"] \
+                and not site_is_subsample(msg):
             base = per_dimension(msg["fn"])
             if base is None:
-                raise ValueError(f"a deterministic encoder needs a factorised Gaussian guide at site {self.site!r}")
+                raise ValueError(f"a deterministic encoder needs a factorised Gaussian guide at site {msg['name']!r}")
             msg["fn"] = dist.Delta(base.mean, event_dim=1)
 
 
@@ -191,12 +193,13 @@ class AdversarialELBO(CriticELBO):
 
     def _get_traces(self, model, guide, args, kwargs):
         if self.deterministic_encoder:
-            guide = _PosteriorMean(LATENT_SITE)(guide)
+            guide = _PosteriorMean(self.latent_site)(guide)
         return super()._get_traces(model, guide, args, kwargs)
 
     def information_terms(self, model_trace, guide_trace, size):
         if self.divergence == "mmd":
-            return {"mmd": (self.marginal_weight, batch_mmd(model_trace, guide_trace, self.kernel))}
+            site = self.latent_site_of(model_trace, guide_trace)
+            return {"mmd": (self.marginal_weight, batch_mmd(model_trace, guide_trace, site, self.kernel))}
         return {"critic_marginal_kl": (self.marginal_weight, self.critic_marginal_kl(model_trace, guide_trace))}
 
 
@@ -218,11 +221,14 @@ class BoundedIBELBO(CriticELBO):
         the likelihood's mean E[x|z] at prior draws z. For binarised data the real images are binary and the
         decoded means grey, which the critic tells apart by that alone; D is most meaningful with
         ``--binarize none`` and a continuous likelihood.
+    :param data_site: the observed site whose values are the data x of D (default: the program's only observed
+        site).
     """
 
     def __init__(self, marginal_kl_weight: float = 1.0, data_kl_weight: float = 1.0,
-                 marginal_estimator: str = "mss", **kwargs):
+                 marginal_estimator: str = "mss", data_site: str | None = None, **kwargs):
         super().__init__(**kwargs)
+        self.data_site = data_site
         self.marginal_kl_weight = check_weight("marginal_kl_weight", marginal_kl_weight)
         self.data_kl_weight = check_weight("data_kl_weight", data_kl_weight)
         self.marginal_estimator = check_choice("marginal_estimator", marginal_estimator,
@@ -241,9 +247,12 @@ class BoundedIBELBO(CriticELBO):
                                             self.critic_marginal_kl(model_trace, guide_trace))}
         else:
             terms = {"marginal_kl": (self.marginal_kl_weight,
-                                     batch_marginal_kl(model_trace, guide_trace, size, self.marginal_estimator))}
-        real = model_trace.nodes[DATA_SITE]["value"]
-        fake = self._generated.nodes[DATA_SITE]["fn"].mean
+                                     batch_marginal_kl(model_trace, guide_trace,
+                                                       self.latent_site_of(model_trace, guide_trace), size,
+                                                       self.marginal_estimator))}
+        data_site = choose_site(observed_site_names(model_trace), self.data_site, "observed", "--data-site")
+        real = model_trace.nodes[data_site]["value"]
+        fake = self._generated.nodes[data_site]["fn"].mean
         real, fake = real.reshape(real.shape[0], -1), fake.reshape(fake.shape[0], -1)
         self.remember("data", real, fake)
         estimate = self.critic_logit("data", real).mean().detach()

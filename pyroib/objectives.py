@@ -33,8 +33,7 @@ from pyro.infer.trace_elbo import _compute_log_r
 from torch.distributions import kl_divergence
 
 from .handlers import BOTTLENECK_SCALE, AnchorWeighted, per_dimension
-
-DATA_PLATE = "data"
+from .plates import DATA_PLATE
 
 
 @dataclass
@@ -67,6 +66,23 @@ def latent_site_names(model_trace, guide_trace) -> list[str]:
             if site["type"] == "sample" and name in model_trace.nodes and not model_trace.nodes[name]["is_observed"]]
 
 
+def observed_site_names(model_trace) -> list[str]:
+    return [name for name, site in model_trace.nodes.items() if site["type"] == "sample" and site["is_observed"]]
+
+
+def choose_site(names: list[str], chosen: str | None, kind: str, flag: str) -> str:
+    """The one site an information term reads: ``chosen`` if given (it must exist), else the only one there is."""
+    if chosen is not None:
+        if chosen not in names:
+            raise ValueError(f"{flag} {chosen!r} is not a{'n' if kind[0] in 'aeiou' else ''} {kind} site of the "
+                             f"program; its {kind} sites are {', '.join(names) or 'none'}")
+        return chosen
+    if len(names) != 1:
+        raise ValueError(f"this objective reads one {kind} site and the program has {len(names)} "
+                         f"({', '.join(names) or 'none'}): name it with {flag}")
+    return names[0]
+
+
 def _analytic_kl(guide_site, model_site):
     try:
         return kl_divergence(guide_site["fn"], model_site["fn"])
@@ -79,6 +95,8 @@ class InfoELBO(Trace_ELBO):
 
     :param analytic_kl: use closed-form KL(q(z|x) || p(z)) for latent sites where torch registers one and the guide
         site is reparameterised (as ``TraceMeanField_ELBO`` does); Monte Carlo otherwise.
+    :param latent_site: the latent site that batch-level information terms read (default: the program's only one,
+        or its declared ``Model.latent_site``).
     Subclasses add terms by overriding :meth:`information_terms`.
     """
 
@@ -86,14 +104,35 @@ class InfoELBO(Trace_ELBO):
     # epoch's last incomplete minibatch instead of handing the estimator too few points
     min_batch_size = 1
 
-    def __init__(self, num_particles: int = 1, analytic_kl: bool = False, **kwargs):
+    def __init__(self, num_particles: int = 1, analytic_kl: bool = False, latent_site: str | None = None, **kwargs):
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(f"the number of particles must be a whole number >= 1, got {num_particles!r}")
         super().__init__(num_particles=num_particles, **kwargs)
         self.analytic_kl = analytic_kl
+        if latent_site is not None and not isinstance(latent_site, str):
+            raise TypeError(f"latent_site must be a site name, got {latent_site!r}")
+        self.latent_site = latent_site
 
-    # hook for subclasses -------------------------------------------------------------------------------------
+    def latent_site_of(self, model_trace, guide_trace) -> str:
+        return choose_site(latent_site_names(model_trace, guide_trace), self.latent_site, "latent", "--latent-site")
+
+    # hooks for subclasses ------------------------------------------------------------------------------------
     def information_terms(self, model_trace, guide_trace, size: int) -> dict[str, tuple[float, torch.Tensor]]:
         """Extra terms as ``name -> (weight, value in nats per data point)``; values must be differentiable."""
         return {}
+
+    def auxiliary_step(self, model, guide, x, y=None, *, index=None, size=None) -> dict[str, torch.Tensor]:
+        """Called by ``fit`` after each model step (critics train here); returns their losses."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """The objective's own trained state (critics), stored in the run's checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no trained state, but the checkpoint holds some "
+                             f"({', '.join(state)}): the run was trained with another objective")
 
     # the one breakdown ----------------------------------------------------------------------------------------
     def _particle(self, model_trace, guide_trace, capacity, want_per_dim=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pyro
 import torch
 
-from .objectives import DATA_PLATE
+DATA_PLATE = "data"
 
 
 def data_plate(x: torch.Tensor, index: torch.Tensor | None = None, size: int | None = None) -> pyro.plate:

@@ -14,8 +14,9 @@ from types import SimpleNamespace
 
 import torch
 
-from .architectures import resolve
+from .architectures import ARCHITECTURES, resolve
 from .checkpoint import load_checkpoint
+from .program import Program, file_sha256
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -24,6 +25,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 BEST_FILE = "best.pt"
 CHECKPOINTS = {"last": CHECKPOINT_FILE, "best": BEST_FILE}
 METRICS_FILE = "metrics.jsonl"
+# a run trained from a user's model file keeps a copy of it here, and is rebuilt from it
+PROGRAM_FILE = "program.py"
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,10 @@ class RunSpec:
     prior: str = "standard"
     prior_options: dict = field(default_factory=dict)
     objective_options: dict = field(default_factory=dict)
-    beta: float = 1.0
-    anchors: list[float] | None = None
+    beta: float | dict = 1.0          # one β for every latent site, or {site: β} (unnamed sites keep 1)
+    anchors: list[float] | dict | None = None  # per-dimension weights for every latent site, or {site: [w, ...]}
     schedule: str = "constant"
+    schedule_sites: list[str] | None = None    # the sites whose β follows the schedule (None: all)
     warmup_epochs: float = 10.0
     cycle_epochs: float = 10.0
     cycle_ratio: float = 0.5
@@ -54,6 +58,8 @@ class RunSpec:
     seed: int = 0
     device: str = "auto"
     init_from: str | None = None  # a run directory (its best.pt, else checkpoint.pt) or a checkpoint file
+    objective: str | None = None  # an architecture name whose objective trains this program (default: its own)
+    model_sha256: str | None = None  # of a user's model file; filled by train, which keeps a copy in the run
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -89,29 +95,71 @@ def make_config(config_cls, values: dict):
     return config_cls(**kwargs)
 
 
-def build(spec: RunSpec, device: torch.device | str = "cpu") -> SimpleNamespace:
-    """Model, guide, prior and objective of a run, freshly initialised, on ``device``."""
-    from .priors import prior_from_name
+def program_of(spec: RunSpec, run_dir: str | Path | None = None) -> Program:
+    """The run's program. A user's file is rebuilt from the copy kept in the run directory (``program.py``), so a
+    later edit of the original, or another working directory, cannot change an old run."""
+    if run_dir is not None and spec.model_sha256 is not None:
+        kept = Path(run_dir) / PROGRAM_FILE
+        if not kept.is_file():
+            raise FileNotFoundError(f"{run_dir} was trained from a model file, but its copy {kept} is missing; "
+                                    "the run cannot be rebuilt faithfully")
+        if file_sha256(kept) != spec.model_sha256:
+            raise ValueError(f"{kept} does not match the sha256 recorded in {Path(run_dir) / CONFIG_FILE}: the run's "
+                             "copy of its model file was edited, so its weights may not fit it")
+        return resolve(kept)
+    return resolve(spec.model)
 
-    program = resolve(spec.model)
+
+def architecture_of(spec: RunSpec, program: Program):
+    """The objective's architecture: ``spec.objective`` (an architecture name) if given, else the program's own."""
+    if spec.objective is None:
+        return program.architecture
+    if spec.objective not in ARCHITECTURES:
+        raise ValueError(f"unknown --objective {spec.objective!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[spec.objective]
+
+
+def build(spec: RunSpec, device: torch.device | str = "cpu", program: Program | None = None) -> SimpleNamespace:
+    """Model, guide, prior and objective of a run, freshly initialised, on ``device``.
+
+    ``prior=`` reaches only a model that takes one (the program's declared capability); a model that does not is
+    built as ``Model(config)`` and refuses any ``--prior`` but the default.
+    """
+    from .priors import prior_from_name, require_factorised
+
+    program = program or resolve(spec.model)
+    capabilities = program.capabilities
     config = make_config(program.Config, spec.model_config)
     guide = program.Guide(config)
-    prior_kwargs = dict(spec.prior_options)
-    if spec.prior == "vamp" and prior_kwargs.get("init") == "data":
-        del prior_kwargs["init"]  # training sets the pseudo-inputs to training images (initialise_pseudo_inputs)
-    if spec.prior == "vamp":
-        prior_kwargs.setdefault("encoder", guide.encode)
-        prior_kwargs.setdefault("data_shape", tuple(config.data_shape))
-    prior = prior_from_name(spec.prior, config.latent_dim, **prior_kwargs)
-    if spec.anchors is not None:
-        from .priors import require_factorised
-        require_factorised(prior, "per-latent anchor weights (--anchors)")
-    model = program.Model(config, prior=prior)
-    arch = program.architecture
+    pyroib_prior = spec.prior != "standard" or spec.prior_options or spec.anchors is not None
+    if not capabilities.takes_prior:
+        if spec.prior != "standard" or spec.prior_options:
+            capabilities.require("takes_prior", f"--prior {spec.prior}")
+        model = program.Model(config)
+    elif not pyroib_prior or "latent_dim" not in {f.name for f in dataclasses.fields(config)}:
+        if pyroib_prior and spec.prior != "standard":
+            raise ValueError(f"--prior {spec.prior} is sized by the model's Config.latent_dim, which "
+                             f"{program.name}'s Config does not have")
+        model = program.Model(config)
+    else:
+        prior_kwargs = dict(spec.prior_options)
+        if spec.prior == "vamp":
+            capabilities.require("encode", "the VampPrior (it encodes its pseudo-inputs)")
+            if prior_kwargs.get("init") == "data":
+                del prior_kwargs["init"]  # training sets the pseudo-inputs to training images
+            prior_kwargs.setdefault("encoder", guide.encode)
+            prior_kwargs.setdefault("data_shape", tuple(config.data_shape))
+        prior = prior_from_name(spec.prior, config.latent_dim, **prior_kwargs)
+        if spec.anchors is not None:
+            require_factorised(prior, "per-latent anchor weights (--anchors)")
+        model = program.Model(config, prior=prior)
+    arch = architecture_of(spec, program)
     options = {**arch.options, **spec.objective_options}
+    if options.get("latent_site") is None and capabilities.latent_site is not None:
+        options["latent_site"] = capabilities.latent_site
     objective = arch.objective(num_particles=spec.num_particles, analytic_kl=spec.analytic_kl, **options)
     return SimpleNamespace(model=model.to(device), guide=guide.to(device), objective=objective, config=config,
-                           program=program, spec=spec)
+                           program=program, capabilities=capabilities, spec=spec)
 
 
 def initialise_pseudo_inputs(built: SimpleNamespace, train_x: torch.Tensor) -> None:
@@ -197,7 +245,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint
                          "validation ELBO)")
     spec = read_spec(run_dir)
     device = resolve_device(device) if isinstance(device, str) else device
-    built = build(spec, device)
+    built = build(spec, device, program_of(spec, run_dir))
     path = run_dir / CHECKPOINTS[checkpoint]
     if checkpoint == "best" and not path.is_file() and (run_dir / CHECKPOINT_FILE).is_file():
         raise FileNotFoundError(f"{run_dir} has no {BEST_FILE} (runs trained before pyroib kept one); use the last "
@@ -205,7 +253,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint
     state = load_checkpoint(path, map_location=device)
     built.model.load_state_dict(state["model"])
     built.guide.load_state_dict(state["guide"])
-    if state.get("objective") and hasattr(built.objective, "load_state_dict"):
+    if state.get("objective"):
         built.objective.load_state_dict(state["objective"])
     built.model.eval()
     built.guide.eval()

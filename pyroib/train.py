@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -25,8 +27,10 @@ from .checkpoint import append_jsonl, load_checkpoint, read_jsonl, save_checkpoi
 from .data import BatchIterator, DataSplits
 from .evaluate import split_terms
 from .handlers import bottleneck, validate_weights
-from .run import (BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RunSpec, build, initialise_pseudo_inputs,
-                  read_spec, resolve_device, warm_start)
+from .program import check_traces, file_sha256
+from .architectures import resolve
+from .run import (BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, PROGRAM_FILE, RunSpec, build,
+                  initialise_pseudo_inputs, program_of, read_spec, resolve_device, warm_start)
 from .schedules import Schedule
 
 # a resumed run may train longer, move to another device, or continue at another learning rate or gradient clip
@@ -40,12 +44,32 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
+def per_site(spec: RunSpec) -> bool:
+    """Whether β differs between latent sites (a {site: β} dict, or a schedule on some sites only)."""
+    return isinstance(spec.beta, Mapping) or spec.schedule_sites is not None
+
+
 def make_schedule(spec: RunSpec, steps_per_epoch: int) -> Schedule:
+    """The schedule of β; with per-site β it yields the factor each scheduled site's β is multiplied by."""
     def steps(epochs: float) -> int:
         return max(1, round(epochs * steps_per_epoch))
-    return Schedule(spec.schedule, spec.beta, warmup_steps=steps(spec.warmup_epochs),
+    if per_site(spec) and spec.schedule == "capacity":
+        raise ValueError("the capacity schedule controls the total rate with one γ: it cannot be combined with "
+                         "per-site --beta or --schedule-sites")
+    return Schedule(spec.schedule, 1.0 if per_site(spec) else spec.beta, warmup_steps=steps(spec.warmup_epochs),
                     cycle_steps=steps(spec.cycle_epochs), ratio=spec.cycle_ratio, capacity_max=spec.capacity_max,
                     capacity_steps=steps(spec.capacity_epochs))
+
+
+def site_betas(spec: RunSpec, latent_sites: list[str]):
+    """A function of the schedule's output giving what the bottleneck handlers take: one β, or {site: β} over every
+    latent site (sites a per-site ``--beta`` leaves out keep 1; sites outside ``--schedule-sites`` keep their β)."""
+    if not per_site(spec):
+        return lambda factor: factor
+    base = {site: float(spec.beta.get(site, 1.0)) if isinstance(spec.beta, Mapping) else float(spec.beta)
+            for site in latent_sites}
+    scheduled = set(spec.schedule_sites or latent_sites)
+    return lambda factor: {site: factor * b if site in scheduled else b for site, b in base.items()}
 
 
 def _parameters(*modules):
@@ -83,12 +107,9 @@ def _check_resume(spec: RunSpec, out: Path) -> None:
                          f"change only {allowed}. Rerun with the original flags or use another --out")
 
 
-def complete_spec(spec: RunSpec, splits: DataSplits) -> RunSpec:
+def complete_spec(spec: RunSpec, splits: DataSplits, config_cls) -> RunSpec:
     """Fill the model config's dataset-given fields (data_shape, n_classes) from the data, or check them."""
-    import dataclasses
-
-    from .architectures import resolve
-    fields = {f.name for f in dataclasses.fields(resolve(spec.model).Config)}
+    fields = {f.name for f in dataclasses.fields(config_cls)}
     given = {"data_shape": list(splits.data_shape), "n_classes": splits.n_classes}
     config = dict(spec.model_config)
     for name, value in given.items():
@@ -104,11 +125,48 @@ def complete_spec(spec: RunSpec, splits: DataSplits) -> RunSpec:
     return dataclasses.replace(spec, model_config=config)
 
 
+def _check_model_file(spec: RunSpec, stored: RunSpec, out: Path) -> None:
+    """A resumed run of a user's model file continues only the file it started from (compared by content)."""
+    given = Path(spec.model)
+    if given.is_file() and file_sha256(given) != stored.model_sha256:
+        raise ValueError(f"--resume: {given} has changed since {out} was started (its sha256 differs from the one in "
+                         f"{out / CONFIG_FILE}); the run continues from its own copy {out / PROGRAM_FILE}: pass "
+                         "--model with that copy, or start a new run")
+
+
+def _keep_program_copy(source: Path, out: Path) -> None:
+    tmp = out / (PROGRAM_FILE + ".tmp")
+    shutil.copyfile(source, tmp)
+    tmp.replace(out / PROGRAM_FILE)
+
+
+def preflight(built, splits: DataSplits, spec: RunSpec) -> list[str]:
+    """Trace model and guide once on the first training points, Pyro validation on, before anything trains: the
+    program contract (:mod:`pyroib.program`) refused with one line, never a silently wrong run. Returns the latent
+    site names."""
+    n = min(spec.batch_size, splits.train.shape[0])
+    x, y = splits.train[:n], splits.train_labels[:n]
+    if splits.binarize == "dynamic":
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            x = torch.bernoulli(x)
+    named = set(spec.beta) if isinstance(spec.beta, Mapping) else set()
+    named |= set(spec.anchors) if isinstance(spec.anchors, Mapping) else set()
+    named |= set(spec.schedule_sites or ())
+    if built.objective.latent_site is not None:
+        named.add(built.objective.latent_site)
+    index = torch.arange(n, device=x.device)
+    latent, _ = check_traces(built.model, built.guide, x, y, index=index, size=splits.train.shape[0],
+                             weighted_sites=named)
+    return latent
+
+
 def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: bool = True,
           splits: DataSplits | None = None) -> list[dict]:
     """Train the run described by ``spec`` into directory ``out``; returns the metrics rows."""
     out = Path(out)
     validate_weights(spec.beta, spec.anchors, spec.model_config.get("latent_dim"))
+    if spec.schedule_sites is not None and not spec.schedule_sites:
+        raise ValueError("--schedule-sites names no site; leave it out to schedule every latent site's β")
     if spec.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {spec.epochs}")
     if spec.grad_clip is not None and not (0 < spec.grad_clip < math.inf):
@@ -123,12 +181,18 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         from .data import load_dataset
         splits = load_dataset(spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size,
                               device=device)
-    spec = complete_spec(spec, splits)
+    program = program_of(read_spec(out), out) if resume else resolve(spec.model)
+    if program.source is not None and not resume:
+        spec = dataclasses.replace(spec, model=str(program.source), model_sha256=program.sha256)
+    elif program.source is not None:
+        _check_model_file(spec, read_spec(out), out)
+        spec = dataclasses.replace(spec, model=read_spec(out).model, model_sha256=program.sha256)
+    spec = complete_spec(spec, splits, program.Config)
     if resume:
         _check_resume(spec, out)
         spec = dataclasses.replace(spec, init_from=read_spec(out).init_from)
     torch.manual_seed(spec.seed)
-    built = build(spec, device)
+    built = build(spec, device, program)
     model, guide, objective = built.model, built.guide, built.objective
     if not resume:
         initialise_pseudo_inputs(built, splits.train)
@@ -138,12 +202,14 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
                 tqdm.write(f"initialised {len(summary['loaded'])} weights from {spec.init_from}"
                            + (f"; kept at initialisation: {', '.join(summary['kept'])}" if summary["kept"] else "")
                            + (f"; not used: {', '.join(summary['ignored'])}" if summary["ignored"] else ""))
-    if hasattr(model, "likelihood"):
-        model.likelihood.check_data(splits.train, splits.binarize)
+    if built.capabilities.check_data:
+        model.check_data(splits.train, splits.binarize)
     batches = BatchIterator(splits, spec.batch_size, torch.Generator().manual_seed(spec.seed),
                             drop_last=objective.min_batch_size > 1)
     schedule = make_schedule(spec, len(batches))
     anchors = validate_weights(spec.beta, spec.anchors, getattr(built.config, "latent_dim", None))
+    latent_sites = preflight(built, splits, spec)
+    betas = site_betas(spec, latent_sites)
     parameters = _parameters(model, guide)
     optimizer = torch.optim.Adam(parameters, lr=spec.lr,
                                  **({"fused": True} if device.type == "cuda" else {}))
@@ -157,7 +223,7 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:
             group["lr"] = spec.lr
-        if state.get("objective") and hasattr(objective, "load_state_dict"):
+        if state.get("objective"):
             objective.load_state_dict(state["objective"])
         epoch, step = state["epoch"], state["step"]
         batches.generator.set_state(state["batch_generator"])
@@ -167,6 +233,8 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
             best = load_checkpoint(out / BEST_FILE)
             # a kill between writing best.pt and checkpoint.pt leaves a best epoch the resumed run will redo
             best_elbo = best["val_elbo"] if best["epoch"] <= epoch else -math.inf
+    if program.source is not None and not resume:
+        _keep_program_copy(program.source, out)
     write_json(out / CONFIG_FILE, spec.to_json())
 
     n_train = splits.train.shape[0]
@@ -183,7 +251,7 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         bar = tqdm(batches, desc=f"epoch {epoch}/{spec.epochs}", leave=False, disable=not progress, mininterval=0.5)
         for i, (x, y, index) in enumerate(bar):
             weights = schedule(step)
-            m, g = bottleneck(model, guide, weights.beta, anchors)
+            m, g = bottleneck(model, guide, betas(weights.beta), anchors)
             terms = objective.terms(m, g, x, y, index=index, size=n_train, capacity=weights.capacity,
                                     per_dimension=False)
             optimizer.zero_grad(set_to_none=True)
@@ -195,8 +263,7 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
                 grad_norms[0] += per_point
                 grad_norms[1] = torch.maximum(grad_norms[1], per_point)
             optimizer.step()
-            if hasattr(objective, "auxiliary_step"):
-                objective.auxiliary_step(model, guide, x, y, index=index, size=n_train)
+            objective.auxiliary_step(model, guide, x, y, index=index, size=n_train)
             step += 1
             nonfinite |= ~torch.isfinite(terms.loss)
             for k, v in terms.values.items():
@@ -220,6 +287,7 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
                **({"grad_norm_mean": float(grad_norms[0]) / len(batches), "grad_norm_max": float(grad_norms[1])}
                   if max_norm is not None else {}),
                "beta": weights.beta,
+               **({f"beta/{k}": v for k, v in betas(weights.beta).items()} if per_site(spec) else {}),
                "capacity": None if weights.capacity is None else weights.capacity[1],
                "train_loss": train_means.pop("loss"), "train_elbo": train_means.pop("elbo"),
                "train_rate": train_means.pop("rate"), "train_distortion": train_means.pop("distortion"),
@@ -231,7 +299,7 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
             raise TrainingDiverged(f"validation ELBO is not finite after epoch {epoch}; the last good checkpoint "
                                    f"(epoch {epoch - 1}) is kept in {out}")
         trained = {"model": model.state_dict(), "guide": guide.state_dict(),
-                   "objective": objective.state_dict() if hasattr(objective, "state_dict") else {}, "epoch": epoch}
+                   "objective": objective.state_dict(), "epoch": epoch}
         if row["val_elbo"] > best_elbo:
             best_elbo = row["val_elbo"]
             save_checkpoint({**trained, "val_elbo": best_elbo}, out / BEST_FILE)

@@ -1,0 +1,243 @@
+"""The program contract: what pyroib asks of a model/guide pair, checked once when a program is resolved and once
+more, by tracing, before a run's first step.
+
+**Required** of a program file (``models/NAME.py`` + ``guides/NAME.py``, or one ``PATH.py`` holding all three):
+
+1. ``Config``: a frozen dataclass of sizes. Fields named ``data_shape`` and ``n_classes``, where the story has
+   them, are filled from the data set; every other field becomes a ``pyroib train`` flag.
+2. ``Model(config)`` and ``Guide(config)``: callables (usually ``nn.Module``) whose ``forward(x, y=None,
+   index=None, size=None)`` is the program. ``index`` holds the minibatch's data-set indices and ``size`` the data
+   set's size N; evaluation calls with neither.
+3. **The data plate**: every sample site lies inside ``pyro.plate("data", size, subsample=index)``
+   (:func:`pyroib.plates.data_plate`), so that each site is scaled by N/B and batch-level estimators know N.
+4. **Matching latent sites**: the guide samples exactly the model's unobserved sites, by name.
+5. **No enumeration annotations** (``config_enumerate``, ``infer={"enumerate": ...}``): the objective samples
+   every site, and would silently ignore them.
+6. Sites broadcast over leading dimensions left of the data plate: importance-weighted evaluation adds a plate of
+   particles there.
+
+**Optional capabilities**, declared by what the classes define and read once into :class:`Capabilities`:
+
+* ``Model.__init__(config, prior=None)``: the top latent's prior is injected, so ``--prior`` can replace it, and
+  full-data marginal KLs are measured against it. ``Config.latent_dim`` then sizes the prior.
+* ``Guide.encode(x) -> (loc, scale)`` of the Gaussian q(z|x) at the latent site: full-data information terms,
+  active units, the aggregate prior, the VampPrior, report images.
+* ``Model.decode(z) -> E[x|z]``: samples, reconstructions, traversals.
+* ``Model.metrics(guide, x, y) -> dict``: extra evaluation numbers (nats).
+* ``Model.check_data(x, binarize)``: refuses data its likelihood cannot score.
+* ``Model.observes_inputs = False``: x only conditions the guide (deep VIB); no -log p(x) is estimated.
+* ``Model.latent_site = "name"``: the site the information objectives read when the program has several.
+
+Anything missing makes the commands that need it refuse with a message naming the capability; nothing falls back
+to a default silently.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .plates import DATA_PLATE
+
+
+class ProgramError(ValueError):
+    """A model/guide pair breaks the program contract; the message names the rule and the fix."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    takes_prior: bool = False
+    encode: bool = False
+    decode: bool = False
+    metrics: bool = False
+    check_data: bool = False
+    observes_inputs: bool = True
+    latent_site: str | None = None
+
+    def require(self, name: str, purpose: str) -> None:
+        if not getattr(self, name):
+            raise ProgramError(f"{purpose} needs {_CAPABILITY_TEXT[name]}, which this program does not define")
+
+
+_CAPABILITY_TEXT = {
+    "takes_prior": "a Model that takes prior= (Model(config, prior=None))",
+    "encode": "Guide.encode(x) returning (loc, scale) of q(z | x)",
+    "decode": "Model.decode(z) returning the mean of p(x | z)",
+    "metrics": "Model.metrics(guide, x, y)",
+    "check_data": "Model.check_data(x, binarize)",
+    "observes_inputs": "a model that observes x",
+}
+
+
+@dataclass(frozen=True)
+class Program:
+    """A resolved model/guide pair: its classes, declared capabilities and, for a user's file, its source."""
+
+    name: str
+    Config: type
+    Model: type
+    Guide: type
+    capabilities: Capabilities
+    architecture: object             # pyroib.architectures.Architecture: objective class, its options, defaults
+    source: Path | None = None       # the user's file this program was loaded from
+    sha256: str | None = None         # of that file's bytes
+
+
+def _accepts(fn, *args, **kwargs) -> bool:
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _callable_attribute(cls, name: str) -> bool:
+    return callable(inspect.getattr_static(cls, name, None))
+
+
+def check_classes(where: str, config_cls, model_cls, guide_cls) -> Capabilities:
+    """Rules 1-2 on the classes alone; returns the declared capabilities."""
+    if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
+        raise ProgramError(f"{where}: Config must be a dataclass (rule 1: @dataclass(frozen=True) class Config)")
+    for role, cls in (("Model", model_cls), ("Guide", guide_cls)):
+        if not callable(cls):
+            raise ProgramError(f"{where}: {role} must be a class whose forward(x, y=None, index=None, size=None) "
+                               "is the program (rule 2)")
+        forward = cls.forward if isinstance(cls, type) and hasattr(cls, "forward") else cls.__call__
+        if not _accepts(forward, None, "x", "y", index=None, size=None):
+            raise ProgramError(f"{where}: {role}.forward must accept (x, y=None, index=None, size=None) (rule 2); "
+                               f"it is forward{inspect.signature(forward)}")
+        if not _accepts(cls, "config"):
+            raise ProgramError(f"{where}: {role}(config) must construct the program from its Config (rule 2)")
+    latent_site = inspect.getattr_static(model_cls, "latent_site", None)
+    if latent_site is not None and not isinstance(latent_site, str):
+        raise ProgramError(f"{where}: Model.latent_site must be a site name (a str), got {latent_site!r}")
+    observes = inspect.getattr_static(model_cls, "observes_inputs", True)
+    return Capabilities(takes_prior=_accepts(model_cls, "config", prior=None),
+                        encode=_callable_attribute(guide_cls, "encode"),
+                        decode=_callable_attribute(model_cls, "decode"),
+                        metrics=_callable_attribute(model_cls, "metrics"),
+                        check_data=_callable_attribute(model_cls, "check_data"),
+                        observes_inputs=bool(observes), latent_site=latent_site)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_module(path: str | Path):
+    """Import a user's program file under a name unique to its content (two runs' copies never clash)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProgramError(f"model file {path} does not exist")
+    digest = file_sha256(path)
+    name = f"pyroib_user_{path.stem}_{digest[:12]}"
+    if name in sys.modules:
+        return sys.modules[name], digest
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as error:
+        del sys.modules[name]
+        raise ProgramError(f"model file {path} has a syntax error at line {error.lineno}: {error.msg}") from None
+    except ImportError as error:
+        del sys.modules[name]
+        raise ProgramError(f"model file {path} failed to import: {error}") from None
+    return module, digest
+
+
+def _sample_sites(trace) -> dict:
+    from pyro.poutine.util import site_is_subsample
+    return {name: site for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site_is_subsample(site)}
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def _check_plate(role: str, name: str, site, batch: int, size: int | None) -> None:
+    frames = [f for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
+    if not frames:
+        others = sorted({f.name for f in site["cond_indep_stack"]})
+        found = f" (it is inside {', '.join(repr(o) for o in others)})" if others else ""
+        raise ProgramError(f"{role} site {name!r} is in no plate named {DATA_PLATE!r}{found}: every sample site "
+                           f"must lie inside pyro.plate({DATA_PLATE!r}, size, subsample=index) (rule 3; "
+                           "pyroib.plates.data_plate(x, index, size) builds it), or N and the per-point scale are lost")
+    frame = frames[0]
+    full = frame.full_size or frame.size
+    if size is not None and full != size:
+        raise ProgramError(f"{role} site {name!r}: plate {DATA_PLATE!r} has size {full} but the data set has {size} "
+                           f"points (rule 3): pass the data set's size and the minibatch's indices, "
+                           f"pyro.plate({DATA_PLATE!r}, size, subsample=index), so each site is scaled by N/B")
+    if frame.size != batch:
+        raise ProgramError(f"{role} site {name!r}: plate {DATA_PLATE!r} holds {frame.size} points but the minibatch "
+                           f"has {batch} (rule 3): subsample the plate by the minibatch's indices (subsample=index)")
+
+
+def check_traces(model, guide, x, y=None, index=None, size: int | None = None,
+                 weighted_sites=()) -> tuple[list[str], list[str]]:
+    """Trace guide and model once with Pyro validation on and enforce rules 3-5 of the contract.
+
+    ``weighted_sites`` are site names that bottleneck weights or objectives were told to read (per-site β, anchors,
+    ``latent_site``); each must be a latent site. Returns (latent site names, observed site names). Raises
+    :class:`ProgramError` with one line naming the rule; the global RNG is left as it was.
+    """
+    import pyro
+    import torch
+    from pyro import poutine
+
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), \
+            pyro.validation_enabled(True), torch.no_grad():
+        try:
+            guide_trace = poutine.trace(guide).get_trace(x, y, index=index, size=size)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                x, y, index=index, size=size)
+            guide_trace.compute_log_prob()
+            model_trace.compute_log_prob()
+        except ProgramError:
+            raise
+        except (ValueError, RuntimeError, TypeError, NotImplementedError, IndexError, KeyError) as error:
+            raise ProgramError(f"the program failed its first trace with Pyro validation on: "
+                               f"{type(error).__name__}: {_one_line(error)}") from None
+    model_sites, guide_sites = _sample_sites(model_trace), _sample_sites(guide_trace)
+    for role, sites in (("model", model_sites), ("guide", guide_sites)):
+        for name, site in sites.items():
+            if site["infer"].get("enumerate"):
+                raise ProgramError(
+                    f"{role} site {name!r} is marked for enumeration (config_enumerate or infer={{'enumerate': "
+                    f"...}}), which pyroib's objective does not perform: it would sample the site instead (rule 5). "
+                    "Remove the annotation to train it by sampling with score-function gradients")
+            _check_plate(role, name, site, x.shape[0], size)
+    observed = [n for n, s in model_sites.items() if s["is_observed"]]
+    latent = [n for n, s in model_sites.items() if not s["is_observed"]]
+    if not observed:
+        raise ProgramError("the model observes nothing (no pyro.sample(..., obs=...) site): there is no distortion "
+                           "term to train (rule 4)")
+    for name, site in guide_sites.items():
+        if name in observed:
+            raise ProgramError(f"site {name!r} is observed in the model but sampled in the guide (rule 4): the "
+                               "guide samples latent sites only")
+        if name not in model_sites:
+            raise ProgramError(f"the guide samples {name!r} but the model has no site of that name (model latent "
+                               f"sites: {', '.join(latent) or 'none'}); rule 4: guide and model name their latent "
+                               "sites alike")
+    missing = [n for n in latent if n not in guide_sites]
+    if missing:
+        raise ProgramError(f"latent site(s) {', '.join(map(repr, missing))} of the model have no site in the guide "
+                           "(rule 4): they would be drawn from the prior and never inferred. Add them to the guide")
+    unknown = sorted(set(weighted_sites) - set(latent))
+    if unknown:
+        raise ProgramError(f"site(s) {', '.join(map(repr, unknown))} named in the run's settings are not latent "
+                           f"sites of the program; its latent sites are {', '.join(latent)}")
+    return latent, observed
+
+
+__all__ = ["Capabilities", "DATA_PLATE", "Program", "ProgramError", "check_classes", "check_traces", "file_sha256",
+           "load_module"]
