@@ -4,7 +4,7 @@ The rate is matched by the capacity schedule (Burgess et al.): every model train
 the same C, so each reaches about C nats of rate and the comparison is of what the extra terms do at equal rate,
 not of how much information each lets through. The extra terms keep their architecture defaults (β-TCVAE TC
 weight 6, InfoVAE MMD weight 1000, BIB-AE B and D weights 1). Same networks (784-400-D MLP, Bernoulli likelihood,
-dynamic binarisation), seed, batches and epochs for all. Test numbers come from ``pyroib.report.evaluate_run``
+dynamic binarisation), seed, batches and epochs for all. Test numbers come from ``pyroib.evaluate.evaluate_run``
 (ELBO by the closed-form KL; MI, TC and dimension-wise KL over the exact aggregate of all 10,000 test encodings;
 no importance sampling, to keep the run short).
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from pyroib.data import load_dataset
-from pyroib.report import evaluate_run
+from pyroib.evaluate import evaluate_run
 from pyroib.run import RunSpec
 from pyroib.train import train
 

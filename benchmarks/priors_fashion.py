@@ -62,7 +62,7 @@ def run_one(prior: str, args: argparse.Namespace) -> dict:
 
     from pyroib.data import load_dataset
     from pyroib.evaluate import importance_nll
-    from pyroib.report import evaluate_run
+    from pyroib.evaluate import evaluate_run
     from pyroib.run import CHECKPOINT_FILE, RunSpec, load_run, resolve_device
     from pyroib.checkpoint import load_checkpoint
     from pyroib.train import train
@@ -104,7 +104,7 @@ def run_one(prior: str, args: argparse.Namespace) -> dict:
         if same:
             return previous
     run = load_run(out, device, args.checkpoint)
-    result = evaluate_run(out, "test", iw_samples=0, device=str(device), seed=args.seed, run=run)
+    result = evaluate_run(run, "test", iw_samples=0, seed=args.seed)
     # Importance sampling one small batch per call: small batches bound the VampPrior's (particles, batch, 500, 40)
     # log-density tensor. (The flow prior's memory growth of the recorded run, 15 GB after a few thousand points,
     # was a graph on the importance weights, fixed in pyroib.evaluate.importance_log_weights.)

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from pyroib.data import BatchIterator, load_dataset
 from pyroib.guides.vib import ReluGaussianEncoder
 from pyroib.models.vib import Config, Model
+from pyroib.run import RunSpec
 from pyroib.sweep import plot_sweep, run_sweep
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -136,12 +137,11 @@ def main():
     baseline = train_deterministic(splits, args)
     print(f"deterministic: test error {100 * (1 - baseline['accuracy']):.2f}% ({baseline['seconds']:.0f} s)",
           flush=True)
-    train_argv = ["--model", "vib", "--dataset", "fashion-mnist", "--binarize", "none", "--epochs",
-                  str(args.epochs), "--hidden", ",".join(map(str, args.hidden)), "--latent-dim", str(args.latent_dim),
-                  "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed),
-                  "--device", "cpu", "--no-progress"]
+    spec = RunSpec(model="vib", dataset="fashion-mnist", binarize="none", epochs=args.epochs,
+                   model_config={"hidden": list(args.hidden), "latent_dim": args.latent_dim},
+                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, device="cpu")
     try:
-        rows = run_sweep(train_argv, betas, work, progress=False)
+        rows = run_sweep(spec, betas, work, progress=False)
     except RuntimeError as error:  # some runs failed: the table says which; record the others
         print(error, file=sys.stderr)
         import csv

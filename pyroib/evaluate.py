@@ -1,5 +1,7 @@
-"""Evaluation of a trained model/guide pair on a data split, in nats per data point.
+"""Evaluation of a trained model/guide pair on a data split, in nats per data point: one function,
+:func:`evaluate_run`, behind ``pyroib evaluate``, ``report``, ``sweep`` and the evaluation of other priors.
 
+* ``evaluate_run``: everything below for one run, split and prior, as one flat dict (what ``--json`` prints).
 * ``split_terms``: the objective's own breakdown (ELBO, rate, distortion, per-dimension KL, extra terms) averaged
   over the split in memory-bounded chunks, with bottleneck weights off (β = 1): the ELBO reported is the true bound.
 * ``importance_nll``: -log p(x) estimated with K importance samples from the guide (Burda et al. 2016),
@@ -9,15 +11,19 @@
 """
 from __future__ import annotations
 
+import copy
 import ctypes
 import math
 
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 
-from .objectives import DATA_PLATE, InfoELBO
+from .information import FULL_DATA_MAX_POINTS, full_data_evaluation
+from .objectives import InfoELBO, choose_site, latent_site_names
+from .plates import DATA_PLATE
 
 
 PARTICLE_PLATE = "importance_particles"
@@ -37,18 +43,16 @@ def split_terms(model, guide, objective: InfoELBO, x: torch.Tensor, y: torch.Ten
     """
     totals: dict[str, float] = {}
     per_dim: dict[str, torch.Tensor] = {}
-    saved, objective.analytic_kl = objective.analytic_kl, analytic_kl or objective.analytic_kl
-    try:
-        with torch.no_grad():
-            for sl in _chunks(x.shape[0], batch_size):
-                terms = objective.terms(model, guide, x[sl], None if y is None else y[sl])
-                n = sl.stop - sl.start
-                for k, v in terms.values.items():
-                    totals[k] = totals.get(k, 0.0) + v * n
-                for k, v in terms.kl_per_dim.items():
-                    per_dim[k] = per_dim.get(k, 0.0) + v * n
-    finally:
-        objective.analytic_kl = saved
+    objective = copy.copy(objective)  # the run's objective is left as it was
+    objective.analytic_kl = analytic_kl or objective.analytic_kl
+    with torch.no_grad():
+        for sl in _chunks(x.shape[0], batch_size):
+            terms = objective.terms(model, guide, x[sl], None if y is None else y[sl])
+            n = sl.stop - sl.start
+            for k, v in terms.values.items():
+                totals[k] = totals.get(k, 0.0) + v * n
+            for k, v in terms.kl_per_dim.items():
+                per_dim[k] = per_dim.get(k, 0.0) + v * n
     count = x.shape[0]
     values = {k: float(v) / count for k, v in totals.items()}
     return values, {k: (v / count).tolist() for k, v in per_dim.items()}
@@ -139,3 +143,98 @@ def active_units(guide, x, threshold: float = 0.01, batch_size: int = 1000) -> t
         means = torch.cat([guide.encode(x[sl])[0] for sl in _chunks(x.shape[0], batch_size)])
     variance = means.var(0)
     return int((variance > threshold).sum()), variance.tolist()
+
+
+class PriorSwap(Messenger):
+    """Score the model under another prior p'(z) at one latent site: the generative model p'(z) p(x | z) that shares
+    the decoder. The run's model is not touched; the swap lasts as long as the handler wraps it."""
+
+    def __init__(self, prior, site: str):
+        super().__init__()
+        self.prior, self.site = prior, site
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and msg["name"] == self.site:
+            batch_shape = msg["fn"].batch_shape
+            msg["fn"] = self.prior(batch_shape[-1]).expand(batch_shape)
+
+
+def prior_site(run, x: torch.Tensor, y=None) -> str:
+    """The latent site an injected prior occupies: the objective's or program's ``latent_site``, else the only one."""
+    with torch.no_grad():
+        guide_trace = poutine.trace(run.guide).get_trace(x[:2], None if y is None else y[:2])
+        model_trace = poutine.trace(poutine.replay(run.model, trace=guide_trace)).get_trace(
+            x[:2], None if y is None else y[:2])
+    return choose_site(latent_site_names(model_trace, guide_trace), run.objective.latent_site, "latent",
+                       "the objective's latent_site")
+
+
+def load_splits(run):
+    from .data import load_dataset
+    spec = run.spec
+    return load_dataset(spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size,
+                        device=run.device)
+
+
+def evaluate_run(run, split: str = "test", *, iw_samples: int = 100, batch_size: int | None = None, seed: int = 0,
+                 full_data_points: int = FULL_DATA_MAX_POINTS, prior=None, splits=None, device: str = "auto",
+                 checkpoint: str = "last") -> dict:
+    """ELBO, rate, distortion, IWAE NLL, active units, per-dimension KL, the full-data information terms and the
+    program's own metrics of a run on a split, in nats per data point.
+
+    ``run`` is a loaded run or a run directory (then loaded on ``device`` from ``checkpoint``). ``prior`` scores the
+    model under another p(z) at the program's latent site (:class:`PriorSwap`; the aggregate posterior of
+    :mod:`pyroib.generate`, say): the ELBO and IWAE bound are then those of the model p'(z) p(x | z). ``nll_iw``
+    estimates -log p(x) and is reported only for a program that observes x (``Model.observes_inputs``); the
+    full-data terms cover at most ``full_data_points`` points (0 skips them: their cost is O(M² D)).
+    ``batch_size`` is the points per importance pass; by default 100, or under an aggregate prior as many as keep
+    its log-density tensors near 256 MB.
+    """
+    from .run import load_run
+
+    if iw_samples < 0:
+        raise ValueError(f"--iw-samples must be >= 0 (0 skips the importance-weighted NLL), got {iw_samples}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    if not hasattr(run, "model"):
+        run = load_run(run, device, checkpoint)
+    capabilities = run.capabilities
+    x, y = (splits or load_splits(run)).split(split)
+    model, guide = run.model, run.guide
+    if prior is not None:
+        model = PriorSwap(prior.to(x.device), prior_site(run, x, y))(model)
+    batch_size = batch_size or _importance_batch_size(prior, iw_samples)
+    torch.manual_seed(seed)
+    values, kl_per_dim = split_terms(model, guide, run.objective, x, y, batch_size=max(batch_size, 500))
+    result = {"split": split, "n": int(x.shape[0]), "epoch": run.epoch, "checkpoint": run.checkpoint,
+              "elbo": values.pop("elbo"), "rate": values.pop("rate"), "distortion": values.pop("distortion")}
+    values.pop("loss", None)
+    if iw_samples > 0 and capabilities.observes_inputs:
+        nll = importance_nll(model, guide, x, y, samples=iw_samples, batch_size=batch_size)
+        result["nll_iw"] = float(nll.mean())
+        result["iw_samples"] = iw_samples
+    if capabilities.encode:
+        result["active_units"], result["posterior_mean_variance"] = active_units(guide, x)
+    result["kl_per_dim"] = [v for site in sorted(kl_per_dim) for v in kl_per_dim[site]]
+    if len(kl_per_dim) > 1:
+        result["kl_per_dim_by_site"] = kl_per_dim
+    result.update(values)
+    if full_data_points > 0:
+        result.update(full_data_evaluation(run, x, seed=seed, max_points=full_data_points, prior=prior))
+    if capabilities.metrics:
+        result.update(run.model.metrics(run.guide, x, y))
+    return result
+
+
+MEMORY_BUDGET_FLOATS = 2**26  # 256 MB of float32 for the log-density tensors of an aggregate prior
+
+
+def _importance_batch_size(prior, iw_samples: int) -> int:
+    from .priors import AggregatePosterior
+    if not isinstance(prior, AggregatePosterior):
+        return 100
+    # the factorised form broadcasts (particles, batch, D, M); the joint one scores (particles, batch, M) in float64
+    # with a few temporaries (DiagonalNormalMixture)
+    per_component = 4 if prior.joint else prior.latent_dim
+    per_point = min(250, max(iw_samples, 1)) * prior.n_components * per_component
+    return max(1, min(100, MEMORY_BUDGET_FLOATS // per_point))

@@ -12,7 +12,7 @@ of a dynamically binarised run are taken from one fixed-seed Bernoulli draw of t
 the encoder saw during training (its grey levels it never saw).
 
 Memory: the log density of either form over M components builds a (batch, M, D) tensor per call, so evaluation under
-an aggregate prior (:func:`evaluate_with_prior`) keeps M small: ``--max-components`` (default 5,000) subsamples the
+an aggregate prior (``pyroib.evaluate.evaluate_run(run, prior=...)``) keeps M small: ``--max-components`` (default 5,000) subsamples the
 encodings uniformly without replacement, the same subset for both forms. At M = 5,000 and D = 40 the importance
 passes use batches of one or two points and take seconds per point; the ELBO pass of ``evaluate_run`` (batches of
 500) peaks near 2 GB. Evaluate on the test split: on the training split a point's own component sits in the mixture.
@@ -23,7 +23,6 @@ paper's figure 7 analysis) and samples from the run's prior beside samples from 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -31,26 +30,22 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .cli import command
 from .estimators import logsumexp_floored
-from .information import FULL_DATA_MAX_POINTS
+from .evaluate import load_splits
 from .priors import AggregatePosterior
 
 AGGREGATE_FILE = "aggregate_prior.pt"
 DEFAULT_MAX_COMPONENTS = 5000
 SAMPLE_PRIORS = ("standard", "aggregate", "aggregate-joint")
 GRID_PADDING = 2
-MEMORY_BUDGET_FLOATS = 2**26  # 256 MB of float32 for the log-density tensors of an aggregate prior
 
 
 def training_encodings(run, limit: int | None = None, batch_size: int = 1000, seed: int = 0):
     """(loc, scale) of q(z|x) for the run's training split (or its first ``limit`` points), encoded in chunks."""
-    from .data import load_dataset
-    spec = run.spec
-    splits = load_dataset(spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size,
-                          device=run.device)
+    run.capabilities.require("encode", "encoding the training split")
+    splits = load_splits(run)
     x = splits.train if limit is None else splits.train[:limit]
-    if spec.binarize == "dynamic":
+    if run.spec.binarize == "dynamic":
         coin = torch.Generator(device=x.device).manual_seed(seed)
         x = torch.bernoulli(x, generator=coin)
     with torch.no_grad():
@@ -97,32 +92,6 @@ def load_aggregate_priors(run, max_components: int | None = DEFAULT_MAX_COMPONEN
         fitted = fit_and_save(run, max_components)
         return {k: fitted[k] for k in ("factorised", "joint")}
     return {k: AggregatePosterior.from_state_dict(state[k]) for k in ("factorised", "joint")}
-
-
-def evaluate_with_prior(run, prior, split: str = "test", iw_samples: int = 100, batch_size: int | None = None,
-                        seed: int = 0, full_data_points: int = FULL_DATA_MAX_POINTS) -> dict:
-    """``pyroib.report.evaluate_run`` with ``prior`` standing in for the run's own prior p(z); restored afterwards.
-
-    The ELBO and IWAE bound then read log p(x) of the model p(z') p(x|z) with the swapped p(z'), a different
-    generative model sharing the decoder. Without ``batch_size`` it is chosen so that an aggregate prior's
-    log-density tensors ((particles, batch, D, M) factorised, (particles, batch, M) joint) stay near 256 MB.
-    """
-    from .report import evaluate_run
-    if batch_size is None:
-        batch_size = 100
-        if isinstance(prior, AggregatePosterior):
-            # the factorised form broadcasts (particles, batch, D, M); the joint one scores (particles, batch, M)
-            # in float64 with a few temporaries (DiagonalNormalMixture)
-            per_component = 4 if prior.joint else prior.latent_dim
-            per_point = min(250, max(iw_samples, 1)) * prior.n_components * per_component
-            batch_size = max(1, min(100, MEMORY_BUDGET_FLOATS // per_point))
-    original = run.model.prior
-    run.model.prior = prior.to(run.device)
-    try:
-        return evaluate_run(run.run_dir, split=split, iw_samples=iw_samples, batch_size=batch_size, seed=seed,
-                            run=run, full_data_points=full_data_points)
-    finally:
-        run.model.prior = original
 
 
 def per_dim_mutual_information(loc: torch.Tensor, scale: torch.Tensor, samples: int = 1,
@@ -177,62 +146,10 @@ def prior_by_name(run, name: str):
     """The run's own prior (``"standard"``), or the factorised (``"aggregate"``) or joint (``"aggregate-joint"``)
     aggregate posterior, fitted and saved first when the run has none."""
     if check_prior_name(name) == "standard":
+        run.capabilities.require("takes_prior", "the run's own prior")
         return run.model.prior
     forms = load_aggregate_priors(run)
     return forms["factorised" if name == "aggregate" else "joint"].to(run.device)
-
-
-@command("fit-prior", "fit the aggregate posterior of a run's training encodings (DIR/aggregate_prior.pt)")
-def _fit_prior(argv):
-    from .run import load_run
-    p = argparse.ArgumentParser(prog="pyroib fit-prior", description="Encode the training split and store the "
-                                "factorised and joint aggregate posterior in DIR/" + AGGREGATE_FILE)
-    p.add_argument("run")
-    p.add_argument("--max-components", type=int, default=DEFAULT_MAX_COMPONENTS,
-                   help="subsample this many encodings (0 = all; the factorised form's log density costs batch x D x M)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--checkpoint", default="last", help="last or best: whose encodings to fit")
-    args = p.parse_args(argv)
-    if args.max_components < 0:
-        raise ValueError(f"--max-components must be >= 0 (0 keeps all encodings), got {args.max_components}")
-    run = load_run(args.run, args.device, args.checkpoint)
-    fitted = fit_and_save(run, args.max_components or None, args.seed)
-    variance = fitted["variance"]
-    print(f"aggregate posterior of {fitted['n_encodings']} training encodings, D = {variance.numel()}, "
-          f"{fitted['joint'].n_components} components per form; written to {Path(args.run) / AGGREGATE_FILE}")
-    print("per-dimension variance Var_q(z_j): " + " ".join(f"{v:.3f}" for v in variance.tolist()))
-
-
-@command("sample", "decode prior draws of a run into a PNG grid")
-def _sample(argv):
-    from .run import load_run
-    p = argparse.ArgumentParser(prog="pyroib sample")
-    p.add_argument("run")
-    p.add_argument("--prior", default="standard",
-                   help="standard (the prior the model was trained with), aggregate (factorised aggregate posterior)"
-                        " or aggregate-joint; the aggregate is fitted and saved first if DIR/" + AGGREGATE_FILE +
-                        " is missing")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--nrow", type=int, default=None, help="images per row (default: about sqrt(n))")
-    p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--checkpoint", default="last", help="last (the end of training) or best (the best validation "
-                   "ELBO)")
-    args = p.parse_args(argv)
-    check_prior_name(args.prior)
-    if args.n < 1:
-        raise ValueError(f"--n must be at least 1, got {args.n}")
-    nrow = args.nrow or math.ceil(math.sqrt(args.n))
-    if nrow < 1:
-        raise ValueError(f"--nrow must be at least 1, got {nrow}")
-    run = load_run(args.run, args.device, args.checkpoint)
-    if not hasattr(run.model, "decode") or len(run.config.data_shape) != 3:
-        raise ValueError(f"{args.run}: sampling images needs a model with decode() over (C, H, W) data")
-    images = decode_prior_draws(run, prior_by_name(run, args.prior), args.n, args.seed)
-    height, width = write_grid(images, args.out, nrow)
-    print(f"{args.n} samples from the {args.prior} prior written to {args.out} ({width}x{height} pixels)")
 
 
 def report_section(run, splits, out_dir, max_points: int = 5000, mi_points: int = 1000) -> dict[str, str]:
@@ -241,7 +158,8 @@ def report_section(run, splits, out_dir, max_points: int = 5000, mi_points: int 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not (hasattr(run.guide, "encode") and hasattr(run.model, "decode") and len(splits.data_shape) == 3):
+    capabilities = run.capabilities
+    if not (capabilities.encode and capabilities.decode and capabilities.takes_prior and len(splits.data_shape) == 3):
         return {}
     out_dir = Path(out_dir)
     loc, scale = training_encodings(run, limit=max_points)

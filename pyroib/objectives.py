@@ -30,6 +30,7 @@ import torch
 from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer import Trace_ELBO
 from pyro.infer.trace_elbo import _compute_log_r
+from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
 from .handlers import BOTTLENECK_SCALE, AnchorWeighted, per_dimension
@@ -62,8 +63,10 @@ def dataset_size(trace) -> int:
 
 
 def latent_site_names(model_trace, guide_trace) -> list[str]:
+    """Sample sites of the guide that the model has unobserved (plates' subsample sites excluded)."""
     return [name for name, site in guide_trace.nodes.items()
-            if site["type"] == "sample" and name in model_trace.nodes and not model_trace.nodes[name]["is_observed"]]
+            if site["type"] == "sample" and not site_is_subsample(site) and name in model_trace.nodes
+            and not model_trace.nodes[name]["is_observed"]]
 
 
 def observed_site_names(model_trace) -> list[str]:

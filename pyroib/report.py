@@ -1,8 +1,9 @@
-"""Evaluate a run and write its report: numbers in nats, and the plots a reader checks first.
+"""A run's report: numbers in nats, and the plots a reader checks first.
 
-``evaluate_run`` returns one flat dict (what ``pyroib evaluate --json`` prints). ``write_report`` writes
-``DIR/report/`` with reconstructions, prior samples, per-dimension latent traversals, training curves and the
-per-dimension KL as PNGs, plus ``report.md`` showing them with the run's numbers.
+``write_report`` renders what :func:`pyroib.evaluate.evaluate_run` measures on the test split into ``DIR/report/``:
+reconstructions, prior samples and per-dimension latent traversals (for programs that declare ``encode`` and
+``decode``), training curves and the per-dimension KL labelled by latent site, as PNGs, plus ``report.md`` showing
+them with the run's numbers.
 """
 from __future__ import annotations
 
@@ -12,52 +13,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import read_jsonl
-from .evaluate import active_units, importance_nll, split_terms
-from .information import FULL_DATA_MAX_POINTS
+from .evaluate import load_splits, evaluate_run
 from .run import METRICS_FILE, load_run
-
-
-def _load_splits(run):
-    from .data import load_dataset
-    spec = run.spec
-    return load_dataset(spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size,
-                        device=run.device)
-
-
-def evaluate_run(run_dir, split: str = "test", iw_samples: int = 100, device: str = "auto", batch_size: int = 100,
-                 seed: int = 0, run=None, full_data_points: int = FULL_DATA_MAX_POINTS, splits=None,
-                 checkpoint: str = "last") -> dict:
-    """ELBO, rate, distortion, IWAE NLL, active units and per-dimension KL of a run on a split (nats per point),
-    plus the full-data information terms over at most ``full_data_points`` points (0 skips them: O(M² D) time).
-
-    ``nll_iw`` estimates -log p(x) and is reported only for models that observe x (a model class may say
-    ``observes_inputs = False``, as deep VIB does: its importance weights would target p(y), not p(y | x)).
-    """
-    run = run or load_run(run_dir, device, checkpoint)
-    x, y = (splits or _load_splits(run)).split(split)
-    torch.manual_seed(seed)
-    values, kl_per_dim = split_terms(run.model, run.guide, run.objective, x, y, batch_size=max(batch_size, 500))
-    result = {"split": split, "n": int(x.shape[0]), "epoch": run.epoch,
-              "checkpoint": getattr(run, "checkpoint", "last"),
-              "elbo": values.pop("elbo"), "rate": values.pop("rate"), "distortion": values.pop("distortion")}
-    values.pop("loss", None)
-    if iw_samples > 0 and getattr(run.model, "observes_inputs", True):
-        nll = importance_nll(run.model, run.guide, x, y, samples=iw_samples, batch_size=batch_size)
-        result["nll_iw"] = float(nll.mean())
-        result["iw_samples"] = iw_samples
-    if hasattr(run.guide, "encode"):
-        result["active_units"], result["posterior_mean_variance"] = active_units(run.guide, x)
-    flat = [v for site in sorted(kl_per_dim) for v in kl_per_dim[site]]
-    result["kl_per_dim"] = flat
-    if len(kl_per_dim) > 1:
-        result["kl_per_dim_by_site"] = kl_per_dim
-    result.update(values)
-    from .information import full_data_evaluation  # I(x;z), TC, dimension-wise and marginal KL over the split
-    if full_data_points > 0:
-        result.update(full_data_evaluation(run, x, seed=seed, max_points=full_data_points))
-    if hasattr(run.model, "metrics"):
-        result.update(run.model.metrics(run.guide, x, y))
-    return result
 
 
 def _save_grid(images: torch.Tensor, path: Path, nrow: int, title: str | None = None) -> None:
@@ -91,15 +48,16 @@ def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
     run = load_run(run_dir, device)
     out = Path(run_dir) / "report"
     out.mkdir(exist_ok=True)
-    splits = _load_splits(run)
-    result = evaluate_run(run_dir, "test", iw_samples=iw_samples, run=run, splits=splits)
+    splits = load_splits(run)
+    result = evaluate_run(run, "test", iw_samples=iw_samples, splits=splits)
     (out / "evaluation.json").write_text(json.dumps(result, indent=2))
     rows = read_jsonl(Path(run_dir) / METRICS_FILE)
     x, _ = splits.split("test")
     figures = {}
     torch.manual_seed(0)
     model, guide = run.model, run.guide
-    image_data = len(splits.data_shape) == 3 and hasattr(model, "decode") and hasattr(guide, "encode")
+    capabilities = run.capabilities
+    image_data = len(splits.data_shape) == 3 and capabilities.decode and capabilities.encode
     with torch.no_grad():
         if image_data:
             originals = x[:32]
@@ -109,9 +67,10 @@ def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
             _save_grid(pairs, out / "reconstructions.png", nrow=16, title="test images (odd columns), "
                        "reconstructions from the posterior mean (even)")
             figures["Reconstructions"] = "reconstructions.png"
-            z = model.prior(64).sample()
-            _save_grid(model.decode(z), out / "samples.png", nrow=8, title="samples, z ~ prior")
-            figures["Samples from the prior"] = "samples.png"
+            if capabilities.takes_prior:
+                z = model.prior(64).sample()
+                _save_grid(model.decode(z), out / "samples.png", nrow=8, title="samples, z ~ prior")
+                figures["Samples from the prior"] = "samples.png"
             kl = torch.tensor(result["kl_per_dim"]) if result["kl_per_dim"] else torch.zeros(loc.shape[-1])
             order = torch.argsort(kl, descending=True)[:min(16, loc.shape[-1])]
             steps = torch.linspace(-3, 3, 11)
@@ -147,9 +106,16 @@ def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
             ax.legend(fontsize=8, loc="upper left")
         _plot(out / "rate_distortion.png", rate_distortion)
         figures["Rate and distortion"] = "rate_distortion.png"
+    by_site = result.get("kl_per_dim_by_site")
     if result["kl_per_dim"]:
         def kl_bars(ax):
-            ax.bar(range(len(result["kl_per_dim"])), result["kl_per_dim"])
+            sites = by_site or {"": result["kl_per_dim"]}
+            start = 0
+            for site, values in sorted(sites.items()):
+                ax.bar(range(start, start + len(values)), values, label=site or None)
+                start += len(values)
+            if by_site:
+                ax.legend(fontsize=8, title="latent site")
             ax.set_xlabel("latent dimension")
             ax.set_ylabel("KL (nats per data point)")
             ax.set_title(f"per-dimension KL on the test split; {result.get('active_units', '?')} active units")
@@ -160,7 +126,7 @@ def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
     spec = run.spec
     lines = [f"# Run report: {spec.model} on {spec.dataset}", "",
              f"Trained {run.epoch} epochs, β = {spec.beta} ({spec.schedule} schedule), prior {spec.prior}, "
-             f"latent dimensions {getattr(run.config, 'latent_dim', '?')}, seed {spec.seed}.", "",
+             f"latent dimensions {len(result['kl_per_dim']) or '?'}, seed {spec.seed}.", "",
              "## Test split (nats per data point)", "", "| quantity | value |", "|---|---|"]
     for k, v in result.items():
         if isinstance(v, (int, float)):

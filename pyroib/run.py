@@ -29,37 +29,57 @@ METRICS_FILE = "metrics.jsonl"
 PROGRAM_FILE = "program.py"
 
 
+def _option(default, help: str, **cli):
+    """A RunSpec field with its command-line help; ``cli`` may give ``flag`` (another name), ``type`` (a parser),
+    ``action`` or ``cli=False`` (set by other flags)."""
+    factory = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**factory, metadata={"help": help, **cli})
+
+
 @dataclass(frozen=True)
 class RunSpec:
-    model: str = "vae"
-    model_config: dict = field(default_factory=dict)
-    dataset: str = "digits"
-    data_dir: str | None = None
-    binarize: str = "dynamic"
-    val_size: int | None = None
-    prior: str = "standard"
-    prior_options: dict = field(default_factory=dict)
-    objective_options: dict = field(default_factory=dict)
-    beta: float | dict = 1.0          # one β for every latent site, or {site: β} (unnamed sites keep 1)
-    anchors: list[float] | dict | None = None  # per-dimension weights for every latent site, or {site: [w, ...]}
-    schedule: str = "constant"
-    schedule_sites: list[str] | None = None    # the sites whose β follows the schedule (None: all)
-    warmup_epochs: float = 10.0
-    cycle_epochs: float = 10.0
-    cycle_ratio: float = 0.5
-    capacity_max: float = 25.0
-    capacity_epochs: float = 50.0
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    grad_clip: float | None = None
-    num_particles: int = 1
-    analytic_kl: bool = False
-    seed: int = 0
-    device: str = "auto"
-    init_from: str | None = None  # a run directory (its best.pt, else checkpoint.pt) or a checkpoint file
-    objective: str | None = None  # an architecture name whose objective trains this program (default: its own)
-    model_sha256: str | None = None  # of a user's model file; filled by train, which keeps a copy in the run
+    """Everything a run is: the ``pyroib train`` flags are derived from these fields (:mod:`pyroib.cli.train`)."""
+
+    model: str = _option("vae", "architecture or program name, or PATH.py of your own model")
+    model_config: dict = _option(dict, "the program's Config fields", cli=False)
+    dataset: str = _option("digits", "fashion-mnist, digits or synthetic")
+    data_dir: str | None = _option(None, "directory holding the dataset's files")
+    binarize: str = _option("dynamic", "none, static or dynamic (resampled every pass)")
+    val_size: int | None = _option(None, "validation points carved from the training split", type=int)
+    prior: str = _option("standard", "standard, learned, mixture, vamp or flow")
+    prior_options: dict = _option(dict, "the prior's options", cli=False)
+    objective_options: dict = _option(dict, "the objective's options", cli=False)
+    # one β for every latent site, or {site: β} (sites left out keep 1)
+    beta: float | dict = _option(1.0, "weight of the rate; 0 switches it off; SITE=β,SITE=β weights latent sites "
+                                      "apart (unnamed sites keep 1)", type="beta")
+    # per-dimension weights for every latent site, or {site: [w, ...]}
+    anchors: list[float] | dict | None = _option(None, "per-latent rate weights w1,w2,... (AnchorVAE); repeat "
+                                                       "SITE=w1,w2,... to weight one site's dimensions",
+                                                 type="anchors", action="append")
+    schedule: str = _option("constant", "constant, linear, cyclical or capacity")
+    schedule_sites: list[str] | None = _option(None, "latent sites whose β follows --schedule (default: all)",
+                                               type="sites")
+    warmup_epochs: float = _option(10.0, "linear schedule: epochs to reach β")
+    cycle_epochs: float = _option(10.0, "cyclical schedule: epochs per cycle")
+    cycle_ratio: float = _option(0.5, "cyclical schedule: rising fraction of a cycle")
+    capacity_max: float = _option(25.0, "capacity schedule: final C in nats")
+    capacity_epochs: float = _option(50.0, "capacity schedule: epochs to reach C")
+    epochs: int = _option(10, "epochs to train (in all, when resuming)")
+    batch_size: int = _option(128, "points per minibatch")
+    lr: float = _option(1e-3, "Adam's learning rate")
+    grad_clip: float | None = _option(None, "clip the gradient of the per-data-point loss to this norm (off by "
+                                            "default); each epoch's metrics row counts the clipped steps", type=float)
+    num_particles: int = _option(1, "samples of the latents per data point per step", flag="particles")
+    analytic_kl: bool = _option(False, "closed-form KL where available", action="store_true")
+    seed: int = _option(0, "random seed")
+    device: str = _option("auto", "auto, cpu or cuda")
+    # a run directory (its best.pt, else checkpoint.pt) or a checkpoint file
+    init_from: str | None = _option(None, "start from the weights of a run directory (its best.pt, else "
+                                          "checkpoint.pt) or a .pt file, where names match")
+    objective: str | None = _option(None, "train the program under this architecture's objective (e.g. "
+                                          "beta-tcvae, infovae) instead of its own")
+    # of a user's model file; train fills it and keeps a copy of the file in the run
+    model_sha256: str | None = _option(None, "", cli=False)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

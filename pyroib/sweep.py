@@ -1,8 +1,9 @@
 """β sweeps: one ordinary run per bottleneck weight, then a table and the curve they trace.
 
-``pyroib sweep --model NAME --beta START:STOP:COUNT[:log] --out DIR [--workers W] [train flags]`` trains
+:func:`run_sweep` takes a :class:`~pyroib.run.RunSpec` and the weights; ``pyroib sweep --model NAME --beta
+START:STOP:COUNT[:log] --out DIR [--workers W] [train flags]`` builds both from its flags. It trains
 ``DIR/beta-<β>/`` for every β (each a normal run directory: ``pyroib evaluate`` and ``pyroib report`` work on it),
-evaluates each on the test split (:func:`evaluate_test`) and writes
+evaluates each on the test split (:func:`run_one`) and writes
 
 * ``DIR/sweep.csv`` and ``DIR/sweep.md``: one row per β with its status and test numbers (nats per data point);
 * ``DIR/sweep.png``: for the VAE family the rate–distortion curve (rate R against distortion D: every point is one
@@ -17,7 +18,6 @@ sweep continues where it stopped. ``--workers W`` trains W runs at a time in spa
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import command
 
 TABLE_COLUMNS = ("epoch", "accuracy", "i_xz_upper", "i_zy_lower", "h_y", "cross_entropy", "predictive_nll",
                  "rate", "distortion", "elbo", "nll_iw", "active_units")
@@ -69,6 +68,10 @@ def _state(spec, out: Path) -> str:
     if not (out / CHECKPOINT_FILE).is_file():
         return "new"
     old, new = read_spec(out).to_json(), spec.to_json()
+    # the data set fills these config fields when a run starts; a spec built from flags leaves them out
+    filled = {k: v for k, v in old["model_config"].items() if k in ("data_shape", "n_classes")}
+    new["model_config"] = {**filled, **new["model_config"]}
+    new["model_sha256"] = new["model_sha256"] or old.get("model_sha256")
     # a sweep point is defined by all its settings but where it runs: a new --lr or --grad-clip is a new sweep, not
     # a continuation
     changed = sorted(k for k in old if old[k] != new.get(k) and k not in RESUMABLE_CHANGES - OPTIMISER_SETTINGS)
@@ -79,83 +82,55 @@ def _state(spec, out: Path) -> str:
     return "finished" if epochs and max(epochs) >= spec.epochs else "partial"
 
 
-def evaluate_test(run_dir: str | Path, iw_samples: int = 0, seed: int = 0, splits=None) -> dict:
-    """A run's test-split numbers for the sweep table (nats per data point).
-
-    The objective's terms with β = 1 (ELBO, rate, distortion and any extra terms), active units, the model's own
-    ``metrics`` (VIB: accuracy and the information-plane bounds) and, when ``iw_samples`` > 0, the importance-weighted
-    NLL. Unlike ``pyroib evaluate`` it leaves out the full-data aggregate-posterior terms, whose O(N² D) cost (about
-    ten minutes for 10,000 test images and K = 256 on two CPU cores) would dominate a sweep; run ``pyroib evaluate``
-    on a run directory for those. ``splits`` saves reloading the run's dataset.
-    """
-    import torch
-
-    from .data import load_dataset
-    from .evaluate import active_units, importance_nll, split_terms
-    from .run import load_run, read_spec
-
-    spec = read_spec(run_dir)
-    run = load_run(run_dir, spec.device)
-    if splits is None:
-        splits = load_dataset(spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size,
-                              device=run.device)
-    x, y = splits.split("test")
-    torch.manual_seed(seed)
-    values, _ = split_terms(run.model, run.guide, run.objective, x, y, batch_size=500)
-    values.pop("loss", None)
-    result = {"split": "test", "n": int(x.shape[0]), "epoch": run.epoch, **values}
-    if iw_samples > 0:
-        result["nll_iw"] = float(importance_nll(run.model, run.guide, x, y, samples=iw_samples).mean())
-    if hasattr(run.guide, "encode"):
-        result["active_units"] = active_units(run.guide, x)[0]
-    if hasattr(run.model, "metrics"):
-        result.update(run.model.metrics(run.guide, x, y))
-    return result
-
-
-def run_one(argv: list[str], progress: bool = False, threads: int | None = None, iw_samples: int = 0) -> dict:
-    """Train (or skip, or resume) the run that ``pyroib train`` would make from ``argv``, then evaluate it on
-    the test split; returns the evaluation with ``status`` added. Top-level, so spawned workers can import it."""
+def run_one(spec, out: str | Path, progress: bool = False, threads: int | None = None, iw_samples: int = 0,
+            validate: bool = False) -> dict:
+    """Train (or skip, or resume) the run of ``spec`` in ``out``, then evaluate it on the test split with
+    :func:`pyroib.evaluate.evaluate_run` (without the full-data terms, whose O(N² D) cost would dominate a sweep:
+    run ``pyroib evaluate`` on a run directory for those); returns the evaluation with ``status`` added.
+    Top-level, so spawned workers can import it."""
     import pyro
     import torch
 
-    from .cli import spec_from_args
+    from .evaluate import evaluate_run
+    from .run import load_run
     from .train import train
 
     if threads:
         torch.set_num_threads(threads)
-    spec, args, splits = spec_from_args(argv)
-    out = Path(args.out)
+    out = Path(out)
     state = _state(spec, out)
-    with pyro.validation_enabled(args.validate):
+    with pyro.validation_enabled(validate):
         if state != "finished":
-            train(spec, out, resume=state == "partial", progress=progress, splits=splits)
-        result = evaluate_test(out, iw_samples=iw_samples, splits=splits)
+            train(spec, out, resume=state == "partial", progress=progress)
+        torch.manual_seed(0)
+        result = evaluate_run(load_run(out, spec.device), "test", iw_samples=iw_samples, full_data_points=0)
     result["status"] = {"new": "trained", "partial": "resumed", "finished": "skipped (finished earlier)"}[state]
     return result
 
 
-def run_sweep(train_argv: list[str], betas: list[float], out: str | Path, workers: int = 1,
-              iw_samples: int = 0, progress: bool = True) -> list[dict]:
-    """Train and evaluate one run per β into ``out/beta-<β>/``; write the table and plot; return the rows.
+def run_sweep(spec, betas: list[float], out: str | Path, *, workers: int = 1, iw_samples: int = 0,
+              progress: bool = True, validate: bool = False) -> list[dict]:
+    """Train and evaluate ``spec`` once per β into ``out/beta-<β>/``; write the table and plot; return the rows.
 
-    ``train_argv`` holds ``pyroib train`` flags (``--model`` included) without ``--beta`` and ``--out``.
+    ``spec`` is a :class:`~pyroib.run.RunSpec`; each run is ``dataclasses.replace(spec, beta=β)``.
     """
-    from .cli import spec_from_args
+    import dataclasses
+
+    from .run import RunSpec
 
     out = Path(out)
+    if not isinstance(spec, RunSpec):
+        raise TypeError(f"run_sweep takes a RunSpec, got {type(spec).__name__}")
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
+    if iw_samples < 0:
+        raise ValueError(f"--iw-samples must be >= 0, got {iw_samples}")
     if not betas:
         raise ValueError("the sweep has no β values")
     names = [run_name(b) for b in betas]
     if len(set(names)) != len(names):
         raise ValueError(f"β values {betas} coincide at 6 significant digits; use fewer or wider-spaced values")
-    if any(flag in train_argv for flag in ("--beta", "--out", "--resume")):
-        raise ValueError("give --beta and --out to the sweep itself, and leave out --resume: a rerun sweep skips "
-                         "finished runs and resumes unfinished ones by itself")
-    argvs = [[*train_argv, "--beta", repr(b), "--out", str(out / name)] for b, name in zip(betas, names)]
-    spec_from_args(argvs[0])  # bad flags fail here, once, before any run starts
+    specs = [dataclasses.replace(spec, beta=float(b)) for b in betas]
     out.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict] = []
@@ -168,15 +143,17 @@ def run_sweep(train_argv: list[str], betas: list[float], out: str | Path, worker
         print(f"β = {beta:.6g}: {row['status']}", flush=True)
 
     if workers == 1:
-        for beta, name, argv in zip(betas, names, argvs):
+        for beta, name, one in zip(betas, names, specs):
             try:
-                record(beta, name, run_one(argv, progress=progress, iw_samples=iw_samples))
+                record(beta, name, run_one(one, out / name, progress=progress, iw_samples=iw_samples,
+                                           validate=validate))
             except Exception as error:  # one bad run must not stop the sweep; it is reported in the table
                 record(beta, name, error=error)
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(run_one, argv, False, threads, iw_samples) for argv in argvs]
+            futures = [pool.submit(run_one, one, out / name, False, threads, iw_samples, validate)
+                       for one, name in zip(specs, names)]
             for beta, name, future in zip(betas, names, futures):
                 try:
                     record(beta, name, future.result())
@@ -260,24 +237,3 @@ def plot_sweep(rows: list[dict], path: Path, title: str | None = None) -> Path |
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-@command("sweep", "train and evaluate one run per β; table and plot (pyroib sweep --help)")
-def _sweep(argv):
-    p = argparse.ArgumentParser(
-        prog="pyroib sweep", allow_abbrev=False,
-        description="Train one run per β into DIR/beta-<β>/, evaluate each on the test split, write DIR/sweep.csv, "
-                    "DIR/sweep.md and DIR/sweep.png. Every other flag goes to pyroib train.")
-    p.add_argument("--model", required=True, help="as for pyroib train")
-    p.add_argument("--beta", required=True, help="START:STOP:COUNT (linear) or START:STOP:COUNT:log")
-    p.add_argument("--out", required=True, help="sweep directory")
-    p.add_argument("--workers", type=int, default=1, help="runs trained at once, in separate processes")
-    p.add_argument("--iw-samples", type=int, default=0, help="importance samples for the test NLL (0: skip it)")
-    args, rest = p.parse_known_args(argv)
-    if args.iw_samples < 0:
-        raise ValueError(f"--iw-samples must be >= 0, got {args.iw_samples}")
-    betas = parse_betas(args.beta)
-    rows = run_sweep(["--model", args.model, *rest], betas, args.out, workers=args.workers,
-                     iw_samples=args.iw_samples, progress=args.workers == 1 and "--no-progress" not in rest)
-    print(f"swept {len(rows)} values of β; table in {Path(args.out) / 'sweep.md'}, plot in "
-          f"{Path(args.out) / 'sweep.png'}")

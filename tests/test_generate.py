@@ -8,7 +8,8 @@ import torch
 
 from pyroib import cli
 from pyroib.data import load_dataset
-from pyroib.generate import (AGGREGATE_FILE, aggregate_variance, evaluate_with_prior, per_dim_mutual_information,
+from pyroib.evaluate import evaluate_run
+from pyroib.generate import (AGGREGATE_FILE, aggregate_variance, per_dim_mutual_information,
                              report_section, training_encodings)
 from pyroib.priors import AggregatePosterior, JointAggregatePosterior, StandardNormal
 from pyroib.run import RunSpec, load_run
@@ -87,22 +88,24 @@ def test_sample_and_fit_prior_report_a_missing_run(tmp_path, capsys):
         assert "does not exist" in capsys.readouterr().err
 
 
-def test_evaluate_with_prior_swaps_and_restores_the_prior(run_dir):
+def test_evaluating_under_another_prior_leaves_the_model_untouched(run_dir):
     run = load_run(run_dir)
-    original = run.model.prior
+    original = {k: v.clone() for k, v in run.model.state_dict().items()}
+    prior_module = run.model.prior
     # One joint component at (0, I) is the standard normal: the same density, so the same importance-weighted NLL.
     unit = JointAggregatePosterior.fit(torch.zeros(1, LATENT), torch.ones(1, LATENT))
-    with_standard = evaluate_with_prior(run, StandardNormal(LATENT), iw_samples=20)
-    with_unit = evaluate_with_prior(run, unit, iw_samples=20)
-    assert run.model.prior is original
+    with_standard = evaluate_run(run, prior=StandardNormal(LATENT), iw_samples=20)
+    with_unit = evaluate_run(run, prior=unit, iw_samples=20)
+    assert run.model.prior is prior_module
+    assert all(torch.equal(v, run.model.state_dict()[k]) for k, v in original.items())
     assert with_unit["nll_iw"] == pytest.approx(with_standard["nll_iw"], abs=1e-4)
     # A prior far from the codes must read a much worse bound.
     far = JointAggregatePosterior.fit(torch.full((1, LATENT), 10.0), torch.ones(1, LATENT))
-    assert evaluate_with_prior(run, far, iw_samples=20)["nll_iw"] > with_standard["nll_iw"] + 50
+    assert evaluate_run(run, prior=far, iw_samples=20)["nll_iw"] > with_standard["nll_iw"] + 50
 
 
 def test_evaluate_command_under_the_aggregate_prior(run_dir, capsys):
-    """`pyroib evaluate --prior aggregate` is evaluate_with_prior under the stored factorised aggregate."""
+    """`pyroib evaluate --prior aggregate` is evaluate_run under the stored factorised aggregate."""
     import json
     argv = ["evaluate", str(run_dir), "--iw-samples", "20", "--device", "cpu", "--full-data-points", "0", "--json"]
     assert cli.main(argv) == 0
@@ -113,7 +116,7 @@ def test_evaluate_command_under_the_aggregate_prior(run_dir, capsys):
     run = load_run(run_dir, "cpu")
     factorised = AggregatePosterior.from_state_dict(torch.load(run_dir / AGGREGATE_FILE,
                                                                weights_only=True)["factorised"])
-    direct = evaluate_with_prior(run, factorised, iw_samples=20, full_data_points=0)
+    direct = evaluate_run(run, prior=factorised, iw_samples=20, full_data_points=0)
     assert aggregate["nll_iw"] == pytest.approx(direct["nll_iw"], rel=1e-5)
     assert aggregate["rate"] == pytest.approx(direct["rate"], rel=1e-5)
     # the aggregate is a different p(z): the same decoder and guide, a different rate and bound

@@ -5,6 +5,8 @@ import csv
 import pytest
 
 from pyroib.cli import main
+from pyroib.cli.train import spec_from_args
+from pyroib.run import RunSpec
 from pyroib.sweep import parse_betas, run_name, run_sweep
 
 TINY = ["--dataset", "digits", "--epochs", "2", "--hidden", "32", "--latent-dim", "4", "--lr", "0.01",
@@ -44,7 +46,7 @@ def test_bad_beta_specs_raise(spec, message):
 def test_run_names_must_differ():
     assert run_name(0.001) == "beta-0.001"
     with pytest.raises(ValueError, match="coincide"):
-        run_sweep(["--model", "vae"], [1.0, 1.0 + 1e-9], "unused")
+        run_sweep(RunSpec(model="vae"), [1.0, 1.0 + 1e-9], "unused")
 
 
 def test_vae_sweep_writes_table_and_plot_and_rate_falls_with_beta(tmp_path, capsys):
@@ -74,15 +76,18 @@ def test_vae_sweep_writes_table_and_plot_and_rate_falls_with_beta(tmp_path, caps
     assert (out / "beta-0.1" / "metrics.jsonl").read_bytes() == before
 
 
-def test_sweep_refuses_flags_it_owns(tmp_path):
-    with pytest.raises(ValueError, match="--resume"):
-        run_sweep(["--model", "vae", "--resume"], [1.0], tmp_path)
+def test_sweep_refuses_flags_it_owns(tmp_path, capsys):
+    assert main(["sweep", "--model", "vae", "--beta", "1:2:2", "--resume", "--out", str(tmp_path)]) == 2
+    assert "--resume" in capsys.readouterr().err
     assert main(["sweep", "--model", "vae", "--beta", "1:2:2", "--workers", "0", "--out", str(tmp_path)]) == 2
+    with pytest.raises(TypeError, match="RunSpec"):
+        run_sweep(["--model", "vae"], [1.0], tmp_path)
 
 
 def test_vib_sweep_in_worker_processes_fills_the_information_plane(tmp_path):
     """Two spawned workers; a smaller β buys more information about x and (here) about y."""
-    rows = run_sweep(["--model", "vib", "--binarize", "none", *TINY], [1e-3, 1.0], tmp_path, workers=2)
+    spec, _ = spec_from_args(["--model", "vib", "--binarize", "none", *TINY])
+    rows = run_sweep(spec, [1e-3, 1.0], tmp_path, workers=2)
     assert [r["status"] for r in rows] == ["trained", "trained"]
     small, large = rows
     assert small["i_xz_upper"] > large["i_xz_upper"]
@@ -90,4 +95,5 @@ def test_vib_sweep_in_worker_processes_fills_the_information_plane(tmp_path):
     for r in rows:
         assert r["i_zy_lower"] <= r["h_y"] and r["i_xz_upper"] >= 0 and 0 <= r["accuracy"] <= 1
     assert {"accuracy", "i_xz_upper", "i_zy_lower"} <= set(_table(tmp_path)[0])
+    assert all("nll_iw" not in r for r in rows)  # deep VIB does not model x: no -log p(x), as in pyroib evaluate
     assert (tmp_path / "sweep.png").read_bytes()[:8] == PNG_MAGIC
