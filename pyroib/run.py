@@ -16,7 +16,7 @@ import torch
 
 from .architectures import ARCHITECTURES, resolve
 from .checkpoint import load_checkpoint
-from .program import Program, file_sha256
+from .program import Program, ProgramError, file_sha256
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -142,8 +142,9 @@ def architecture_of(spec: RunSpec, program: Program):
 def build(spec: RunSpec, device: torch.device | str = "cpu", program: Program | None = None) -> SimpleNamespace:
     """Model, guide, prior and objective of a run, freshly initialised, on ``device``.
 
-    ``prior=`` reaches only a model that takes one (the program's declared capability); a model that does not is
-    built as ``Model(config)`` and refuses any ``--prior`` but the default.
+    ``prior=`` reaches only a model that takes one (the program's declared capability) and whose Config has
+    ``latent_dim`` to size it; any other model is built as ``Model(config)`` and refuses any ``--prior`` but the
+    default (its own).
     """
     from .priors import prior_from_name, require_factorised
 
@@ -151,15 +152,12 @@ def build(spec: RunSpec, device: torch.device | str = "cpu", program: Program | 
     capabilities = program.capabilities
     config = make_config(program.Config, spec.model_config)
     guide = program.Guide(config)
-    pyroib_prior = spec.prior != "standard" or spec.prior_options or spec.anchors is not None
-    if not capabilities.takes_prior:
+    sized = "latent_dim" in {f.name for f in dataclasses.fields(config)}
+    if not capabilities.takes_prior or not sized:
         if spec.prior != "standard" or spec.prior_options:
             capabilities.require("takes_prior", f"--prior {spec.prior}")
-        model = program.Model(config)
-    elif not pyroib_prior or "latent_dim" not in {f.name for f in dataclasses.fields(config)}:
-        if pyroib_prior and spec.prior != "standard":
-            raise ValueError(f"--prior {spec.prior} is sized by the model's Config.latent_dim, which "
-                             f"{program.name}'s Config does not have")
+            raise ProgramError(f"--prior {spec.prior} is sized by Config.latent_dim, which {program.name}'s Config "
+                               "does not have")
         model = program.Model(config)
     else:
         prior_kwargs = dict(spec.prior_options)
