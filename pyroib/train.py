@@ -40,6 +40,12 @@ OPTIMISER_SETTINGS = {"lr", "grad_clip"}
 RESUMABLE_CHANGES = {"epochs", "device"} | OPTIMISER_SETTINGS
 
 
+# a step whose per-point loss exceeds this multiple of the first step's (at least 1 nat) has diverged: an
+# optimiser that blows the loss up by four orders of magnitude is not recovering, and a finite loss of 1e30 nats
+# would otherwise train on and overwrite the checkpoint with weights that are useless
+EXPLOSION_FACTOR = 1e4
+
+
 class TrainingDiverged(RuntimeError):
     pass
 
@@ -167,6 +173,8 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     validate_weights(spec.beta, spec.anchors, spec.model_config.get("latent_dim"))
     if spec.schedule_sites is not None and not spec.schedule_sites:
         raise ValueError("--schedule-sites names no site; leave it out to schedule every latent site's β")
+    if not (0 < spec.lr < math.inf):
+        raise ValueError(f"--lr must be a positive finite learning rate, got {spec.lr}: at 0 nothing trains")
     if spec.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {spec.epochs}")
     if spec.grad_clip is not None and not (0 < spec.grad_clip < math.inf):
@@ -240,11 +248,13 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     n_train = splits.train.shape[0]
     # the surrogate is N times the per-data-point loss, so the clip applies to N times the per-point gradient norm
     max_norm = None if spec.grad_clip is None else spec.grad_clip * n_train
+    explosion_limit = None
     for epoch in range(epoch + 1, spec.epochs + 1):
         model.train()
         guide.train()
         sums: dict[str, torch.Tensor] = {}
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        exploded = torch.zeros((), dtype=torch.bool, device=device)
         clipped = torch.zeros((), dtype=torch.long, device=device)
         grad_norms = torch.zeros(2, device=device)  # sum and max of the per-point norm, kept on the device: no sync
         started = time.perf_counter()
@@ -266,15 +276,22 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
             objective.auxiliary_step(model, guide, x, y, index=index, size=n_train)
             step += 1
             nonfinite |= ~torch.isfinite(terms.loss)
+            per_point = terms.values["loss"]
+            if explosion_limit is None:  # set on the run's first step: the loss of the initial weights
+                explosion_limit = EXPLOSION_FACTOR * per_point.detach().abs().clamp_min(1.0)
+            exploded |= per_point > explosion_limit
             for k, v in terms.values.items():
                 sums[k] = sums.get(k, 0.0) + v.detach() * x.shape[0]
             if progress and (i % 20 == 0):
                 bar.set_postfix(loss=f"{float(terms.values['loss']):.2f}", rate=f"{float(terms.values['rate']):.2f}",
                                 distortion=f"{float(terms.values['distortion']):.2f}", beta=f"{weights.beta:.3g}")
-        if bool(nonfinite):
-            raise TrainingDiverged(
-                f"training diverged in epoch {epoch}: the loss became NaN or infinite. The last good checkpoint "
-                f"(epoch {epoch - 1}) is kept in {out}. Lower --lr or --beta, or check the data")
+        if bool(nonfinite) or bool(exploded):
+            what = "became NaN or infinite" if bool(nonfinite) else \
+                f"exceeded {EXPLOSION_FACTOR:.0e} times its value at the start ({float(explosion_limit):.4g} nats per point)"
+            kept = f"the last good checkpoint (epoch {epoch - 1}) is kept in {out}" if epoch > 1 else \
+                "no checkpoint was written"
+            raise TrainingDiverged(f"training diverged in epoch {epoch}: the loss {what}; {kept}. Lower --lr or "
+                                   "--beta, or check the data")
         model.eval()
         guide.eval()
         val_x, val_y = splits.split("val")

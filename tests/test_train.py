@@ -178,6 +178,23 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 1
 
 
+def test_an_exploding_finite_loss_stops_as_diverged(tmp_path):
+    train(spec(epochs=1), tmp_path / "run", progress=False)
+    good = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    # Adam at lr 1e6 moves every weight by about 1e6 per step: the loss stays finite but grows by orders of magnitude
+    with pytest.raises(TrainingDiverged, match="exceeded 1e\\+04 times its value at the start"):
+        train(spec(epochs=3, lr=1e6), tmp_path / "run", resume=True, progress=False)
+    after = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert after["epoch"] == 1 and all(torch.equal(v, after["model"][k]) for k, v in good["model"].items())
+
+
+@pytest.mark.parametrize("lr", [0.0, -1e-3, float("inf")])
+def test_a_learning_rate_that_cannot_train_is_refused(tmp_path, lr):
+    with pytest.raises(ValueError, match="--lr must be a positive finite"):
+        train(spec(lr=lr), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_torn_metrics_line_is_dropped_and_checkpoint_loads_weights_only(tmp_path):
     train(spec(epochs=1), tmp_path / "run", progress=False)
     with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
