@@ -8,6 +8,7 @@ It prints a markdown table and writes it, with this command and the machine, to
 benchmarks/results/discrete_ib_speed.md. The joint is a Dirichlet(1) draw with a fixed seed; the rate–distortion
 problem takes that joint's p(x) as the source and squared error between letter positions i/n as distortion.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,18 +35,26 @@ def time_blahut_arimoto(p_xy: np.ndarray, slope: float, max_iter: int) -> dict:
     start = time.perf_counter()
     point = blahut_arimoto(p_xy.sum(axis=1), squared_error, slope, max_iter=max_iter)
     seconds = time.perf_counter() - start
-    return {"solver": f"blahut_arimoto (slope {slope:g}, tol 1e-8)", "iterations": point.iterations,
-            "seconds": seconds, "converged": point.converged,
-            "result": f"R = {point.rate:.4f} nats, D = {point.distortion:.3g}, certified gap {point.bound_gap:.1g} nats"}
+    return {
+        "solver": f"blahut_arimoto (slope {slope:g}, tol 1e-8)",
+        "iterations": point.iterations,
+        "seconds": seconds,
+        "converged": point.converged,
+        "result": f"R = {point.rate:.4f} nats, D = {point.distortion:.3g}, certified gap {point.bound_gap:.1g} nats",
+    }
 
 
 def time_iterative_ib(p_xy: np.ndarray, beta: float, n_clusters: int, max_iter: int) -> dict:
     start = time.perf_counter()
     solution = iterative_ib(p_xy, beta, n_clusters, restarts=1, seed=0, max_iter=max_iter)
     seconds = time.perf_counter() - start
-    return {"solver": f"iterative_ib (β {beta:g}, abs(T) {n_clusters}, 1 start, tol 1e-9)",
-            "iterations": solution.iterations, "seconds": seconds, "converged": solution.converged,
-            "result": f"I(X;T) = {solution.i_xt:.4f}, I(T;Y) = {solution.i_ty:.4f} nats"}
+    return {
+        "solver": f"iterative_ib (β {beta:g}, abs(T) {n_clusters}, 1 start, tol 1e-9)",
+        "iterations": solution.iterations,
+        "seconds": seconds,
+        "converged": solution.converged,
+        "result": f"I(X;T) = {solution.i_xt:.4f}, I(T;Y) = {solution.i_ty:.4f} nats",
+    }
 
 
 def machine() -> str:
@@ -61,12 +70,13 @@ def machine() -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| solver | iterations | seconds | ms / iteration | converged | result |",
-             "|---|---:|---:|---:|---|---|"]
+    lines = ["| solver | iterations | seconds | ms / iteration | converged | result |", "|---|---:|---:|---:|---|---|"]
     for row in rows:
         per_iteration = 1e3 * row["seconds"] / row["iterations"]
-        lines.append(f"| {row['solver']} | {row['iterations']} | {row['seconds']:.2f} | {per_iteration:.2f} | "
-                     f"{row['converged']} | {row['result']} |")
+        lines.append(
+            f"| {row['solver']} | {row['iterations']} | {row['seconds']:.2f} | {per_iteration:.2f} | "
+            f"{row['converged']} | {row['result']} |"
+        )
     return "\n".join(lines)
 
 
@@ -85,23 +95,27 @@ def main() -> None:
 
     where = machine()
     p_xy = random_joint(args.size, args.size, args.seed)
-    rows = [time_blahut_arimoto(p_xy, args.slope, args.max_iter),
-            time_iterative_ib(p_xy, args.beta, args.clusters, args.max_iter)]
-    report = "\n".join([
-        "# Exact discrete solvers: speed",
-        "",
-        f"|X| = |Y| = {args.size}, Dirichlet(1) joint drawn with seed {args.seed}; at most {args.max_iter} "
-        "iterations each.",
-        "",
-        table(rows),
-        "",
-        "Reproduce from the repository root with",
-        "",
-        "    .venv/bin/python benchmarks/discrete_ib_speed.py",
-        "",
-        f"Machine: {where}. Wall-clock times on a machine shared with other jobs; indicative only.",
-        "",
-    ])
+    rows = [
+        time_blahut_arimoto(p_xy, args.slope, args.max_iter),
+        time_iterative_ib(p_xy, args.beta, args.clusters, args.max_iter),
+    ]
+    report = "\n".join(
+        [
+            "# Exact discrete solvers: speed",
+            "",
+            f"|X| = |Y| = {args.size}, Dirichlet(1) joint drawn with seed {args.seed}; at most {args.max_iter} "
+            "iterations each.",
+            "",
+            table(rows),
+            "",
+            "Reproduce from the repository root with",
+            "",
+            "    .venv/bin/python benchmarks/discrete_ib_speed.py",
+            "",
+            f"Machine: {where}. Wall-clock times on a machine shared with other jobs; indicative only.",
+            "",
+        ]
+    )
     print(report)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ The anchor was met (228.08 nats, results/fashion_density_gated.md) by the gated 
 1e-3, then 3e-4, then 1e-4, evaluated at its best validation epoch; without the clip the gated run diverged at
 epoch 440 on a few training images whose gradients were 100x the median.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,9 @@ from pathlib import Path
 import pyro
 import torch
 
+from pyroib.checkpoint import load_checkpoint, read_jsonl
 from pyroib.data import load_dataset
 from pyroib.evaluate import importance_nll, split_terms
-from pyroib.checkpoint import load_checkpoint, read_jsonl
 from pyroib.run import CHECKPOINT_FILE, METRICS_FILE, RunSpec, load_run, resolve_device
 from pyroib.train import train
 
@@ -41,23 +42,39 @@ def main():
     p.add_argument("--slice-epochs", type=int, default=5)
     p.add_argument("--iw-samples", type=int, default=5000)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--final-lr", type=float, default=None,
-                   help="learning rate of the last phase: the last --final-epochs epochs or --final-minutes minutes")
+    p.add_argument(
+        "--final-lr",
+        type=float,
+        default=None,
+        help="learning rate of the last phase: the last --final-epochs epochs or --final-minutes minutes",
+    )
     p.add_argument("--final-epochs", type=int, default=0)
     p.add_argument("--final-minutes", type=float, default=0.0)
-    p.add_argument("--grad-clip", type=float, default=None,
-                   help="clip the per-data-point gradient norm (pyroib train --grad-clip)")
+    p.add_argument(
+        "--grad-clip", type=float, default=None, help="clip the per-data-point gradient norm (pyroib train --grad-clip)"
+    )
     p.add_argument("--prior", default="standard")
-    p.add_argument("--network", default="mlp", choices=["mlp", "gated"],
-                   help="hidden layers: softplus MLP, or gated as in the code behind the anchor")
+    p.add_argument(
+        "--network",
+        default="mlp",
+        choices=["mlp", "gated"],
+        help="hidden layers: softplus MLP, or gated as in the code behind the anchor",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads for training (0: torch's default)")
     p.add_argument("--eval-threads", type=int, default=0, help="torch CPU threads for the evaluation (0: unchanged)")
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"],
-                   help="evaluate the epoch with the best validation ELBO (early stopping, as the anchor's code "
-                        "does) or the last one")
-    p.add_argument("--record", default=None,
-                   help="result file (default: results/fashion_density.md, fashion_density_gated.md for gated)")
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=["best", "last"],
+        help="evaluate the epoch with the best validation ELBO (early stopping, as the anchor's code "
+        "does) or the last one",
+    )
+    p.add_argument(
+        "--record",
+        default=None,
+        help="result file (default: results/fashion_density.md, fashion_density_gated.md for gated)",
+    )
     args = p.parse_args()
     if args.record is None:
         suffix = "" if args.network == "mlp" else f"_{args.network}"
@@ -75,19 +92,38 @@ def main():
         elapsed = (time.perf_counter() - started) / 60
         final_phase = args.final_lr is not None and (
             (args.final_epochs and epoch >= args.epochs - args.final_epochs)
-            or (args.minutes > 0 and args.final_minutes and elapsed >= args.minutes - args.final_minutes))
+            or (args.minutes > 0 and args.final_minutes and elapsed >= args.minutes - args.final_minutes)
+        )
         if args.final_lr is not None and not final_phase and args.final_epochs:
             target = min(target, args.epochs - args.final_epochs)
-        spec = RunSpec(model="vae", dataset="fashion-mnist", prior=args.prior,
-                       model_config={"data_shape": [1, 28, 28], "latent_dim": 40, "hidden": [300, 300],
-                                     **({"network": args.network} if args.network != "mlp" else {})},
-                       schedule="linear", warmup_epochs=20, beta=1.0, batch_size=100,
-                       lr=args.final_lr if final_phase else args.lr, grad_clip=args.grad_clip, analytic_kl=True,
-                       epochs=target, seed=0, device=args.device)
+        spec = RunSpec(
+            model="vae",
+            dataset="fashion-mnist",
+            prior=args.prior,
+            model_config={
+                "data_shape": [1, 28, 28],
+                "latent_dim": 40,
+                "hidden": [300, 300],
+                **({"network": args.network} if args.network != "mlp" else {}),
+            },
+            schedule="linear",
+            warmup_epochs=20,
+            beta=1.0,
+            batch_size=100,
+            lr=args.final_lr if final_phase else args.lr,
+            grad_clip=args.grad_clip,
+            analytic_kl=True,
+            epochs=target,
+            seed=0,
+            device=args.device,
+        )
         rows = train(spec, out, resume=(out / CHECKPOINT_FILE).exists(), progress=False, splits=splits)
         epoch = rows[-1]["epoch"]
-        print(f"epoch {epoch}: val ELBO {rows[-1]['val_elbo']:.2f}, lr {rows[-1].get('lr', 1e-3):g} "
-              f"({(time.perf_counter() - started) / 60:.1f} min)", flush=True)
+        print(
+            f"epoch {epoch}: val ELBO {rows[-1]['val_elbo']:.2f}, lr {rows[-1].get('lr', 1e-3):g} "
+            f"({(time.perf_counter() - started) / 60:.1f} min)",
+            flush=True,
+        )
     session_minutes = (time.perf_counter() - started) / 60
     # a run trained over several invocations: its total training time is the sum of its epochs' times, and its
     # learning-rate history is in its rows (rows written before the lr was logged used the original 1e-3)
@@ -109,37 +145,61 @@ def main():
     torch.manual_seed(0)
     values, _ = split_terms(run.model, run.guide, run.objective, x, y)
     eval_start = time.perf_counter()
-    nll = importance_nll(run.model, run.guide, x, y, samples=args.iw_samples, batch_size=50,
-                         particles_per_pass=500).mean().item()
+    nll = (
+        importance_nll(run.model, run.guide, x, y, samples=args.iw_samples, batch_size=50, particles_per_pass=500)
+        .mean()
+        .item()
+    )
     eval_minutes = (time.perf_counter() - eval_start) / 60
-    result = {"epochs": epoch, "evaluated_epoch": run.epoch, "checkpoint": args.checkpoint,
-              "train_minutes": round(train_minutes, 1), "eval_minutes": round(eval_minutes, 1),
-              "session_minutes": round(session_minutes, 1), "lr_schedule": schedule, "test_elbo": values["elbo"],
-              "test_nll_iw": nll, "iw_samples": args.iw_samples, "anchor": ANCHOR, "prior": args.prior}
+    result = {
+        "epochs": epoch,
+        "evaluated_epoch": run.epoch,
+        "checkpoint": args.checkpoint,
+        "train_minutes": round(train_minutes, 1),
+        "eval_minutes": round(eval_minutes, 1),
+        "session_minutes": round(session_minutes, 1),
+        "lr_schedule": schedule,
+        "test_elbo": values["elbo"],
+        "test_nll_iw": nll,
+        "iw_samples": args.iw_samples,
+        "anchor": ANCHOR,
+        "prior": args.prior,
+    }
     print(json.dumps(result))
-    flags = (f"--network {args.network} --lr {args.lr:g}"
-             + (f" --grad-clip {args.grad_clip:g}" if args.grad_clip else "") + f" --checkpoint {args.checkpoint}"
-             + (f" --final-lr {args.final_lr:g} --final-minutes {args.final_minutes:g}" if args.final_lr is not None
-                else ""))
+    flags = (
+        f"--network {args.network} --lr {args.lr:g}"
+        + (f" --grad-clip {args.grad_clip:g}" if args.grad_clip else "")
+        + f" --checkpoint {args.checkpoint}"
+        + (f" --final-lr {args.final_lr:g} --final-minutes {args.final_minutes:g}" if args.final_lr is not None else "")
+    )
     if len(phases) <= 2:
-        in_one_go = ("the same schedule in one go: `python benchmarks/fashion_density.py --out runs/fashion-density "
-                     f"--epochs {epoch} --minutes 0 --iw-samples {args.iw_samples} --device cuda --network "
-                     f"{args.network}" + (f" --lr {phases[0][0]:g} --final-lr {phases[-1][0]:g} --final-epochs "
-                                          f"{final}" if final else "")
-                     + (f" --grad-clip {args.grad_clip:g}" if args.grad_clip else "") + "`")
+        in_one_go = (
+            "the same schedule in one go: `python benchmarks/fashion_density.py --out runs/fashion-density "
+            f"--epochs {epoch} --minutes 0 --iw-samples {args.iw_samples} --device cuda --network "
+            f"{args.network}"
+            + (f" --lr {phases[0][0]:g} --final-lr {phases[-1][0]:g} --final-epochs {final}" if final else "")
+            + (f" --grad-clip {args.grad_clip:g}" if args.grad_clip else "")
+            + "`"
+        )
     else:
         in_one_go = "its learning-rate phases, below, took one invocation each (`--lr` changes on resume)"
-    lines = ["# Fashion-MNIST density (issue 2)", "",
-             f"Last command: `python benchmarks/fashion_density.py --out {args.out} --epochs {args.epochs} "
-             f"--minutes {args.minutes} --slice-epochs {args.slice_epochs} --iw-samples {args.iw_samples} --device "
-             f"{args.device} {flags}` ({device.type}; the 2-core CPU here is shared with other work). The run was "
-             f"trained in resumable slices over one or more invocations; {in_one_go}.", "",
-             f"Dynamic binarisation, 784-300-300-40 {args.network} VAE, Bernoulli, batch 100, Adam, linear KL "
-             f"warm-up over 20 epochs, analytic KL. Learning rate: {schedule}.", "",
-             "| epochs | evaluated epoch | training (min) | test ELBO | test NLL (IW) | K | anchor | evaluation (min) |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| {epoch} | {run.epoch} ({args.checkpoint}) | {train_minutes:.1f} | {values['elbo']:.2f} | {nll:.2f} | "
-             f"{args.iw_samples} | {ANCHOR} | {eval_minutes:.1f} |", ""]
+    lines = [
+        "# Fashion-MNIST density (issue 2)",
+        "",
+        f"Last command: `python benchmarks/fashion_density.py --out {args.out} --epochs {args.epochs} "
+        f"--minutes {args.minutes} --slice-epochs {args.slice_epochs} --iw-samples {args.iw_samples} --device "
+        f"{args.device} {flags}` ({device.type}; the 2-core CPU here is shared with other work). The run was "
+        f"trained in resumable slices over one or more invocations; {in_one_go}.",
+        "",
+        f"Dynamic binarisation, 784-300-300-40 {args.network} VAE, Bernoulli, batch 100, Adam, linear KL "
+        f"warm-up over 20 epochs, analytic KL. Learning rate: {schedule}.",
+        "",
+        "| epochs | evaluated epoch | training (min) | test ELBO | test NLL (IW) | K | anchor | evaluation (min) |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {epoch} | {run.epoch} ({args.checkpoint}) | {train_minutes:.1f} | {values['elbo']:.2f} | {nll:.2f} | "
+        f"{args.iw_samples} | {ANCHOR} | {eval_minutes:.1f} |",
+        "",
+    ]
     Path(args.record).write_text("\n".join(lines))
 
 

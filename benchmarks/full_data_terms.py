@@ -10,6 +10,7 @@ would take too long on a shared CPU are extrapolated from the measured ones by t
 
     python benchmarks/full_data_terms.py [--sizes 5000,10000,20000] [--target 60000] [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,6 +59,7 @@ def measure(points: int, latent_dim: int, threads: int, run_dir: str | None = No
     torch.manual_seed(0)
     if run_dir:
         from pyroib.run import load_run
+
         encoder = load_run(run_dir, "cpu").guide.encode
     else:
         encoder = GaussianEncoder((1, 28, 28), (400,), latent_dim)
@@ -70,9 +72,14 @@ def measure(points: int, latent_dim: int, threads: int, run_dir: str | None = No
     terms = full_data_terms(loc, scale, chunk_size=512, generator=torch.Generator().manual_seed(0))
     seconds = time.perf_counter() - started
     peak = _peak_kib() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"points": points, "seconds": seconds, "peak_extra_mib": (peak - before) / 1024,
-            "peak_rss_mib": peak / 1024, "mi": float(terms["index_code_mi"]),
-            "tc": float(terms["total_correlation"])}
+    return {
+        "points": points,
+        "seconds": seconds,
+        "peak_extra_mib": (peak - before) / 1024,
+        "peak_rss_mib": peak / 1024,
+        "mi": float(terms["index_code_mi"]),
+        "tc": float(terms["total_correlation"]),
+    }
 
 
 def main():
@@ -90,31 +97,60 @@ def main():
         return
     rows = []
     for points in (int(s) for s in args.sizes.split(",")):
-        out = subprocess.run([sys.executable, __file__, "--one", str(points), "--latent-dim", str(args.latent_dim),
-                              "--threads", str(args.threads), *(["--run", args.run] if args.run else [])],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                str(points),
+                "--latent-dim",
+                str(args.latent_dim),
+                "--threads",
+                str(args.threads),
+                *(["--run", args.run] if args.run else []),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     largest = rows[-1]
     measured = any(r["points"] == args.target for r in rows)
     estimate = largest["seconds"] * (args.target / largest["points"]) ** 2
-    lines = ["# Full-data information terms: time and memory", "",
-             f"Command: `python benchmarks/full_data_terms.py --sizes {args.sizes} --target {args.target} "
-             f"--threads {args.threads}{f' --run {args.run}' if args.run else ''}` (CPU, {args.threads} threads, a "
-             "machine shared with other jobs).", "",
-             (f"The encoder of the trained run `{args.run}`" if args.run else
-              f"{args.latent_dim} latents, random 784-400 MLP encoder") + " over the first M Fashion-MNIST training "
-             "images, one code per point, exact mixture over all M encodings in chunks of 512. Peak extra: "
-             "peak resident size during the call (VmHWM, reset before it) minus the resident size before it.", "",
-             "| M | seconds | s / M² (ns) | peak extra MiB | MI (nats) | TC (nats) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Full-data information terms: time and memory",
+        "",
+        f"Command: `python benchmarks/full_data_terms.py --sizes {args.sizes} --target {args.target} "
+        f"--threads {args.threads}{f' --run {args.run}' if args.run else ''}` (CPU, {args.threads} threads, a "
+        "machine shared with other jobs).",
+        "",
+        (
+            f"The encoder of the trained run `{args.run}`"
+            if args.run
+            else f"{args.latent_dim} latents, random 784-400 MLP encoder"
+        )
+        + " over the first M Fashion-MNIST training "
+        "images, one code per point, exact mixture over all M encodings in chunks of 512. Peak extra: "
+        "peak resident size during the call (VmHWM, reset before it) minus the resident size before it.",
+        "",
+        "| M | seconds | s / M² (ns) | peak extra MiB | MI (nats) | TC (nats) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['points']:,} | {r['seconds']:.1f} | {r['seconds'] / r['points'] ** 2 * 1e9:.3f} | "
-                     f"{r['peak_extra_mib']:.0f} | {r['mi']:.3f} | {r['tc']:.3f} |")
+        lines.append(
+            f"| {r['points']:,} | {r['seconds']:.1f} | {r['seconds'] / r['points'] ** 2 * 1e9:.3f} | "
+            f"{r['peak_extra_mib']:.0f} | {r['mi']:.3f} | {r['tc']:.3f} |"
+        )
     if not measured:
-        lines += ["", f"M = {args.target:,} was **not run**; by the M² law from M = {largest['points']:,} it would "
-                  f"take about {estimate / 60:.0f} min here, with the same bounded memory (the chunk blocks do not "
-                  "grow with M; only the O(M D) inputs and outputs do). That is why `pyroib evaluate` subsamples a "
-                  "split to 10,000 points (and says so in its JSON).", ""]
+        lines += [
+            "",
+            f"M = {args.target:,} was **not run**; by the M² law from M = {largest['points']:,} it would "
+            f"take about {estimate / 60:.0f} min here, with the same bounded memory (the chunk blocks do not "
+            "grow with M; only the O(M D) inputs and outputs do). That is why `pyroib evaluate` subsamples a "
+            "split to 10,000 points (and says so in its JSON).",
+            "",
+        ]
     Path(args.record).write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -9,6 +9,7 @@ I*(I(X;Z)) - I(Z;Y) to the exact curve at the same I(X;Z).
 
 writes benchmarks/results/ib_plane.md and benchmarks/results/ib_plane.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,7 @@ def main(argv=None) -> None:
     seconds = time.perf_counter() - start
 
     args.out.mkdir(parents=True, exist_ok=True)
-    plot_plane(result, args.out / "ib_plane.png",
-               title=f"Exact IB vs VIB, |X|={args.n_x}, |Y|={args.n_y} (nats)")
+    plot_plane(result, args.out / "ib_plane.png", title=f"Exact IB vs VIB, |X|={args.n_x}, |Y|={args.n_y} (nats)")
     rows = [
         "# Variational IB vs the exact IB curve",
         "",
@@ -52,7 +52,8 @@ def main(argv=None) -> None:
         f"Joint: `example_joint({args.n_x}, {args.n_y}, seed={args.seed})`; H(X) = {entropy(p_xy.sum(1)):.4f}, "
         f"H(Y) = {entropy(p_xy.sum(0)):.4f}, I(X;Y) = {mutual_information(p_xy):.4f} nats. Exact curve: annealed "
         f"over 120 β_IB in [1, 300]; cluster transitions at β_IB = "
-        + ", ".join(f"{b:.2f} (→{k})" for b, k in result.curve.transitions) + ".",
+        + ", ".join(f"{b:.2f} (→{k})" for b, k in result.curve.transitions)
+        + ".",
         "",
         "VIB: one-hot x → MLP(32) → Gaussian q(z|x), z ∈ R², linear classifier, N(0, I) prior, full-batch Adam "
         "(lr 0.02) on the exact p(x,y)-weighted loss, closed-form KL, 16 particles. β_IB = 1/β_VIB. "
@@ -64,9 +65,11 @@ def main(argv=None) -> None:
     ]
     for p in result.points:
         exact = result.curve_at(p["i_xz"])
-        rows.append(f"| {p['beta_vib']:g} | {p['beta_ib']:.3g} | {p['rate']:.4f} | {p['i_xz']:.4f} ± "
-                    f"{p['i_xz_se']:.4f} | {p['i_zy_lower']:.4f} | {p['i_zy']:.4f} ± {p['i_zy_se']:.4f} | "
-                    f"{exact:.4f} | {exact - p['i_zy']:.4f} |")
+        rows.append(
+            f"| {p['beta_vib']:g} | {p['beta_ib']:.3g} | {p['rate']:.4f} | {p['i_xz']:.4f} ± "
+            f"{p['i_xz_se']:.4f} | {p['i_zy_lower']:.4f} | {p['i_zy']:.4f} ± {p['i_zy_se']:.4f} | "
+            f"{exact:.4f} | {exact - p['i_zy']:.4f} |"
+        )
     rows += ["", "![information plane](ib_plane.png)", ""]
     (args.out / "ib_plane.md").write_text("\n".join(rows))
     print("\n".join(rows))

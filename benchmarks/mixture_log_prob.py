@@ -12,6 +12,7 @@ broadcast form rounds in float32, DiagonalNormalMixture computes its quadratic f
 
     python benchmarks/mixture_log_prob.py [--rounds 5] [--threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,12 +83,17 @@ def main():
             optimizer.zero_grad(set_to_none=True)
             terms.surrogate.backward()
             optimizer.step()
+
         return step
 
-    steps = {name: train_step(m, g, torch.optim.Adam([*m.parameters(), *g.parameters()], lr=1e-4))
-             for name, (m, g) in forms.items()}
-    passes = {name: (lambda m=m, g=g: importance_log_weights(m.eval(), g.eval(), x[:25], None, 250))
-              for name, (m, g) in forms.items()}
+    steps = {
+        name: train_step(m, g, torch.optim.Adam([*m.parameters(), *g.parameters()], lr=1e-4))
+        for name, (m, g) in forms.items()
+    }
+    passes = {
+        name: (lambda m=m, g=g: importance_log_weights(m.eval(), g.eval(), x[:25], None, 250))
+        for name, (m, g) in forms.items()
+    }
     step_times = {name: [] for name in forms}
     pass_times = {name: [] for name in forms}
     for _ in range(args.rounds):
@@ -108,18 +114,25 @@ def main():
 
     step_ratio = med(step_times["broadcast"]) / med(step_times["matrix product"])
     pass_ratio = med(pass_times["broadcast"]) / med(pass_times["matrix product"])
-    lines = ["# VampPrior log density: matrix product (DiagonalNormalMixture) against the broadcast mixture", "",
-             f"Command: `python benchmarks/mixture_log_prob.py --rounds {args.rounds} --threads {args.threads}`", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other work, {args.threads} "
-             f"torch thread(s); Python {platform.python_version()}, torch {torch.__version__}. Medians over "
-             f"{args.rounds} interleaved rounds.", "",
-             "| unit | broadcast (ms) | matrix product (ms) | speed-up |", "|---|---|---|---|",
-             f"| training step, batch 100, 500 pseudo-inputs | {1e3 * med(step_times['broadcast']):.1f} | "
-             f"{1e3 * med(step_times['matrix product']):.1f} | {step_ratio:.2f}x |",
-             f"| importance pass, 250 particles x 25 points | {1e3 * med(pass_times['broadcast']):.0f} | "
-             f"{1e3 * med(pass_times['matrix product']):.0f} | {pass_ratio:.2f}x |", "",
-             f"Largest difference between the two forms' log importance weights on one pass: {difference:.2e} nats.",
-             ""]
+    lines = [
+        "# VampPrior log density: matrix product (DiagonalNormalMixture) against the broadcast mixture",
+        "",
+        f"Command: `python benchmarks/mixture_log_prob.py --rounds {args.rounds} --threads {args.threads}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other work, {args.threads} "
+        f"torch thread(s); Python {platform.python_version()}, torch {torch.__version__}. Medians over "
+        f"{args.rounds} interleaved rounds.",
+        "",
+        "| unit | broadcast (ms) | matrix product (ms) | speed-up |",
+        "|---|---|---|---|",
+        f"| training step, batch 100, 500 pseudo-inputs | {1e3 * med(step_times['broadcast']):.1f} | "
+        f"{1e3 * med(step_times['matrix product']):.1f} | {step_ratio:.2f}x |",
+        f"| importance pass, 250 particles x 25 points | {1e3 * med(pass_times['broadcast']):.0f} | "
+        f"{1e3 * med(pass_times['matrix product']):.0f} | {pass_ratio:.2f}x |",
+        "",
+        f"Largest difference between the two forms' log importance weights on one pass: {difference:.2e} nats.",
+        "",
+    ]
     text = "\n".join(lines)
     Path(args.results).write_text(text)
     print(text)

@@ -16,6 +16,7 @@ Run from the repository root (results in benchmarks/results/sample_quality.md):
 
     .venv/bin/python benchmarks/sample_quality.py --epochs 10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,18 @@ def train_one(beta: float, args: argparse.Namespace) -> str:
     torch.set_num_threads(1)
     pyro.enable_validation(False)
     out = Path(args.root) / f"beta{beta:g}"
-    spec = RunSpec(model="vae", model_config={"data_shape": [1, 28, 28], "latent_dim": 40, "hidden": [300, 300]},
-                   dataset="fashion-mnist", binarize="dynamic", beta=beta, epochs=args.epochs, batch_size=128,
-                   lr=1e-3, seed=args.seed, device="cpu")
+    spec = RunSpec(
+        model="vae",
+        model_config={"data_shape": [1, 28, 28], "latent_dim": 40, "hidden": [300, 300]},
+        dataset="fashion-mnist",
+        binarize="dynamic",
+        beta=beta,
+        epochs=args.epochs,
+        batch_size=128,
+        lr=1e-3,
+        seed=args.seed,
+        device="cpu",
+    )
     if not (out / CHECKPOINT_FILE).is_file():
         train(spec, out, progress=False)
     return str(out)
@@ -63,36 +73,58 @@ def score(run_dir: str, args: argparse.Namespace) -> dict:
     network = load_feature_network()
     test_features = image_features(grey.test, network)
     fitted = fit_and_save(run, max_components=None)
-    samplers = {"N(0, I) (trained prior)": run.model.prior, "factorised aggregate": fitted["factorised"],
-                "joint aggregate": fitted["joint"]}
-    rows = {name: [sample_fid(run, prior, args.n, seed=s, reference_features=test_features) for s in SEEDS]
-            for name, prior in samplers.items()}
+    samplers = {
+        "N(0, I) (trained prior)": run.model.prior,
+        "factorised aggregate": fitted["factorised"],
+        "joint aggregate": fitted["joint"],
+    }
+    rows = {
+        name: [sample_fid(run, prior, args.n, seed=s, reference_features=test_features) for s in SEEDS]
+        for name, prior in samplers.items()
+    }
     with torch.no_grad():
         binary_test, _ = load_dataset("fashion-mnist", binarize="dynamic", seed=args.seed).split("test")
-        recon = torch.cat([run.model.decode(run.guide.encode(binary_test[i:i + 1000])[0])
-                           for i in range(0, len(binary_test), 1000)])
+        recon = torch.cat(
+            [run.model.decode(run.guide.encode(binary_test[i : i + 1000])[0]) for i in range(0, len(binary_test), 1000)]
+        )
     rows["reconstructions of test images"] = [frechet_distance(image_features(recon, network), test_features)]
-    rows["training images (floor)"] = [frechet_distance(image_features(grey.train[:args.n], network), test_features)]
+    rows["training images (floor)"] = [frechet_distance(image_features(grey.train[: args.n], network), test_features)]
     variance = aggregate_variance(fitted["factorised"].loc, fitted["factorised"].scale)
-    return {"run": run_dir, "beta": run.spec.beta, "epochs": run.epoch, "rows": rows,
-            "variance_min": float(variance.min()), "variance_max": float(variance.max()),
-            "active": int((fitted["factorised"].loc.var(0) > 0.01).sum())}
+    return {
+        "run": run_dir,
+        "beta": run.spec.beta,
+        "epochs": run.epoch,
+        "rows": rows,
+        "variance_min": float(variance.min()),
+        "variance_max": float(variance.max()),
+        "active": int((fitted["factorised"].loc.var(0) > 0.01).sum()),
+    }
 
 
 def write_results(results: list[dict], args, command: str, minutes: float) -> str:
-    lines = ["# Sample quality: standard-normal against aggregate-posterior sampling (Fashion-MNIST)", "",
-             f"Command: `{command}` ({minutes:.0f} min wall time)", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, one torch thread per "
-             f"process; Python {platform.python_version()}.", "",
-             f"Models: VAE, 40-d latents, 300-300 MLPs, Bernoulli likelihood, dynamic binarisation, {args.epochs} "
-             f"epochs, batch 128, Adam 1e-3, seed {args.seed}. Distance: squared Fréchet distance between "
-             f"{args.n:,} decoded mean images and the 10,000 grey-level test images in the 64-d feature space of "
-             "pyroib's versioned classifier (pyroib/assets/fashion_features.json). Lower is better; the scale is "
-             "this network's, not Inception's. Mean over sampling seeds 0, 1, 2 with [min, max].", ""]
+    lines = [
+        "# Sample quality: standard-normal against aggregate-posterior sampling (Fashion-MNIST)",
+        "",
+        f"Command: `{command}` ({minutes:.0f} min wall time)",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, one torch thread per "
+        f"process; Python {platform.python_version()}.",
+        "",
+        f"Models: VAE, 40-d latents, 300-300 MLPs, Bernoulli likelihood, dynamic binarisation, {args.epochs} "
+        f"epochs, batch 128, Adam 1e-3, seed {args.seed}. Distance: squared Fréchet distance between "
+        f"{args.n:,} decoded mean images and the 10,000 grey-level test images in the 64-d feature space of "
+        "pyroib's versioned classifier (pyroib/assets/fashion_features.json). Lower is better; the scale is "
+        "this network's, not Inception's. Mean over sampling seeds 0, 1, 2 with [min, max].",
+        "",
+    ]
     for r in results:
-        lines += [f"## β = {r['beta']:g} ({r['epochs']} epochs, {r['active']} of 40 dimensions active, "
-                  f"aggregate variance per dimension {r['variance_min']:.3f}–{r['variance_max']:.3f})", "",
-                  "| sampler | Fréchet distance |", "|---|---|"]
+        lines += [
+            f"## β = {r['beta']:g} ({r['epochs']} epochs, {r['active']} of 40 dimensions active, "
+            f"aggregate variance per dimension {r['variance_min']:.3f}–{r['variance_max']:.3f})",
+            "",
+            "| sampler | Fréchet distance |",
+            "|---|---|",
+        ]
         for name, values in r["rows"].items():
             spread = f" [{min(values):.2f}, {max(values):.2f}]" if len(values) > 1 else ""
             lines.append(f"| {name} | {sum(values) / len(values):.2f}{spread} |")

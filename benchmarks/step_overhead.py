@@ -6,6 +6,7 @@ interleaved in rounds so that machine load hits both alike; the ratio of medians
 
     python benchmarks/step_overhead.py [--steps 200] [--rounds 5] [--threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,13 @@ def manual_step(model, guide, optimizer, x, size):
     loc, scale = guide.encoder(x)
     z = loc + scale * torch.randn_like(loc)
     log_lik = dist.Bernoulli(logits=model.decoder(z)).to_event(3).log_prob(x)
-    kl = torch.distributions.kl_divergence(torch.distributions.Normal(loc, scale),
-                                           torch.distributions.Normal(0.0, 1.0)).sum(-1)
+    kl = torch.distributions.kl_divergence(
+        torch.distributions.Normal(loc, scale), torch.distributions.Normal(0.0, 1.0)
+    ).sum(-1)
     # Monte Carlo rate as in the pyroib step: log q(z|x) - log p(z) at the sampled z
-    rate = (torch.distributions.Normal(loc, scale).log_prob(z) - torch.distributions.Normal(0.0, 1.0).log_prob(z)).sum(-1)
+    rate = (torch.distributions.Normal(loc, scale).log_prob(z) - torch.distributions.Normal(0.0, 1.0).log_prob(z)).sum(
+        -1
+    )
     del kl
     loss = size / x.shape[0] * (-(log_lik) + BETA * rate).sum()
     optimizer.zero_grad(set_to_none=True)
@@ -76,7 +80,7 @@ def main():
     timings = {"pyroib": [], "hand-written": []}
     for round_ in range(args.rounds):
         # alternate which step goes first, so a drift in machine load does not favour one of them
-        for name in (("pyroib", "hand-written") if round_ % 2 == 0 else ("hand-written", "pyroib")):
+        for name in ("pyroib", "hand-written") if round_ % 2 == 0 else ("hand-written", "pyroib"):
             start = time.perf_counter()
             for index in batches:
                 x = splits.train[index]
@@ -89,17 +93,24 @@ def main():
     ratio = ours / base
     per_round = [a / b for a, b in zip(timings["pyroib"], timings["hand-written"])]
     lines = [
-        "# Step overhead (issue 2)", "",
+        "# Step overhead (issue 2)",
+        "",
         f"Command: `python benchmarks/step_overhead.py --steps {args.steps} --rounds {args.rounds} "
-        f"--threads {args.threads}`", "",
+        f"--threads {args.threads}`",
+        "",
         f"β-VAE β = {BETA}, 784-400-20 MLP, Bernoulli, batch 128, Adam, CPU, {args.threads} torch thread(s), "
-        "Pyro validation off; medians over interleaved rounds in one process.", "",
-        "| step | ms per step (median) | all rounds |", "|---|---|---|",
+        "Pyro validation off; medians over interleaved rounds in one process.",
+        "",
+        "| step | ms per step (median) | all rounds |",
+        "|---|---|---|",
         f"| hand-written PyTorch | {base:.2f} | {', '.join(f'{t:.2f}' for t in timings['hand-written'])} |",
         f"| pyroib (bottleneck handlers + InfoELBO.terms) | {ours:.2f} | "
-        f"{', '.join(f'{t:.2f}' for t in timings['pyroib'])} |", "",
+        f"{', '.join(f'{t:.2f}' for t in timings['pyroib'])} |",
+        "",
         f"**Ratio pyroib / hand-written: {ratio:.3f}** (target <= 1.10); median of the per-round ratios "
-        f"{statistics.median(per_round):.3f} (rounds: {', '.join(f'{r:.3f}' for r in per_round)}).", ""]
+        f"{statistics.median(per_round):.3f} (rounds: {', '.join(f'{r:.3f}' for r in per_round)}).",
+        "",
+    ]
     text = "\n".join(lines)
     print(text)
     Path(args.record).write_text(text)

@@ -7,6 +7,7 @@ so machine load hits both alike; the figure is the ratio of the median times (ta
 
     python benchmarks/tc_overhead.py [--steps 40] [--rounds 7] [--threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,7 @@ def make_step(model, guide, objective, beta):
         optimizer.zero_grad(set_to_none=True)
         terms.surrogate.backward()
         optimizer.step()
+
     return step
 
 
@@ -60,10 +62,12 @@ def main():
             model.load_state_dict(first_model.state_dict())
             guide.load_state_dict(first_guide.state_dict())
         nets[name] = (model, guide)
-    steps = {"β-VAE": make_step(*nets["β-VAE"], InfoELBO(), beta=4.0),
-             "β-TCVAE": make_step(*nets["β-TCVAE"], TotalCorrelationELBO(tc_weight=6.0), beta=1.0)}
+    steps = {
+        "β-VAE": make_step(*nets["β-VAE"], InfoELBO(), beta=4.0),
+        "β-TCVAE": make_step(*nets["β-TCVAE"], TotalCorrelationELBO(tc_weight=6.0), beta=1.0),
+    }
     gen = torch.Generator().manual_seed(0)
-    batches = [torch.randperm(size, generator=gen)[:args.batch_size] for _ in range(args.steps)]
+    batches = [torch.randperm(size, generator=gen)[: args.batch_size] for _ in range(args.steps)]
     for name, step in steps.items():  # warm-up: first-call costs (allocator, plate nesting guess)
         for index in batches[:3]:
             step(splits.train[index], index, size)
@@ -83,19 +87,29 @@ def main():
     medians = {name: statistics.median(t) for name, t in timings.items()}
     ratio = medians["β-TCVAE"] / medians["β-VAE"]
     round_ratios = [b / a for a, b in zip(timings["β-VAE"], timings["β-TCVAE"])]
-    lines = ["# Total-correlation term: cost per training step", "",
-             f"Command: `python benchmarks/tc_overhead.py --steps {args.steps} --rounds {args.rounds} "
-             f"--threads {args.threads}` (CPU, {args.threads} thread(s), a machine shared with other jobs).", "",
-             f"Fashion-MNIST, 784-400-{args.latent_dim} MLP, batch {args.batch_size}, Adam, validation off; "
-             f"{args.rounds} rounds of {args.steps} steps, the two steps alternating one by one; per round the median "
-             "ms per step.", "",
-             "| step | median ms | all rounds (ms) |", "|---|---|---|"]
+    lines = [
+        "# Total-correlation term: cost per training step",
+        "",
+        f"Command: `python benchmarks/tc_overhead.py --steps {args.steps} --rounds {args.rounds} "
+        f"--threads {args.threads}` (CPU, {args.threads} thread(s), a machine shared with other jobs).",
+        "",
+        f"Fashion-MNIST, 784-400-{args.latent_dim} MLP, batch {args.batch_size}, Adam, validation off; "
+        f"{args.rounds} rounds of {args.steps} steps, the two steps alternating one by one; per round the median "
+        "ms per step.",
+        "",
+        "| step | median ms | all rounds (ms) |",
+        "|---|---|---|",
+    ]
     for name, t in timings.items():
         lines.append(f"| {name} | {medians[name]:.2f} | {', '.join(f'{v:.1f}' for v in t)} |")
-    lines += ["", f"Ratio β-TCVAE / β-VAE of the medians: **{ratio:.3f}** (target <= 1.25); per round: "
-              f"{', '.join(f'{r:.2f}' for r in round_ratios)}. The TC term adds one (B, B, D) tensor "
-              "of pairwise Gaussian log densities and two log-sum-exps over it: O(B² D) against the network's "
-              "O(B · 784 · 400).", ""]
+    lines += [
+        "",
+        f"Ratio β-TCVAE / β-VAE of the medians: **{ratio:.3f}** (target <= 1.25); per round: "
+        f"{', '.join(f'{r:.2f}' for r in round_ratios)}. The TC term adds one (B, B, D) tensor "
+        "of pairwise Gaussian log densities and two log-sum-exps over it: O(B² D) against the network's "
+        "O(B · 784 · 400).",
+        "",
+    ]
     Path(args.record).write_text("\n".join(lines))
     print("\n".join(lines))
 

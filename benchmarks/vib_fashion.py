@@ -12,6 +12,7 @@ information plane and test error against β). The run directories go to ``--work
 
     python benchmarks/vib_fashion.py [--epochs 5] [--hidden 512,512] [--latent-dim 256] [--threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def train_deterministic(splits, args) -> dict:
     """The VIB network with z = μ(x): cross-entropy only, same optimiser, batches and epochs as the sweep's runs."""
     torch.manual_seed(args.seed)
-    config = Config(data_shape=splits.data_shape, latent_dim=args.latent_dim, hidden=args.hidden,
-                    n_classes=splits.n_classes)
+    config = Config(
+        data_shape=splits.data_shape, latent_dim=args.latent_dim, hidden=args.hidden, n_classes=splits.n_classes
+    )
     encoder = ReluGaussianEncoder(config.data_shape, config.hidden, config.latent_dim)
     classifier = Model(config).classifier
     parameters = [*encoder.parameters(), *classifier.parameters()]
@@ -55,9 +57,12 @@ def train_deterministic(splits, args) -> dict:
     seconds = time.perf_counter() - started
     x, y = splits.split("test")
     with torch.no_grad():
-        logits = torch.cat([classifier(encoder(x[i:i + 1000])[0]) for i in range(0, x.shape[0], 1000)])
-    return {"accuracy": float((logits.argmax(-1) == y).float().mean()),
-            "predictive_nll": float(F.cross_entropy(logits, y)), "seconds": seconds}
+        logits = torch.cat([classifier(encoder(x[i : i + 1000])[0]) for i in range(0, x.shape[0], 1000)])
+    return {
+        "accuracy": float((logits.argmax(-1) == y).float().mean()),
+        "predictive_nll": float(F.cross_entropy(logits, y)),
+        "seconds": seconds,
+    }
 
 
 def _fmt(value, digits=4):
@@ -88,9 +93,11 @@ def write_results(rows, baseline, args, command, wall_seconds, path: Path) -> No
         if "accuracy" not in r:
             lines.append(f"| VIB | {r['beta']:.0e} | {r['status']} | | | | | |")
             continue
-        lines.append(f"| VIB | {r['beta']:.0e} | {100 * (1 - r['accuracy']):.2f} | {_fmt(r['predictive_nll'])} | "
-                     f"{_fmt(r['cross_entropy'])} | {_fmt(r['i_xz_upper'])} | {_fmt(r['i_zy_lower'])} | "
-                     f"{r.get('train_seconds', float('nan')):.0f} |")
+        lines.append(
+            f"| VIB | {r['beta']:.0e} | {100 * (1 - r['accuracy']):.2f} | {_fmt(r['predictive_nll'])} | "
+            f"{_fmt(r['cross_entropy'])} | {_fmt(r['i_xz_upper'])} | {_fmt(r['i_zy_lower'])} | "
+            f"{r.get('train_seconds', float('nan')):.0f} |"
+        )
     h_y = next((r["h_y"] for r in rows if "h_y" in r), math.log(10))
     error = 1 - baseline["accuracy"]
     standard_error = 100 * math.sqrt(error * (1 - error) / 10_000)
@@ -98,16 +105,22 @@ def write_results(rows, baseline, args, command, wall_seconds, path: Path) -> No
     lines += ["", f"H(Y) of the test labels = {h_y:.4f} nats (ten balanced classes: log 10)."]
     if done:
         best = max(done, key=lambda r: r["accuracy"])
-        lines += ["", f"Lowest VIB test error: {100 * (1 - best['accuracy']):.2f}% at β = {best['beta']:.0e}, against "
-                  f"{100 * error:.2f}% for the deterministic network. One seed: a test error near {100 * error:.0f}% "
-                  f"on 10,000 images has a binomial standard error of {standard_error:.2f} points, so smaller "
-                  "differences are noise. Alemi et al.'s gain over a deterministic MLP (MNIST, about 1.13% error at "
-                  "β = 1e-3 with a 2 x 1024 encoder) was measured after far longer training; five epochs show "
-                  "the trade-off, not that regime."]
+        lines += [
+            "",
+            f"Lowest VIB test error: {100 * (1 - best['accuracy']):.2f}% at β = {best['beta']:.0e}, against "
+            f"{100 * error:.2f}% for the deterministic network. One seed: a test error near {100 * error:.0f}% "
+            f"on 10,000 images has a binomial standard error of {standard_error:.2f} points, so smaller "
+            "differences are noise. Alemi et al.'s gain over a deterministic MLP (MNIST, about 1.13% error at "
+            "β = 1e-3 with a 2 x 1024 encoder) was measured after far longer training; five epochs show "
+            "the trade-off, not that regime.",
+        ]
         low, high = min(done, key=lambda r: r["beta"]), max(done, key=lambda r: r["beta"])
-        lines += ["", f"From β = {low['beta']:.0e} to {high['beta']:.0e} the I(X;Z) bound falls from "
-                  f"{low['i_xz_upper']:.4g} to {high['i_xz_upper']:.4g} nats and the I(Z;Y) bound from "
-                  f"{low['i_zy_lower']:.4g} to {high['i_zy_lower']:.4g} nats."]
+        lines += [
+            "",
+            f"From β = {low['beta']:.0e} to {high['beta']:.0e} the I(X;Z) bound falls from "
+            f"{low['i_xz_upper']:.4g} to {high['i_xz_upper']:.4g} nats and the I(Z;Y) bound from "
+            f"{low['i_zy_lower']:.4g} to {high['i_zy_lower']:.4g} nats.",
+        ]
     lines += ["", "![information plane](vib_fashion_plane.png)", ""]
     path.write_text("\n".join(lines))
 
@@ -135,28 +148,44 @@ def main():
 
     splits = load_dataset("fashion-mnist", binarize="none")
     baseline = train_deterministic(splits, args)
-    print(f"deterministic: test error {100 * (1 - baseline['accuracy']):.2f}% ({baseline['seconds']:.0f} s)",
-          flush=True)
-    spec = RunSpec(model="vib", dataset="fashion-mnist", binarize="none", epochs=args.epochs,
-                   model_config={"hidden": list(args.hidden), "latent_dim": args.latent_dim},
-                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, device="cpu")
+    print(
+        f"deterministic: test error {100 * (1 - baseline['accuracy']):.2f}% ({baseline['seconds']:.0f} s)", flush=True
+    )
+    spec = RunSpec(
+        model="vib",
+        dataset="fashion-mnist",
+        binarize="none",
+        epochs=args.epochs,
+        model_config={"hidden": list(args.hidden), "latent_dim": args.latent_dim},
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device="cpu",
+    )
     try:
         rows = run_sweep(spec, betas, work, progress=False)
     except RuntimeError as error:  # some runs failed: the table says which; record the others
         print(error, file=sys.stderr)
         import csv
+
         with open(work / "sweep.csv", newline="") as f:
-            rows = [{k: (float(v) if k not in ("status", "run") and v else v) for k, v in r.items()}
-                    for r in csv.DictReader(f)]
+            rows = [
+                {k: (float(v) if k not in ("status", "run") and v else v) for k, v in r.items()}
+                for r in csv.DictReader(f)
+            ]
     from pyroib.checkpoint import read_jsonl
+
     for r in rows:
         metrics = work / r["run"] / "metrics.jsonl"
         if metrics.is_file():
             r["train_seconds"] = sum(row["seconds"] for row in read_jsonl(metrics))
     RESULTS.mkdir(exist_ok=True)
-    plot_sweep(rows, RESULTS / "vib_fashion_plane.png",
-               title=f"Deep VIB, Fashion-MNIST test split ({args.epochs} epochs, K = {args.latent_dim}); "
-                     f"deterministic MLP: {100 * (1 - baseline['accuracy']):.2f}% error")
+    plot_sweep(
+        rows,
+        RESULTS / "vib_fashion_plane.png",
+        title=f"Deep VIB, Fashion-MNIST test split ({args.epochs} epochs, K = {args.latent_dim}); "
+        f"deterministic MLP: {100 * (1 - baseline['accuracy']):.2f}% error",
+    )
     write_results(rows, baseline, args, command, time.perf_counter() - started, RESULTS / "vib_fashion.md")
     print(f"results in {RESULTS / 'vib_fashion.md'}; runs in {work}")
 

@@ -1,7 +1,8 @@
 """Amortized Gaussian guide of the VAE family.
 
-    z_n ~ q(z | x_n) = N(μ_φ(x_n), diag σ_φ(x_n)²)   for n in the data plate
+z_n ~ q(z | x_n) = N(μ_φ(x_n), diag σ_φ(x_n)²)   for n in the data plate
 """
+
 from __future__ import annotations
 
 import pyro

@@ -8,6 +8,7 @@
 (:mod:`pyroib.handlers`); β-TCVAE, InfoVAE, AAE and BIB-AE are this program under other objectives; VampPrior and
 flow-prior VAEs are this program with another ``prior``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,8 +46,13 @@ class Model(nn.Module):
         self.config = config
         self.prior = prior if prior is not None else StandardNormal(config.latent_dim)
         self.likelihood = make_likelihood(config.likelihood, config.data_shape)
-        self.decoder = Decoder(config.latent_dim, config.hidden, config.data_shape, config.network,
-                               out_factor=self.likelihood.params_per_pixel)
+        self.decoder = Decoder(
+            config.latent_dim,
+            config.hidden,
+            config.data_shape,
+            config.network,
+            out_factor=self.likelihood.params_per_pixel,
+        )
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, index=None, size=None):
         with data_plate(x, index, size):

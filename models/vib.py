@@ -16,6 +16,7 @@ which is Alemi et al.'s objective. Both terms are bounds on the information plan
 
 and since Y - X - Z is a Markov chain, i_zy_lower <= I(Z; Y) <= I(X; Z) <= i_xz_upper (up to Monte Carlo noise).
 """
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,9 @@ class Config:
         if self.latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
         if self.n_classes < 2:
-            raise ValueError(f"n_classes must be >= 2 for a classifier, got {self.n_classes}; the dataset "
-                             "needs at least two labels")
+            raise ValueError(
+                f"n_classes must be >= 2 for a classifier, got {self.n_classes}; the dataset needs at least two labels"
+            )
         if any(h < 1 for h in self.classifier_hidden):
             raise ValueError(f"classifier_hidden sizes must be positive, got {self.classifier_hidden}")
 
@@ -84,8 +86,9 @@ class Model(nn.Module):
             pyro.sample("y", dist.Categorical(logits=self.classifier(z)), obs=y)
         return z
 
-    def metrics(self, guide, x: torch.Tensor, y: torch.Tensor, samples: int = 12,
-                batch_size: int = 1000) -> dict[str, float]:
+    def metrics(
+        self, guide, x: torch.Tensor, y: torch.Tensor, samples: int = 12, batch_size: int = 1000
+    ) -> dict[str, float]:
         """Test-time numbers in nats, with ``samples`` draws z_s ~ q(z | x) per point (Alemi et al. use 12).
 
         * ``accuracy``: of argmax_y (1/S) Σ_s softmax(c(z_s)), the Monte Carlo posterior predictive;
@@ -101,14 +104,14 @@ class Model(nn.Module):
         correct = cross_entropy = predictive_nll = rate = 0.0
         with torch.no_grad():
             for start in range(0, x.shape[0], batch_size):
-                xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+                xb, yb = x[start : start + batch_size], y[start : start + batch_size]
                 loc, scale = guide.encode(xb)
                 posterior = dist.Normal(loc, scale).to_event(1)
                 prior = self.prior(xb.shape[0])
-                z = posterior.sample((samples,))                                  # (S, B, D)
-                log_p = F.log_softmax(self.classifier(z), -1)                      # (S, B, C)
+                z = posterior.sample((samples,))  # (S, B, D)
+                log_p = F.log_softmax(self.classifier(z), -1)  # (S, B, C)
                 log_p_y = log_p.gather(-1, yb.long().expand(samples, -1).unsqueeze(-1)).squeeze(-1)
-                predictive = torch.logsumexp(log_p, 0) - math.log(samples)        # (B, C)
+                predictive = torch.logsumexp(log_p, 0) - math.log(samples)  # (B, C)
                 correct += float((predictive.argmax(-1) == yb).sum())
                 cross_entropy += float(-log_p_y.sum()) / samples
                 predictive_nll += float(-(torch.logsumexp(log_p_y, 0) - math.log(samples)).sum())
@@ -118,6 +121,12 @@ class Model(nn.Module):
                     rate += float((posterior.log_prob(z) - prior.log_prob(z)).sum()) / samples
         n = x.shape[0]
         h_y = label_entropy(y, self.config.n_classes)
-        return {"accuracy": correct / n, "predictive_nll": predictive_nll / n, "cross_entropy": cross_entropy / n,
-                "h_y": h_y, "i_xz_upper": rate / n, "i_zy_lower": h_y - cross_entropy / n,
-                "predictive_samples": samples}
+        return {
+            "accuracy": correct / n,
+            "predictive_nll": predictive_nll / n,
+            "cross_entropy": cross_entropy / n,
+            "h_y": h_y,
+            "i_xz_upper": rate / n,
+            "i_zy_lower": h_y - cross_entropy / n,
+            "predictive_samples": samples,
+        }

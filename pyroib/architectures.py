@@ -6,6 +6,7 @@ files and no edit here. A user's own file ``PATH.py`` exports ``Config``, ``Mode
 export ``objective``, an ELBO class, and ``options``, its keyword defaults). This table only names the variants that
 pair a program with a different objective or defaults; its ``options`` become command-line flags.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -26,34 +27,65 @@ _SITE = {"latent_site": None}
 class Architecture:
     program: str
     objective: type = InfoELBO
-    options: dict = field(default_factory=dict)   # objective keyword -> default; each becomes a --flag
+    options: dict = field(default_factory=dict)  # objective keyword -> default; each becomes a --flag
     defaults: dict = field(default_factory=dict)  # training defaults, e.g. {"beta": 4.0}
     summary: str = ""
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "vae": Architecture("vae", summary="VAE; β-VAE, annealed/cyclical/capacity β and AnchorVAE via --beta, "
-                                       "--schedule and --anchors"),
+    "vae": Architecture(
+        "vae", summary="VAE; β-VAE, annealed/cyclical/capacity β and AnchorVAE via --beta, --schedule and --anchors"
+    ),
     "beta-vae": Architecture("vae", defaults={"beta": 4.0}, summary="the VAE with β = 4 by default"),
-    "beta-tcvae": Architecture("vae", TotalCorrelationELBO,
-                               options={"alpha": 1.0, "tc_weight": 6.0, "gamma": 1.0, "estimator": "mss", **_SITE},
-                               summary="β-TCVAE: α·MI + tc_weight·TC + γ·dimension-wise KL, minibatch stratified"),
-    "factorvae": Architecture("vae", FactorVAEELBO, options={"tc_weight": 10.0, **_CRITIC, **_SITE},
-                              summary="FactorVAE: rate + tc_weight·TC, TC from a critic on permuted codes"),
-    "infovae": Architecture("vae", MMDELBO, options={"mmd_weight": 1000.0, "kernel": "rbf", **_SITE},
-                            summary="InfoVAE: β·rate + mmd_weight·MMD²(q(z), p(z))"),
-    "aae": Architecture("vae", AdversarialELBO,
-                        options={"marginal_weight": 1.0, "divergence": "critic", "kernel": "rbf",
-                                 "deterministic_encoder": False, **_CRITIC, **_SITE},
-                        defaults={"beta": 0.0}, summary="adversarial autoencoder: distortion + marginal_weight·B "
-                                                        "(critic or MMD), no per-point rate"),
-    "bibae": Architecture("vae", BoundedIBELBO,
-                          options={"marginal_kl_weight": 1.0, "data_kl_weight": 1.0, "marginal_estimator": "mss",
-                                   "data_site": None, **_CRITIC, **_SITE},
-                          summary="BIB-AE: β·A + B + D + distortion, D from a critic on images"),
+    "beta-tcvae": Architecture(
+        "vae",
+        TotalCorrelationELBO,
+        options={"alpha": 1.0, "tc_weight": 6.0, "gamma": 1.0, "estimator": "mss", **_SITE},
+        summary="β-TCVAE: α·MI + tc_weight·TC + γ·dimension-wise KL, minibatch stratified",
+    ),
+    "factorvae": Architecture(
+        "vae",
+        FactorVAEELBO,
+        options={"tc_weight": 10.0, **_CRITIC, **_SITE},
+        summary="FactorVAE: rate + tc_weight·TC, TC from a critic on permuted codes",
+    ),
+    "infovae": Architecture(
+        "vae",
+        MMDELBO,
+        options={"mmd_weight": 1000.0, "kernel": "rbf", **_SITE},
+        summary="InfoVAE: β·rate + mmd_weight·MMD²(q(z), p(z))",
+    ),
+    "aae": Architecture(
+        "vae",
+        AdversarialELBO,
+        options={
+            "marginal_weight": 1.0,
+            "divergence": "critic",
+            "kernel": "rbf",
+            "deterministic_encoder": False,
+            **_CRITIC,
+            **_SITE,
+        },
+        defaults={"beta": 0.0},
+        summary="adversarial autoencoder: distortion + marginal_weight·B (critic or MMD), no per-point rate",
+    ),
+    "bibae": Architecture(
+        "vae",
+        BoundedIBELBO,
+        options={
+            "marginal_kl_weight": 1.0,
+            "data_kl_weight": 1.0,
+            "marginal_estimator": "mss",
+            "data_site": None,
+            **_CRITIC,
+            **_SITE,
+        },
+        summary="BIB-AE: β·A + B + D + distortion, D from a critic on images",
+    ),
     # grey levels: a classifier gains nothing from Bernoulli noise on its inputs (0.84 vs 0.95 accuracy on digits)
-    "vib": Architecture("vib", defaults={"binarize": "none"}, summary="deep VIB (Alemi et al. 2016): "
-                                                                       "cross-entropy + β·rate"),
+    "vib": Architecture(
+        "vib", defaults={"binarize": "none"}, summary="deep VIB (Alemi et al. 2016): cross-entropy + β·rate"
+    ),
 }
 
 
@@ -63,6 +95,7 @@ class UnknownModelError(ProgramError):
 
 def program_names() -> list[str]:
     import pyroib.models as models_pkg
+
     roots = [Path(p) for p in models_pkg.__path__]
     return sorted({p.stem.replace("_", "-") for r in roots for p in r.glob("*.py") if not p.stem.startswith("_")})
 
@@ -82,8 +115,16 @@ def load_program_file(path: str | Path) -> Program:
     objective = vars(module).get("objective", InfoELBO)
     options = dict(vars(module).get("options", {}))
     arch = Architecture(str(path), objective=objective, options=options)
-    return Program(str(path), module.Config, module.Model, module.Guide,
-                   check_classes(str(path), module.Config, module.Model, module.Guide), arch, path, digest)
+    return Program(
+        str(path),
+        module.Config,
+        module.Model,
+        module.Guide,
+        check_classes(str(path), module.Config, module.Model, module.Guide),
+        arch,
+        path,
+        digest,
+    )
 
 
 def resolve(name: str | Path) -> Program:
@@ -93,8 +134,10 @@ def resolve(name: str | Path) -> Program:
     arch = ARCHITECTURES.get(name)
     program = arch.program if arch else name
     if arch is None and program not in program_names():
-        raise UnknownModelError(f"unknown model {name!r}: choose one of {', '.join(known_names())}, "
-                                "or give the path to your own model file (PATH.py defining Config, Model and Guide)")
+        raise UnknownModelError(
+            f"unknown model {name!r}: choose one of {', '.join(known_names())}, "
+            "or give the path to your own model file (PATH.py defining Config, Model and Guide)"
+        )
     module_name = program.replace("-", "_")
     models = importlib.import_module(f"pyroib.models.{module_name}")
     try:

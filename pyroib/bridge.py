@@ -26,6 +26,7 @@ sample dimension is deliberately not called "sample" (it clashes with ArviZ 1.x'
 :func:`to_arviz` is the one place that knows ArviZ's version: 1.x (Python >= 3.12) builds an ``xarray.DataTree``,
 0.23 (Python 3.11) an ``InferenceData``, from the same dict of numpy arrays.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -57,8 +58,12 @@ def import_arviz():
 import_arviz()  # so that a later plain `import arviz` is quiet too
 
 
-def to_arviz(groups: dict[str, dict[str, np.ndarray]], dims: dict[str, list[str]] | None = None,
-             coords: dict[str, np.ndarray] | None = None, attrs: dict | None = None):
+def to_arviz(
+    groups: dict[str, dict[str, np.ndarray]],
+    dims: dict[str, list[str]] | None = None,
+    coords: dict[str, np.ndarray] | None = None,
+    attrs: dict | None = None,
+):
     """Build ArviZ's container from ``{group: {variable: array}}``: a DataTree on ArviZ >= 1, else InferenceData.
 
     Arrays of sampled groups lead with (chain, draw); ``observed_data`` and ``constant_data`` do not. ``dims`` maps a
@@ -90,8 +95,10 @@ def _draw_point_first(tensor: torch.Tensor, batch_shape: torch.Size, site) -> to
     """Move a site tensor's particle and data-plate dims to the front: (S, B, remaining dims...)."""
     dims = {frame.name: frame.dim for frame in site["cond_indep_stack"]}
     if DATA_PLATE not in dims:
-        raise ValueError(f"site {site['name']!r} lies outside the data plate: the bridge draws a posterior per data "
-                         f"point, so every latent and observed site must sit inside pyro.plate({DATA_PLATE!r}, ...)")
+        raise ValueError(
+            f"site {site['name']!r} lies outside the data plate: the bridge draws a posterior per data "
+            f"point, so every latent and observed site must sit inside pyro.plate({DATA_PLATE!r}, ...)"
+        )
     rank = len(batch_shape)
     tensor = tensor.expand(tuple(batch_shape) + tuple(tensor.shape[rank:]))
     return tensor.movedim((rank + dims[PARTICLE_PLATE], rank + dims[DATA_PLATE]), (0, 1))
@@ -142,8 +149,17 @@ def _replicates(observed_sites) -> dict[str, torch.Tensor]:
         return {site["name"]: _site_arrays({**site, "value": site["fn"].sample()})[0] for site in observed_sites}
 
 
-def draw_posterior(model, guide, x: torch.Tensor, y: torch.Tensor | None = None, *, draws: int = 100,
-                   seed: int | None = 0, batch_size: int = 100, predictive: bool = True) -> dict[str, dict]:
+def draw_posterior(
+    model,
+    guide,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    draws: int = 100,
+    seed: int | None = 0,
+    batch_size: int = 100,
+    predictive: bool = True,
+) -> dict[str, dict]:
     """``{group: {variable: numpy array}}`` of the posterior over the points of ``x`` (see the module docstring).
 
     ``draws`` importance samples per point are drawn in chunks of ``batch_size`` points. With a ``seed`` the global
@@ -180,8 +196,9 @@ def draw_posterior(model, guide, x: torch.Tensor, y: torch.Tensor | None = None,
     groups: dict[str, dict[str, np.ndarray]] = {}
     for group, variables in chunks[0].items():
         point_axis = 0 if group == "observed_data" else 1
-        groups[group] = {name: _numpy(torch.cat([chunk[group][name] for chunk in chunks], point_axis))
-                         for name in variables}
+        groups[group] = {
+            name: _numpy(torch.cat([chunk[group][name] for chunk in chunks], point_axis)) for name in variables
+        }
         if point_axis == 1:  # a leading chain axis of length 1: the draws are one i.i.d. "chain"
             groups[group] = {name: array[None] for name, array in groups[group].items()}
     if y is not None:
@@ -203,9 +220,18 @@ def _dims_of(groups: dict[str, dict[str, np.ndarray]]) -> dict[str, list[str]]:
     return dims
 
 
-def from_pair(model, guide, x: torch.Tensor, y: torch.Tensor | None = None, *, draws: int = 100,
-              seed: int | None = 0, batch_size: int = 100, predictive: bool = True,
-              point_index: Sequence[int] | np.ndarray | None = None):
+def from_pair(
+    model,
+    guide,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    draws: int = 100,
+    seed: int | None = 0,
+    batch_size: int = 100,
+    predictive: bool = True,
+    point_index: Sequence[int] | np.ndarray | None = None,
+):
     """ArviZ container of q(z | x) for a (model, guide) pair on the points of ``x`` (see :func:`draw_posterior`).
 
     ``point_index`` labels the points (the ``point`` coordinate), e.g. their indices in the dataset split.
@@ -213,15 +239,29 @@ def from_pair(model, guide, x: torch.Tensor, y: torch.Tensor | None = None, *, d
     groups = draw_posterior(model, guide, x, y, draws=draws, seed=seed, batch_size=batch_size, predictive=predictive)
     coords = {POINT_DIM: np.arange(x.shape[0]) if point_index is None else np.asarray(point_index)}
     if coords[POINT_DIM].shape != (x.shape[0],):
-        raise ValueError(f"point_index must hold one label per data point ({x.shape[0]}), "
-                         f"got shape {coords[POINT_DIM].shape}")
-    attrs = {"draws": draws, "seed": -1 if seed is None else seed,
-             "log_weight": "sample_stats.log_weight = log p(x, z) - log q(z|x) in nats, per draw and point"}
+        raise ValueError(
+            f"point_index must hold one label per data point ({x.shape[0]}), got shape {coords[POINT_DIM].shape}"
+        )
+    attrs = {
+        "draws": draws,
+        "seed": -1 if seed is None else seed,
+        "log_weight": "sample_stats.log_weight = log p(x, z) - log q(z|x) in nats, per draw and point",
+    }
     return to_arviz(groups, dims=_dims_of(groups), coords=coords, attrs=attrs)
 
 
-def from_run(run, *, split: str = "test", points: int | Sequence[int] = 100, draws: int = 100, seed: int | None = 0,
-             device: str = "auto", batch_size: int = 100, predictive: bool = True, splits=None):
+def from_run(
+    run,
+    *,
+    split: str = "test",
+    points: int | Sequence[int] = 100,
+    draws: int = 100,
+    seed: int | None = 0,
+    device: str = "auto",
+    batch_size: int = 100,
+    predictive: bool = True,
+    splits=None,
+):
     """ArviZ container of a trained run's posterior on ``points`` of ``split``.
 
     ``run`` is a run directory (``pyroib train --out DIR``) or what :func:`pyroib.run.load_run` returned;
@@ -236,8 +276,9 @@ def from_run(run, *, split: str = "test", points: int | Sequence[int] = 100, dra
         run = load_run(run, device)
     if splits is None:
         spec = run.spec
-        splits = load_dataset(spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size,
-                              device=run.device)
+        splits = load_dataset(
+            spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size, device=run.device
+        )
     x, y = splits.split(split)
     if isinstance(points, (int, np.integer)) and not isinstance(points, bool):
         if points < 1:
@@ -248,8 +289,17 @@ def from_run(run, *, split: str = "test", points: int | Sequence[int] = 100, dra
         if index.size == 0 or index.min() < 0 or index.max() >= x.shape[0]:
             raise ValueError(f"points must be indices in 0..{x.shape[0] - 1} of the {split} split, got {points!r}")
     selected = torch.as_tensor(index, device=x.device)
-    return from_pair(run.model, run.guide, x[selected], y[selected], draws=draws, seed=seed, batch_size=batch_size,
-                     predictive=predictive, point_index=index)
+    return from_pair(
+        run.model,
+        run.guide,
+        x[selected],
+        y[selected],
+        draws=draws,
+        seed=seed,
+        batch_size=batch_size,
+        predictive=predictive,
+        point_index=index,
+    )
 
 
 __all__ = ["draw_posterior", "from_pair", "from_run", "group", "group_names", "import_arviz", "to_arviz"]

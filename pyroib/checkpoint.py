@@ -5,6 +5,7 @@ A checkpoint is written to a temporary file in the same directory, flushed to di
 never a torn file. Loading uses ``torch.load(weights_only=True)``: a checkpoint holds tensors, numbers, strings and
 containers only, and loading one cannot run code.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,10 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for damaged or non-weights files
-        raise ValueError(f"cannot read checkpoint {path} ({type(error).__name__}: {error}); it is damaged or was "
-                         "not written by pyroib. Retrain, or restore it from a backup") from None
+        raise ValueError(
+            f"cannot read checkpoint {path} ({type(error).__name__}: {error}); it is damaged or was "
+            "not written by pyroib. Retrain, or restore it from a backup"
+        ) from None
 
 
 def write_json(path: str | Path, obj) -> None:

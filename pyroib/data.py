@@ -12,6 +12,7 @@ Every loader yields grey levels in [0, 1]; ``binarize`` then chooses what the mo
 The one-off samples use CPU generators seeded from ``seed`` and one constant per split, so a seed
 gives the same binary images on every device. Datasets are found by name in ``_LOADERS``.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -70,8 +71,11 @@ class DataSplits:
         return tuple(self.train.shape[1:])
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = {"train": (self.train, self.train_labels), "val": (self.val, self.val_labels),
-                 "test": (self.test, self.test_labels)}
+        pairs = {
+            "train": (self.train, self.train_labels),
+            "val": (self.val, self.val_labels),
+            "test": (self.test, self.test_labels),
+        }
         if name not in pairs:
             raise DataError(f"unknown split {name!r}; use one of {', '.join(pairs)}")
         return pairs[name]
@@ -98,6 +102,7 @@ def _generator(seed: int, stream: str) -> torch.Generator:
 
 # ---------------------------------------------------------------- idx files (Fashion-MNIST)
 
+
 def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
     """Decode a gzip-compressed idx file of unsigned bytes into a read-only uint8 array.
 
@@ -115,8 +120,9 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path.name} is corrupt: not a complete gzip file ({exc}); "
-                        f"replace {path} with a fresh copy") from None
+        raise DataError(
+            f"{path.name} is corrupt: not a complete gzip file ({exc}); replace {path} with a fresh copy"
+        ) from None
     ndim = magic & 0xFF
     header = 4 * (1 + ndim)
     if len(raw) < header:
@@ -124,10 +130,12 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
     found = int.from_bytes(raw[:4], "big")
     if found != magic:
         raise DataError(f"{path.name} is corrupt or the wrong file: idx magic {found}, expected {magic}")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if len(raw) - header != math.prod(dims):
-        raise DataError(f"{path.name} is corrupt: header {dims} needs {math.prod(dims)} bytes, "
-                        f"the file holds {len(raw) - header}; replace {path} with a fresh copy")
+        raise DataError(
+            f"{path.name} is corrupt: header {dims} needs {math.prod(dims)} bytes, "
+            f"the file holds {len(raw) - header}; replace {path} with a fresh copy"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -141,12 +149,15 @@ def _read_checked(folder: Path, key: str, n_classes: int) -> np.ndarray:
     path = folder / FASHION_MNIST_FILES[key]
     info = path.stat()
     is_images = key.endswith("images")
-    array = _read_idx_cached(str(path), IDX_IMAGES_MAGIC if is_images else IDX_LABELS_MAGIC,
-                             info.st_mtime_ns, info.st_size)
+    array = _read_idx_cached(
+        str(path), IDX_IMAGES_MAGIC if is_images else IDX_LABELS_MAGIC, info.st_mtime_ns, info.st_size
+    )
     if is_images and array.shape[1:] != (FASHION_MNIST_SIDE, FASHION_MNIST_SIDE):
-        raise DataError(f"{path.name} holds images of {array.shape[1]}x{array.shape[2]} pixels; "
-                        f"Fashion-MNIST images are {FASHION_MNIST_SIDE}x{FASHION_MNIST_SIDE}. "
-                        f"Point --data-dir at the original Fashion-MNIST files")
+        raise DataError(
+            f"{path.name} holds images of {array.shape[1]}x{array.shape[2]} pixels; "
+            f"Fashion-MNIST images are {FASHION_MNIST_SIDE}x{FASHION_MNIST_SIDE}. "
+            f"Point --data-dir at the original Fashion-MNIST files"
+        )
     if not is_images and array.size and int(array.max()) >= n_classes:
         raise DataError(f"{path.name} is corrupt: label {int(array.max())} is not below {n_classes}")
     return array
@@ -186,10 +197,12 @@ def _locate_fashion_mnist(data_dir) -> Path:
         return FASHION_MNIST_CACHE_DIR
     missing = [n for n in FASHION_MNIST_FILES.values() if not (dirs[0] / n).is_file()]
     raise DataError(
-        "Fashion-MNIST not found. Searched: " + ", ".join(str(d) for d in dirs)
+        "Fashion-MNIST not found. Searched: "
+        + ", ".join(str(d) for d in dirs)
         + f" (missing in {dirs[0]}: {', '.join(missing)}). Install it with "
         "`sudo apt-get install dataset-fashion-mnist`, or pass --data-dir DIR (data_dir=DIR) naming "
-        "a folder that holds " + ", ".join(FASHION_MNIST_FILES.values()))
+        "a folder that holds " + ", ".join(FASHION_MNIST_FILES.values())
+    )
 
 
 def _load_fashion_mnist(data_dir, seed: int) -> _Raw:
@@ -200,15 +213,20 @@ def _load_fashion_mnist(data_dir, seed: int) -> _Raw:
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if len(images) != len(labels):
-            raise DataError(f"{split} files in {folder} hold {len(images)} images but {len(labels)} "
-                            "labels; they do not belong together")
+            raise DataError(
+                f"{split} files in {folder} hold {len(images)} images but {len(labels)} "
+                "labels; they do not belong together"
+            )
         # astype copies, so the cached read-only arrays stay untouched
-        tensors += [torch.from_numpy(images.astype(np.float32)).div_(255.0).unsqueeze(1),
-                    torch.from_numpy(labels.astype(np.int64))]
+        tensors += [
+            torch.from_numpy(images.astype(np.float32)).div_(255.0).unsqueeze(1),
+            torch.from_numpy(labels.astype(np.int64)),
+        ]
     return _Raw(*tensors, FASHION_MNIST_CLASSES, default_val_size=5_000)
 
 
 # ---------------------------------------------------------------- small datasets
+
 
 def _load_digits(data_dir, seed: int) -> _Raw:
     """scikit-learn's 1,797 8x8 digits (grey levels 0..16 scaled by 1/16), 20% stratified test."""
@@ -219,9 +237,16 @@ def _load_digits(data_dir, seed: int) -> _Raw:
     images = (bunch.images / 16.0).astype(np.float32)[:, None]
     labels = bunch.target.astype(np.int64)
     train_x, test_x, train_y, test_y = train_test_split(
-        images, labels, test_size=0.2, stratify=labels, random_state=_derived_seed(seed, "digits-test"))
-    return _Raw(torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x),
-                torch.from_numpy(test_y), 10, default_val_size=round(0.1 * len(train_y)))
+        images, labels, test_size=0.2, stratify=labels, random_state=_derived_seed(seed, "digits-test")
+    )
+    return _Raw(
+        torch.from_numpy(train_x),
+        torch.from_numpy(train_y),
+        torch.from_numpy(test_x),
+        torch.from_numpy(test_y),
+        10,
+        default_val_size=round(0.1 * len(train_y)),
+    )
 
 
 SYNTHETIC_SIZE, SYNTHETIC_TEST_SIZE, SYNTHETIC_SIDE, SYNTHETIC_CLASSES = 1_200, 200, 8, 4
@@ -245,8 +270,9 @@ def make_synthetic(n: int, seed: int, side: int = SYNTHETIC_SIDE):
     centre = 1.5 + (side - 3) * factors[:, 1:2]
     half_width = 0.5 + factors[:, 2:3]
     edges = torch.arange(side, dtype=torch.float32)
-    profile = (torch.minimum(edges + 1, centre + half_width)
-               - torch.maximum(edges, centre - half_width)).clamp(0.0, 1.0)
+    profile = (torch.minimum(edges + 1, centre + half_width) - torch.maximum(edges, centre - half_width)).clamp(
+        0.0, 1.0
+    )
     vertical = profile[:, None, :].expand(n, side, side)
     images = torch.where(factors[:, 0, None, None] > 0, vertical.transpose(1, 2), vertical)
     labels = (factors[:, 1] * SYNTHETIC_CLASSES).long().clamp_(max=SYNTHETIC_CLASSES - 1)
@@ -257,8 +283,14 @@ def _load_synthetic(data_dir, seed: int) -> _Raw:
     """1,200 bar images from :func:`make_synthetic`; the last 200 form the test set."""
     images, _, labels = make_synthetic(SYNTHETIC_SIZE, seed)
     n_pool = SYNTHETIC_SIZE - SYNTHETIC_TEST_SIZE
-    return _Raw(images[:n_pool], labels[:n_pool], images[n_pool:], labels[n_pool:],
-                SYNTHETIC_CLASSES, default_val_size=n_pool // 10)
+    return _Raw(
+        images[:n_pool],
+        labels[:n_pool],
+        images[n_pool:],
+        labels[n_pool:],
+        SYNTHETIC_CLASSES,
+        default_val_size=n_pool // 10,
+    )
 
 
 _LOADERS: dict[str, Callable[..., _Raw]] = {
@@ -281,8 +313,15 @@ def _as_int(value, what: str) -> int:
         raise TypeError(f"{what} must be an integer, got {value!r}") from None
 
 
-def load_dataset(name: str, *, data_dir: str | None = None, binarize: str = "dynamic",
-                 val_size: int | None = None, device="cpu", seed: int = 0) -> DataSplits:
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str | None = None,
+    binarize: str = "dynamic",
+    val_size: int | None = None,
+    device="cpu",
+    seed: int = 0,
+) -> DataSplits:
     """Load ``name`` and return its splits on ``device``.
 
     Validation images are the last ``val_size`` entries of a permutation of the training pool drawn
@@ -300,10 +339,12 @@ def load_dataset(name: str, *, data_dir: str | None = None, binarize: str = "dyn
     n_pool = len(raw.train_y)
     val_size = raw.default_val_size if val_size is None else _as_int(val_size, "val_size")
     if not 0 <= val_size < n_pool:
-        raise DataError(f"val_size={val_size} does not fit {name}'s {n_pool} training images; "
-                        f"pass a val_size from 0 to {n_pool - 1}")
+        raise DataError(
+            f"val_size={val_size} does not fit {name}'s {n_pool} training images; "
+            f"pass a val_size from 0 to {n_pool - 1}"
+        )
     order = torch.randperm(n_pool, generator=_generator(seed, "carve"))
-    index = {"train": order[: n_pool - val_size].sort().values, "val": order[n_pool - val_size:].sort().values}
+    index = {"train": order[: n_pool - val_size].sort().values, "val": order[n_pool - val_size :].sort().values}
     images = {"train": raw.train_x[index["train"]], "val": raw.train_x[index["val"]], "test": raw.test_x}
     labels = {"train": raw.train_y[index["train"]], "val": raw.train_y[index["val"]], "test": raw.test_y}
     once = {"none": (), "static": SPLIT_NAMES, "dynamic": ("val", "test")}[binarize]
@@ -311,9 +352,12 @@ def load_dataset(name: str, *, data_dir: str | None = None, binarize: str = "dyn
         images[split] = torch.bernoulli(images[split], generator=_generator(seed, split))
     device = torch.device(device)
     return DataSplits(
-        name=name, binarize=binarize, n_classes=raw.n_classes,
+        name=name,
+        binarize=binarize,
+        n_classes=raw.n_classes,
         **{split: images[split].contiguous().to(device) for split in SPLIT_NAMES},
-        **{f"{split}_labels": labels[split].to(device) for split in SPLIT_NAMES})
+        **{f"{split}_labels": labels[split].to(device) for split in SPLIT_NAMES},
+    )
 
 
 class BatchIterator:
@@ -327,8 +371,7 @@ class BatchIterator:
     taken before a pass replays it exactly. The permutation is drawn when iteration starts.
     """
 
-    def __init__(self, splits: DataSplits, batch_size: int, generator: torch.Generator,
-                 drop_last: bool = False):
+    def __init__(self, splits: DataSplits, batch_size: int, generator: torch.Generator, drop_last: bool = False):
         if not isinstance(splits, DataSplits):
             raise TypeError(f"splits must be DataSplits from load_dataset, got {type(splits).__name__}")
         if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
@@ -336,8 +379,9 @@ class BatchIterator:
         batch_size = _as_int(batch_size, "batch_size")
         n_train = splits.train.shape[0]
         if not 1 <= batch_size <= n_train:
-            raise DataError(f"batch_size={batch_size} must be between 1 and the {n_train} training "
-                            f"images of {splits.name}")
+            raise DataError(
+                f"batch_size={batch_size} must be between 1 and the {n_train} training images of {splits.name}"
+            )
         self.splits, self.batch_size, self.generator = splits, batch_size, generator
         self.drop_last = bool(drop_last)
 
@@ -350,6 +394,6 @@ class BatchIterator:
         order = torch.randperm(train.shape[0], generator=self.generator).to(train.device)
         resample = self.splits.binarize == "dynamic"
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start: start + self.batch_size]
+            index = order[start : start + self.batch_size]
             x = train.index_select(0, index)
             yield (torch.bernoulli(x) if resample else x), labels.index_select(0, index), index

@@ -15,6 +15,7 @@ Implemented here rather than taken from ``arviz.psislw``, whose home and signatu
 1.x; the tests check the two agree on the installed line. Codes (:func:`code_summary`) and posterior predictive
 checks (:func:`predictive_checks`) complete the picture; :func:`report_section` puts them into ``pyroib report``.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,10 @@ def pareto_khat(log_weights, axis: int = -1) -> np.ndarray:
     eps = np.finfo(array.dtype).eps if np.issubdtype(array.dtype, np.floating) else np.finfo(float).eps
     array = np.moveaxis(array.astype(np.float64), axis, -1)
     if array.shape[-1] < 21:
-        raise ValueError(f"Pareto k-hat needs at least 21 draws per point (a tail of {MIN_TAIL}); got "
-                         f"{array.shape[-1]}. Draw more posterior samples (draws=...)")
+        raise ValueError(
+            f"Pareto k-hat needs at least 21 draws per point (a tail of {MIN_TAIL}); got "
+            f"{array.shape[-1]}. Draw more posterior samples (draws=...)"
+        )
     flat = array.reshape(-1, array.shape[-1])
     out = [_khat_one(row, 64 * eps * max(1.0, float(np.abs(row).max()))) for row in flat]
     return np.asarray(out).reshape(array.shape[:-1])
@@ -102,8 +105,12 @@ def importance_diagnostics(data) -> xr.Dataset:
     """Per data point: ``khat``, ``ess``, ``ess_fraction`` (ESS / S), ``iwae`` and ``elbo`` (nats)."""
     stats = group(data, "sample_stats")
     log_w = _stacked(stats["log_weight"])
-    values = {"khat": pareto_khat(log_w), "ess": importance_ess(log_w), "iwae": iwae_bound(log_w),
-              "elbo": log_w.astype(np.float64).mean(-1)}
+    values = {
+        "khat": pareto_khat(log_w),
+        "ess": importance_ess(log_w),
+        "iwae": iwae_bound(log_w),
+        "elbo": log_w.astype(np.float64).mean(-1),
+    }
     values["ess_fraction"] = values["ess"] / log_w.shape[-1]
     return xr.Dataset({k: (POINT_DIM, v) for k, v in values.items()}, coords={POINT_DIM: stats[POINT_DIM].values})
 
@@ -117,8 +124,13 @@ def code_summary(data, site: str = "z") -> xr.Dataset:
         raise ValueError(f"no latent site {site!r} in the posterior; it holds {', '.join(posterior.data_vars)}")
     samples = posterior[site].astype(np.float64)
     means, sds = samples.mean(SAMPLE_DIMS), samples.std(SAMPLE_DIMS)
-    return xr.Dataset({"mean_of_means": means.mean(POINT_DIM), "sd_of_means": means.std(POINT_DIM),
-                       "mean_posterior_sd": sds.mean(POINT_DIM)})
+    return xr.Dataset(
+        {
+            "mean_of_means": means.mean(POINT_DIM),
+            "sd_of_means": means.std(POINT_DIM),
+            "mean_posterior_sd": sds.mean(POINT_DIM),
+        }
+    )
 
 
 def predictive_checks(data, site: str = "x") -> xr.Dataset:
@@ -133,16 +145,23 @@ def predictive_checks(data, site: str = "x") -> xr.Dataset:
     observed = group(data, "observed_data")[site].astype(np.float64)
     features = [d for d in observed.dims if d != POINT_DIM]
     t_rep, t_obs = replicated.mean(features), observed.mean(features)
-    return xr.Dataset({"replicated_mean": replicated.mean((*SAMPLE_DIMS, POINT_DIM)),
-                       "observed_mean": observed.mean(POINT_DIM),
-                       "statistic_observed": t_obs, "statistic_replicated": t_rep,
-                       "p_value": (t_rep >= t_obs).mean(SAMPLE_DIMS)})
+    return xr.Dataset(
+        {
+            "replicated_mean": replicated.mean((*SAMPLE_DIMS, POINT_DIM)),
+            "observed_mean": observed.mean(POINT_DIM),
+            "statistic_observed": t_obs,
+            "statistic_replicated": t_rep,
+            "p_value": (t_rep >= t_obs).mean(SAMPLE_DIMS),
+        }
+    )
 
 
 def _figure(path: Path, ncols: int, draw) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 3.4))
     draw(np.atleast_1d(axes))
     fig.tight_layout()
@@ -194,8 +213,8 @@ def _file_safe(site: str) -> str:
 def report_section(run, splits, out_dir, points: int = 200, draws: int = 100) -> dict[str, str]:
     """Posterior diagnostics of a run on its test split for ``pyroib report``: {title: png file name}.
 
-    Writes ``posterior_diagnostics.json`` (summaries over the points) beside the figures. A program whose sites are not all
-    local to a data point has no per-point posterior; the section is then skipped and the JSON says why.
+    Writes ``posterior_diagnostics.json`` (summaries over the points) beside the figures. A program whose sites are
+    not all local to a data point has no per-point posterior; the section is then skipped and the JSON says why.
     """
     out_dir = Path(out_dir)
     summary_path = out_dir / "posterior_diagnostics.json"
@@ -208,11 +227,15 @@ def report_section(run, splits, out_dir, points: int = 200, draws: int = 100) ->
     figures = {}
     _figure(out_dir / "posterior_importance.png", 2, lambda axes: plot_importance(diagnostics, axes))
     figures["Posterior fit: Pareto k̂ and ESS of the importance weights"] = "posterior_importance.png"
-    summary = {"points": int(diagnostics.sizes[POINT_DIM]), "draws": draws,
-               "khat_median": float(diagnostics["khat"].median()),
-               "khat_above_0.7": float((diagnostics["khat"] > 0.7).mean()),
-               "ess_fraction_mean": float(diagnostics["ess_fraction"].mean()),
-               "iwae_mean": float(diagnostics["iwae"].mean()), "elbo_mean": float(diagnostics["elbo"].mean())}
+    summary = {
+        "points": int(diagnostics.sizes[POINT_DIM]),
+        "draws": draws,
+        "khat_median": float(diagnostics["khat"].median()),
+        "khat_above_0.7": float((diagnostics["khat"] > 0.7).mean()),
+        "ess_fraction_mean": float(diagnostics["ess_fraction"].mean()),
+        "iwae_mean": float(diagnostics["iwae"].mean()),
+        "elbo_mean": float(diagnostics["elbo"].mean()),
+    }
     posterior = group(data, "posterior")
     for site in posterior.data_vars:
         if np.issubdtype(posterior[site].dtype, np.floating):
@@ -231,5 +254,15 @@ def report_section(run, splits, out_dir, points: int = 200, draws: int = 100) ->
     return figures
 
 
-__all__ = ["code_summary", "importance_diagnostics", "importance_ess", "iwae_bound", "pareto_khat",
-           "plot_codes", "plot_importance", "plot_predictive", "predictive_checks", "report_section"]
+__all__ = [
+    "code_summary",
+    "importance_diagnostics",
+    "importance_ess",
+    "iwae_bound",
+    "pareto_khat",
+    "plot_codes",
+    "plot_importance",
+    "plot_predictive",
+    "predictive_checks",
+    "report_section",
+]

@@ -39,9 +39,19 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "ESTIMATOR_METHODS", "MMD_KERNELS", "exact_log_qz", "full_data_terms", "gaussian_log_prob_per_dim",
-    "information_terms", "log_qz_estimates", "logsumexp_floored", "marginal_kl", "mmd", "mss_log_weight_matrix",
-    "rate_decomposition", "standard_normal_log_prob",
+    "ESTIMATOR_METHODS",
+    "MMD_KERNELS",
+    "exact_log_qz",
+    "full_data_terms",
+    "gaussian_log_prob_per_dim",
+    "information_terms",
+    "log_qz_estimates",
+    "logsumexp_floored",
+    "marginal_kl",
+    "mmd",
+    "mss_log_weight_matrix",
+    "rate_decomposition",
+    "standard_normal_log_prob",
 ]
 
 ESTIMATOR_METHODS = ("mss", "mws")
@@ -190,8 +200,9 @@ def log_qz_estimates(
     if method == "mss":
         log_w = mss_log_weight_matrix(batch_size, dataset_size, dtype=z.dtype, device=z.device)
     else:
-        log_w = torch.full((batch_size, batch_size), -math.log(dataset_size * batch_size), dtype=z.dtype,
-                           device=z.device)
+        log_w = torch.full(
+            (batch_size, batch_size), -math.log(dataset_size * batch_size), dtype=z.dtype, device=z.device
+        )
     log_qz, log_qz_per_dim = _MixtureLogDensity.apply(z, loc, scale, log_w)
     return log_qz, log_qz_per_dim
 
@@ -273,9 +284,7 @@ def marginal_kl(
     return (log_qz - (log_pz.sum(-1) if log_pz.dim() == 2 else log_pz)).mean()
 
 
-def exact_log_qz(
-    z: Tensor, dataset_loc: Tensor, dataset_scale: Tensor, chunk_size: int = 512
-) -> tuple[Tensor, Tensor]:
+def exact_log_qz(z: Tensor, dataset_loc: Tensor, dataset_scale: Tensor, chunk_size: int = 512) -> tuple[Tensor, Tensor]:
     """Exact log q(z) (Q,) and log q_j(z_j) (Q, D) of the mixture of all N encodings.
 
     q(z) = (1/N) sum_n N(z; loc_n, diag(scale_n^2)). Queries and components are taken in
@@ -360,7 +369,10 @@ def _kernel_matrix(x: Tensor, y: Tensor, kernel: str, scales: tuple[float, ...])
 
 
 def mmd(
-    x: Tensor, y: Tensor, kernel: str = "rbf", scale: float | tuple[float, ...] | None = None,
+    x: Tensor,
+    y: Tensor,
+    kernel: str = "rbf",
+    scale: float | tuple[float, ...] | None = None,
     unbiased: bool = True,
 ) -> Tensor:
     """Squared maximum mean discrepancy MMD^2(P, Q) between samples x ~ P (n, D), y ~ Q (m, D).
@@ -376,8 +388,7 @@ def mmd(
         raise ValueError(f"unknown kernel {kernel!r}; choose one of {MMD_KERNELS}")
     if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(
-            f"x and y must have shapes (n, D) and (m, D) with the same D, got {tuple(x.shape)} "
-            f"and {tuple(y.shape)}"
+            f"x and y must have shapes (n, D) and (m, D) with the same D, got {tuple(x.shape)} and {tuple(y.shape)}"
         )
     n, m = x.shape[0], y.shape[0]
     if min(n, m) < (2 if unbiased else 1):

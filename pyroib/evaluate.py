@@ -9,6 +9,7 @@
   running logsumexp, so memory stays bounded for K = 5,000. Its expectation is a bound at least as tight as the ELBO.
 * ``active_units``: dimensions j with Cov_x(E_q[z_j | x]) > 0.01 (Burda et al. 2016).
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,7 +26,6 @@ from .information import FULL_DATA_MAX_POINTS, full_data_evaluation
 from .objectives import InfoELBO, choose_site, latent_site_names
 from .plates import DATA_PLATE
 
-
 PARTICLE_PLATE = "importance_particles"
 
 
@@ -34,8 +34,15 @@ def _chunks(n: int, size: int):
         yield slice(start, min(n, start + size))
 
 
-def split_terms(model, guide, objective: InfoELBO, x: torch.Tensor, y: torch.Tensor | None = None,
-                batch_size: int = 1000, analytic_kl: bool = True) -> tuple[dict[str, float], dict[str, list[float]]]:
+def split_terms(
+    model,
+    guide,
+    objective: InfoELBO,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    batch_size: int = 1000,
+    analytic_kl: bool = True,
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Average of ``objective.terms`` over ``x`` (β = 1, one particle per point): (values, kl_per_dim).
 
     The rate uses closed-form KL where torch has one (``analytic_kl``): the same expectation as the Monte Carlo
@@ -64,8 +71,14 @@ def max_plate_nesting_of(model, guide, x, y) -> int:
     with torch.no_grad():
         guide_trace = poutine.trace(guide).get_trace(x[:2], y2)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x[:2], y2)
-    dims = [-f.dim for trace in (guide_trace, model_trace) for site in trace.nodes.values()
-            if site["type"] == "sample" for f in site["cond_indep_stack"] if f.vectorized]
+    dims = [
+        -f.dim
+        for trace in (guide_trace, model_trace)
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for f in site["cond_indep_stack"]
+        if f.vectorized
+    ]
     return max(dims, default=0)
 
 
@@ -77,8 +90,10 @@ def _per_point_log_prob(trace, particle_dim: int) -> torch.Tensor:
             continue
         data_frames = [f for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
         if not data_frames:
-            raise ValueError(f"site {name!r} lies outside the data plate: importance-weighted NLL needs every latent "
-                             "and observed site to be local to a data point")
+            raise ValueError(
+                f"site {name!r} lies outside the data plate: importance-weighted NLL needs every latent "
+                "and observed site to be local to a data point"
+            )
         # the particle plate broadcasts every site, so log_p has both the particle and the data dimension
         log_p = site["fn"].log_prob(site["value"])
         moved = log_p.movedim((particle_dim, data_frames[0].dim), (0, 1))
@@ -117,8 +132,9 @@ def _trim_heap() -> None:
         pass
 
 
-def importance_nll(model, guide, x, y=None, samples: int = 1000, batch_size: int = 100,
-                   particles_per_pass: int = 250) -> torch.Tensor:
+def importance_nll(
+    model, guide, x, y=None, samples: int = 1000, batch_size: int = 100, particles_per_pass: int = 250
+) -> torch.Tensor:
     """Per-point -log p(x) estimates (nats) with ``samples`` importance samples, bounded memory."""
     if samples < 1:
         raise ValueError(f"--iw-samples must be >= 1, got {samples}")
@@ -164,21 +180,35 @@ def prior_site(run, x: torch.Tensor, y=None) -> str:
     with torch.no_grad():
         guide_trace = poutine.trace(run.guide).get_trace(x[:2], None if y is None else y[:2])
         model_trace = poutine.trace(poutine.replay(run.model, trace=guide_trace)).get_trace(
-            x[:2], None if y is None else y[:2])
-    return choose_site(latent_site_names(model_trace, guide_trace), run.objective.latent_site, "latent",
-                       "the objective's latent_site")
+            x[:2], None if y is None else y[:2]
+        )
+    return choose_site(
+        latent_site_names(model_trace, guide_trace), run.objective.latent_site, "latent", "the objective's latent_site"
+    )
 
 
 def load_splits(run):
     from .data import load_dataset
+
     spec = run.spec
-    return load_dataset(spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size,
-                        device=run.device)
+    return load_dataset(
+        spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size, device=run.device
+    )
 
 
-def evaluate_run(run, split: str = "test", *, iw_samples: int = 100, batch_size: int | None = None, seed: int = 0,
-                 full_data_points: int = FULL_DATA_MAX_POINTS, prior=None, splits=None, device: str = "auto",
-                 checkpoint: str = "last") -> dict:
+def evaluate_run(
+    run,
+    split: str = "test",
+    *,
+    iw_samples: int = 100,
+    batch_size: int | None = None,
+    seed: int = 0,
+    full_data_points: int = FULL_DATA_MAX_POINTS,
+    prior=None,
+    splits=None,
+    device: str = "auto",
+    checkpoint: str = "last",
+) -> dict:
     """ELBO, rate, distortion, IWAE NLL, active units, per-dimension KL, the full-data information terms and the
     program's own metrics of a run on a split, in nats per data point.
 
@@ -206,8 +236,15 @@ def evaluate_run(run, split: str = "test", *, iw_samples: int = 100, batch_size:
     batch_size = batch_size or _importance_batch_size(prior, iw_samples)
     torch.manual_seed(seed)
     values, kl_per_dim = split_terms(model, guide, run.objective, x, y, batch_size=max(batch_size, 500))
-    result = {"split": split, "n": int(x.shape[0]), "epoch": run.epoch, "checkpoint": run.checkpoint,
-              "elbo": values.pop("elbo"), "rate": values.pop("rate"), "distortion": values.pop("distortion")}
+    result = {
+        "split": split,
+        "n": int(x.shape[0]),
+        "epoch": run.epoch,
+        "checkpoint": run.checkpoint,
+        "elbo": values.pop("elbo"),
+        "rate": values.pop("rate"),
+        "distortion": values.pop("distortion"),
+    }
     values.pop("loss", None)
     if iw_samples > 0 and capabilities.observes_inputs:
         nll = importance_nll(model, guide, x, y, samples=iw_samples, batch_size=batch_size)
@@ -231,6 +268,7 @@ MEMORY_BUDGET_FLOATS = 2**26  # 256 MB of float32 for the log-density tensors of
 
 def _importance_batch_size(prior, iw_samples: int) -> int:
     from .priors import AggregatePosterior
+
     if not isinstance(prior, AggregatePosterior):
         return 100
     # the factorised form broadcasts (particles, batch, D, M); the joint one scores (particles, batch, M) in float64

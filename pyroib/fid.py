@@ -19,6 +19,7 @@ measured test accuracy in ``fashion_features.json`` beside it. Test accuracy of 
 Unlike the Inception-based FID of natural images, these numbers are not comparable across papers; they rank samplers
 of the same data against each other.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,8 +82,10 @@ def gaussian_frechet_distance(mean_a, cov_a, mean_b, cov_b) -> float:
     cov_a, cov_b = np.atleast_2d(np.asarray(cov_a, np.float64)), np.atleast_2d(np.asarray(cov_b, np.float64))
     d = mean_a.shape[0]
     if mean_b.shape != (d,) or cov_a.shape != (d, d) or cov_b.shape != (d, d):
-        raise ValueError(f"means must be (d,) and covariances (d, d) for one d; got {mean_a.shape}, {cov_a.shape}, "
-                         f"{mean_b.shape}, {cov_b.shape}")
+        raise ValueError(
+            f"means must be (d,) and covariances (d, d) for one d; got {mean_a.shape}, {cov_a.shape}, "
+            f"{mean_b.shape}, {cov_b.shape}"
+        )
     root_a = _psd_sqrt(cov_a)
     inner = root_a @ cov_b @ root_a
     cross = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
@@ -103,8 +106,10 @@ def load_feature_network(device: str | torch.device = "cpu") -> FeatureNet:
     """The versioned classifier from ``pyroib/assets`` (weights-only load, float32, eval mode)."""
     asset = resources.files("pyroib") / "assets" / ASSET_WEIGHTS
     if not asset.is_file():
-        raise FileNotFoundError(f"the feature network's weights {ASSET_WEIGHTS} are missing from pyroib/assets; "
-                                "train them with python -m pyroib.fid train")
+        raise FileNotFoundError(
+            f"the feature network's weights {ASSET_WEIGHTS} are missing from pyroib/assets; "
+            "train them with python -m pyroib.fid train"
+        )
     state = torch.load(io.BytesIO(asset.read_bytes()), map_location="cpu", weights_only=True)
     network = FeatureNet()
     network.load_state_dict({k: v.float() for k, v in state["state_dict"].items()})
@@ -114,11 +119,12 @@ def load_feature_network(device: str | torch.device = "cpu") -> FeatureNet:
 def image_features(images: torch.Tensor, network: FeatureNet | None = None, batch_size: int = 1000) -> torch.Tensor:
     """(n, 64) features of grey-level images (n, 1, 28, 28) in [0, 1]."""
     if images.dim() != 4 or tuple(images.shape[1:]) != IMAGE_SHAPE:
-        raise ValueError(f"the feature network reads Fashion-MNIST-shaped images (n, 1, 28, 28), got "
-                         f"{tuple(images.shape)}")
+        raise ValueError(
+            f"the feature network reads Fashion-MNIST-shaped images (n, 1, 28, 28), got {tuple(images.shape)}"
+        )
     network = network or load_feature_network(images.device)
     with torch.no_grad():
-        return torch.cat([network.features(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+        return torch.cat([network.features(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 def prior_draws(prior, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -129,8 +135,15 @@ def prior_draws(prior, n: int, generator: torch.Generator | None = None) -> torc
         return prior(n).sample()
 
 
-def sample_fid(run, prior=None, n: int = 10_000, reference: torch.Tensor | None = None, seed: int = 0,
-               batch_size: int = 1000, reference_features: torch.Tensor | None = None) -> float:
+def sample_fid(
+    run,
+    prior=None,
+    n: int = 10_000,
+    reference: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 1000,
+    reference_features: torch.Tensor | None = None,
+) -> float:
     """Fréchet distance between ``n`` images decoded from ``prior`` (default: the run's own) and ``reference``
     images (default: the run's grey-level test split), or their precomputed ``reference_features`` (saves the
     feature pass when scoring several samplers). The decoder's mean image E[x | z] is what is compared."""
@@ -140,9 +153,11 @@ def sample_fid(run, prior=None, n: int = 10_000, reference: torch.Tensor | None 
     network = load_feature_network(run.device)
     if reference_features is None and reference is None:
         from .data import load_dataset
+
         spec = run.spec
-        reference = load_dataset(spec.dataset, data_dir=spec.data_dir, binarize="none", val_size=spec.val_size,
-                                 device=run.device).test
+        reference = load_dataset(
+            spec.dataset, data_dir=spec.data_dir, binarize="none", val_size=spec.val_size, device=run.device
+        ).test
     if reference_features is None:
         reference_features = image_features(reference, network)
     torch.manual_seed(seed)
@@ -155,11 +170,13 @@ def sample_fid(run, prior=None, n: int = 10_000, reference: torch.Tensor | None 
     return frechet_distance(torch.cat(generated), reference_features)
 
 
-def train_feature_network(epochs: int = 3, seed: int = 0, batch_size: int = 128, lr: float = 1e-3,
-                          data_dir: str | None = None, log=print) -> tuple[FeatureNet, float]:
+def train_feature_network(
+    epochs: int = 3, seed: int = 0, batch_size: int = 128, lr: float = 1e-3, data_dir: str | None = None, log=print
+) -> tuple[FeatureNet, float]:
     """Train :class:`FeatureNet` on grey-level Fashion-MNIST; returns it (in float32) and its test accuracy with
     the weights rounded to half precision, as they are stored."""
     from .data import load_dataset
+
     torch.manual_seed(seed)
     splits = load_dataset("fashion-mnist", data_dir=data_dir, binarize="none", seed=seed)
     network = FeatureNet(splits.n_classes)
@@ -181,8 +198,10 @@ def train_feature_network(epochs: int = 3, seed: int = 0, batch_size: int = 128,
 
 def accuracy(network: FeatureNet, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 2000) -> float:
     with torch.no_grad():
-        hits = sum(int((network(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
-                   for i in range(0, len(images), batch_size))
+        hits = sum(
+            int((network(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum())
+            for i in range(0, len(images), batch_size)
+        )
     return hits / len(images)
 
 
@@ -196,6 +215,7 @@ def _train_command(argv: list[str]) -> None:
     torch.set_num_threads(1)  # one thread: the same weights on every machine with the same torch build
     network, test_accuracy = train_feature_network(args.epochs, args.seed, data_dir=args.data_dir)
     from .data import load_dataset
+
     test = load_dataset("fashion-mnist", data_dir=args.data_dir, binarize="none")
     subset_accuracy = accuracy(network, test.test[:SUBSET], test.test_labels[:SUBSET])
     out = Path(args.out)
@@ -203,10 +223,18 @@ def _train_command(argv: list[str]) -> None:
     buffer = io.BytesIO()
     torch.save({"state_dict": {k: v.half() for k, v in network.state_dict().items()}}, buffer)
     (out / ASSET_WEIGHTS).write_bytes(buffer.getvalue())
-    info = {"test_accuracy": test_accuracy, "n_test": 10_000, f"test_accuracy_first_{SUBSET}": subset_accuracy, "epochs": args.epochs, "seed": args.seed,
-            "feature_dim": FEATURE_DIM, "precision": "float16", "torch": torch.__version__,
-            "sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
-            "command": f"python -m pyroib.fid train --epochs {args.epochs} --seed {args.seed}"}
+    info = {
+        "test_accuracy": test_accuracy,
+        "n_test": 10_000,
+        f"test_accuracy_first_{SUBSET}": subset_accuracy,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "feature_dim": FEATURE_DIM,
+        "precision": "float16",
+        "torch": torch.__version__,
+        "sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
+        "command": f"python -m pyroib.fid train --epochs {args.epochs} --seed {args.seed}",
+    }
     (out / ASSET_INFO).write_text(json.dumps(info, indent=2) + "\n")
     print(f"test accuracy {test_accuracy:.4f}; wrote {out / ASSET_WEIGHTS} ({len(buffer.getvalue())} bytes)")
 

@@ -12,15 +12,17 @@ of a dynamically binarised run are taken from one fixed-seed Bernoulli draw of t
 the encoder saw during training (its grey levels it never saw).
 
 Memory: the log density of either form over M components builds a (batch, M, D) tensor per call, so evaluation under
-an aggregate prior (``pyroib.evaluate.evaluate_run(run, prior=...)``) keeps M small: ``--max-components`` (default 5,000) subsamples the
-encodings uniformly without replacement, the same subset for both forms. At M = 5,000 and D = 40 the importance
-passes use batches of one or two points and take seconds per point; the ELBO pass of ``evaluate_run`` (batches of
-500) peaks near 2 GB. Evaluate on the test split: on the training split a point's own component sits in the mixture.
+an aggregate prior (``pyroib.evaluate.evaluate_run(run, prior=...)``) keeps M small: ``--max-components`` (default
+5,000) subsamples the encodings uniformly without replacement, the same subset for both forms. At M = 5,000 and
+D = 40 the importance passes use batches of one or two points and take seconds per point; the ELBO pass of
+``evaluate_run`` (batches of 500) peaks near 2 GB. Evaluate on the test split: on the training split a point's own
+component sits in the mixture.
 
 ``report_section`` adds to ``pyroib report`` the per-dimension variance of the aggregate posterior,
 Var_q(z_j) = Var_n(loc_nj) + mean_n scale_nj², against the per-dimension mutual information I(x; z_j) (the CorEx
 paper's figure 7 analysis) and samples from the run's prior beside samples from the factorised aggregate.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,7 +51,7 @@ def training_encodings(run, limit: int | None = None, batch_size: int = 1000, se
         coin = torch.Generator(device=x.device).manual_seed(seed)
         x = torch.bernoulli(x, generator=coin)
     with torch.no_grad():
-        parts = [run.guide.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        parts = [run.guide.encode(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
@@ -59,14 +61,16 @@ def aggregate_variance(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return loc.var(0, unbiased=False) + scale.pow(2).mean(0)
 
 
-def fit_aggregate_priors(loc: torch.Tensor, scale: torch.Tensor, max_components: int | None = DEFAULT_MAX_COMPONENTS,
-                         seed: int = 0) -> dict[str, AggregatePosterior]:
+def fit_aggregate_priors(
+    loc: torch.Tensor, scale: torch.Tensor, max_components: int | None = DEFAULT_MAX_COMPONENTS, seed: int = 0
+) -> dict[str, AggregatePosterior]:
     """Both aggregate forms of the encodings, each over the same uniform subsample of ``max_components``."""
     forms = {}
     for name, joint in (("factorised", False), ("joint", True)):
         generator = torch.Generator(device=loc.device).manual_seed(seed)  # same subset for both forms
-        forms[name] = AggregatePosterior.fit(loc, scale, joint=joint, max_components=max_components,
-                                             generator=generator)
+        forms[name] = AggregatePosterior.fit(
+            loc, scale, joint=joint, max_components=max_components, generator=generator
+        )
     return forms
 
 
@@ -74,9 +78,14 @@ def fit_and_save(run, max_components: int | None = DEFAULT_MAX_COMPONENTS, seed:
     """Encode the training split, fit both forms, store them atomically in ``run_dir/aggregate_prior.pt``."""
     loc, scale = training_encodings(run, seed=seed)
     forms = fit_aggregate_priors(loc, scale, max_components, seed)
-    stored = {"factorised": forms["factorised"].state_dict(), "joint": forms["joint"].state_dict(),
-              "n_encodings": int(loc.shape[0]), "max_components": max_components or 0, "epoch": run.epoch,
-              "variance": aggregate_variance(loc, scale).cpu()}
+    stored = {
+        "factorised": forms["factorised"].state_dict(),
+        "joint": forms["joint"].state_dict(),
+        "n_encodings": int(loc.shape[0]),
+        "max_components": max_components or 0,
+        "epoch": run.epoch,
+        "variance": aggregate_variance(loc, scale).cpu(),
+    }
     save_checkpoint(stored, Path(run.run_dir) / AGGREGATE_FILE)
     return {**forms, "n_encodings": int(loc.shape[0]), "variance": stored["variance"]}
 
@@ -94,8 +103,9 @@ def load_aggregate_priors(run, max_components: int | None = DEFAULT_MAX_COMPONEN
     return {k: AggregatePosterior.from_state_dict(state[k]) for k in ("factorised", "joint")}
 
 
-def per_dim_mutual_information(loc: torch.Tensor, scale: torch.Tensor, samples: int = 1,
-                               generator: torch.Generator | None = None, chunk: int = 256) -> torch.Tensor:
+def per_dim_mutual_information(
+    loc: torch.Tensor, scale: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None, chunk: int = 256
+) -> torch.Tensor:
     """I(x; z_j) in nats for each dimension j, with the aggregate q(z_j) taken as the 1-d mixture over the given
     M encodings: E_n E_{z_j ~ q(z_j|x_n)} [log q(z_j|x_n) - log (1/M) Σ_m q(z_j|x_m)], ``samples`` draws per point.
 
@@ -106,13 +116,15 @@ def per_dim_mutual_information(loc: torch.Tensor, scale: torch.Tensor, samples: 
     z = loc + scale * torch.randn((samples, *loc.shape), generator=generator, device=loc.device, dtype=loc.dtype)
     own = torch.distributions.Normal(loc, scale).log_prob(z)  # (S, M, D)
     mixture = torch.distributions.Normal(loc, scale)
-    aggregate = torch.cat([logsumexp_floored(mixture.log_prob(z[:, i:i + chunk, None, :]), -2)
-                           for i in range(0, m, chunk)], dim=1) - math.log(m)
+    aggregate = torch.cat(
+        [logsumexp_floored(mixture.log_prob(z[:, i : i + chunk, None, :]), -2) for i in range(0, m, chunk)], dim=1
+    ) - math.log(m)
     return (own - aggregate).mean((0, 1))
 
 
 def decode_prior_draws(run, prior, n: int, seed: int = 0) -> torch.Tensor:
     from .fid import prior_draws
+
     torch.manual_seed(seed)
     generator = torch.Generator(device=run.device).manual_seed(seed)
     with torch.no_grad():
@@ -123,6 +135,7 @@ def write_grid(images: torch.Tensor, path: str | Path, nrow: int) -> tuple[int, 
     """Images (n, C, H, W) in [0, 1] as one pixel-exact PNG grid (``GRID_PADDING`` white pixels between tiles);
     returns the grid's (height, width)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.image
     from torchvision.utils import make_grid
@@ -155,6 +168,7 @@ def prior_by_name(run, name: str):
 def report_section(run, splits, out_dir, max_points: int = 5000, mi_points: int = 1000) -> dict[str, str]:
     """Aggregate-posterior analysis for ``pyroib report``: {title: png}; also writes aggregate_prior.json."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -167,9 +181,17 @@ def report_section(run, splits, out_dir, max_points: int = 5000, mi_points: int 
     generator = torch.Generator(device=loc.device).manual_seed(0)
     keep = torch.randperm(loc.shape[0], generator=generator, device=loc.device)[:mi_points]
     information = per_dim_mutual_information(loc[keep], scale[keep], generator=generator)
-    (out_dir / "aggregate_prior.json").write_text(json.dumps(
-        {"encodings": int(loc.shape[0]), "mi_points": int(keep.numel()), "variance": variance.tolist(),
-         "mutual_information_nats": information.tolist()}, indent=2))
+    (out_dir / "aggregate_prior.json").write_text(
+        json.dumps(
+            {
+                "encodings": int(loc.shape[0]),
+                "mi_points": int(keep.numel()),
+                "variance": variance.tolist(),
+                "mutual_information_nats": information.tolist(),
+            },
+            indent=2,
+        )
+    )
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(information.cpu(), variance.cpu())
@@ -187,9 +209,12 @@ def report_section(run, splits, out_dir, max_points: int = 5000, mi_points: int 
     left = decode_prior_draws(run, run.model.prior, 64)
     right = decode_prior_draws(run, factorised, 64)
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.8))
-    for ax, images, title in ((axes[0], left, f"z ~ trained prior ({type(run.model.prior).__name__})"),
-                              (axes[1], right, "z ~ factorised aggregate posterior")):
+    for ax, images, title in (
+        (axes[0], left, f"z ~ trained prior ({type(run.model.prior).__name__})"),
+        (axes[1], right, "z ~ factorised aggregate posterior"),
+    ):
         from torchvision.utils import make_grid
+
         grid = make_grid(images.cpu().clamp(0, 1), nrow=8, padding=1, pad_value=1.0)
         ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", interpolation="nearest")
         ax.set_title(title, fontsize=9)
@@ -197,5 +222,7 @@ def report_section(run, splits, out_dir, max_points: int = 5000, mi_points: int 
     fig.tight_layout()
     fig.savefig(out_dir / "aggregate_samples.png", dpi=120)
     plt.close(fig)
-    return {"Aggregate posterior: variance against information per dimension": "aggregate_variance_mi.png",
-            "Samples: trained prior and factorised aggregate posterior": "aggregate_samples.png"}
+    return {
+        "Aggregate posterior: variance against information per dimension": "aggregate_variance_mi.png",
+        "Samples: trained prior and factorised aggregate posterior": "aggregate_samples.png",
+    }

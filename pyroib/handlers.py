@@ -16,6 +16,7 @@ site's scale, the Monte Carlo ELBO both sites (REFERENCE.md, traps).
   density, and anchors on it raise.
 * ``weights`` per site name (a dict) let hierarchical models weight each layer's rate.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -84,8 +85,9 @@ def per_dimension(fn: dist.Distribution) -> dist.Distribution | None:
 
 
 class BottleneckMessenger(Messenger):
-    def __init__(self, beta: float | Mapping[str, float],
-                 anchors: torch.Tensor | Mapping[str, torch.Tensor] | None = None):
+    def __init__(
+        self, beta: float | Mapping[str, float], anchors: torch.Tensor | Mapping[str, torch.Tensor] | None = None
+    ):
         super().__init__()
         self.beta = beta
         self.anchors = anchors
@@ -111,10 +113,13 @@ class BottleneckMessenger(Messenger):
                 raise ValueError(
                     f"anchor weights need a factorised distribution at latent site {msg['name']!r} (an Independent "
                     f"over the latent dimensions); got {type(msg['fn']).__name__}. Priors that do not factorise "
-                    "(mixture, VampPrior, flow, joint aggregate) cannot take per-latent weights: use --beta instead")
+                    "(mixture, VampPrior, flow, joint aggregate) cannot take per-latent weights: use --beta instead"
+                )
             if base.batch_shape[-1] != anchors.shape[-1]:
-                raise ValueError(f"{anchors.shape[-1]} anchor weights given but latent site {msg['name']!r} has "
-                                 f"{base.batch_shape[-1]} dimensions: give one weight per latent dimension")
+                raise ValueError(
+                    f"{anchors.shape[-1]} anchor weights given but latent site {msg['name']!r} has "
+                    f"{base.batch_shape[-1]} dimensions: give one weight per latent dimension"
+                )
             msg["fn"] = AnchorWeighted(base, anchors.to(device=base.mean.device, dtype=base.mean.dtype))
 
 
@@ -147,13 +152,19 @@ def validate_weights(beta, anchors=None, latent_dim: int | None = None):
         return {site: _anchor_tensor(w, f"anchor weights of site {site!r}") for site, w in anchors.items()}
     anchors = _anchor_tensor(anchors, "anchor weights")
     if latent_dim is not None and anchors.numel() != latent_dim:
-        raise ValueError(f"{anchors.numel()} anchor weights given for {latent_dim} latent dimensions: "
-                         "--anchors needs exactly one weight per latent dimension (see --latent-dim)")
+        raise ValueError(
+            f"{anchors.numel()} anchor weights given for {latent_dim} latent dimensions: "
+            "--anchors needs exactly one weight per latent dimension (see --latent-dim)"
+        )
     return anchors
 
 
-def bottleneck(model: Callable, guide: Callable, beta: float | Mapping[str, float] = 1.0,
-               anchors: torch.Tensor | Mapping[str, torch.Tensor] | None = None) -> tuple[Callable, Callable]:
+def bottleneck(
+    model: Callable,
+    guide: Callable,
+    beta: float | Mapping[str, float] = 1.0,
+    anchors: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
+) -> tuple[Callable, Callable]:
     """Wrap model and guide with the same bottleneck weights. β = 1 and no anchors returns them unchanged."""
     anchors = validate_weights(beta, anchors)
     if not isinstance(beta, Mapping) and beta == 1.0 and anchors is None:
@@ -161,4 +172,12 @@ def bottleneck(model: Callable, guide: Callable, beta: float | Mapping[str, floa
     return (BottleneckMessenger(beta, anchors)(model), BottleneckMessenger(beta, anchors)(guide))
 
 
-__all__ = ["AnchorWeighted", "BOTTLENECK_SCALE", "BottleneckMessenger", "bottleneck", "per_dimension", "poutine", "validate_weights"]
+__all__ = [
+    "AnchorWeighted",
+    "BOTTLENECK_SCALE",
+    "BottleneckMessenger",
+    "bottleneck",
+    "per_dimension",
+    "poutine",
+    "validate_weights",
+]

@@ -21,6 +21,7 @@ information of the trained encoder is a cheap Monte Carlo estimate (z_s ~ q(z|x)
 The IB curve bounds every encoder, Gaussian ones included: I(Z;Y) <= I*(I(X;Z)), the exact curve's value at the
 same I(X;Z). All numbers are in nats.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,6 +54,7 @@ def _weighted(program, weight: torch.Tensor):
     def weighted(*args, **kwargs):
         with poutine.scale(scale=weight):
             return program(*args, **kwargs)
+
     return weighted
 
 
@@ -69,26 +71,30 @@ def information_estimates(p_xy, guide: Guide, samples: int = 2000, seed: int = 0
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         eye = torch.eye(n_x, dtype=torch.get_default_dtype())
-        loc, scale = guide.encode(eye[support])                                   # (X', D)
+        loc, scale = guide.encode(eye[support])  # (X', D)
         encoders = dist.Normal(loc, scale).to_event(1)
         z = loc + scale * torch.randn((samples, *loc.shape), generator=generator)  # (S, X', D) z_s ~ q(z | x)
-        log_q = encoders.log_prob(z.unsqueeze(-2))                                # (S, X', X') log q(z | x')
+        log_q = encoders.log_prob(z.unsqueeze(-2))  # (S, X', X') log q(z | x')
     log_q = log_q.double().numpy()
     joint = p_xy[support]
     log_p_x = np.log(joint.sum(1))
-    log_aggregate = _logsumexp(log_q + log_p_x, -1)                               # log q(z)
-    own = np.diagonal(log_q, axis1=1, axis2=2)                                    # log q(z | x), (S, X')
-    xz_values = own - log_aggregate                                               # (S, X')
+    log_aggregate = _logsumexp(log_q + log_p_x, -1)  # log q(z)
+    own = np.diagonal(log_q, axis1=1, axis2=2)  # log q(z | x), (S, X')
+    xz_values = own - log_aggregate  # (S, X')
     with np.errstate(divide="ignore"):
-        log_p_x_given_y = np.log(joint / joint.sum(0, keepdims=True).clip(min=1e-300))   # (X', Y)
-    log_q_given_y = _logsumexp(log_q[..., None] + log_p_x_given_y, -2)            # (S, X', Y) log q(z | y)
+        log_p_x_given_y = np.log(joint / joint.sum(0, keepdims=True).clip(min=1e-300))  # (X', Y)
+    log_q_given_y = _logsumexp(log_q[..., None] + log_p_x_given_y, -2)  # (S, X', Y) log q(z | y)
     p_y_given_x = joint / joint.sum(1, keepdims=True)
     # a label with p(y) = 0 has log q(z|y) = -inf and weight 0: leave it out rather than make 0 * inf = nan
     pointwise = np.where(p_y_given_x > 0, log_q_given_y - log_aggregate[..., None], 0.0)
     zy_values = (pointwise * p_y_given_x).sum(-1)
     p_x = np.exp(log_p_x)
-    return {"i_xz": float(xz_values.mean(0) @ p_x), "i_xz_se": _stderr(xz_values, p_x),
-            "i_zy": float(zy_values.mean(0) @ p_x), "i_zy_se": _stderr(zy_values, p_x)}
+    return {
+        "i_xz": float(xz_values.mean(0) @ p_x),
+        "i_xz_se": _stderr(xz_values, p_x),
+        "i_zy": float(zy_values.mean(0) @ p_x),
+        "i_zy_se": _stderr(zy_values, p_x),
+    }
 
 
 def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
@@ -99,11 +105,20 @@ def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _stderr(values: np.ndarray, weights: np.ndarray) -> float:
-    return float(math.sqrt((weights ** 2 * values.var(0, ddof=1)).sum() / values.shape[0]))
+    return float(math.sqrt((weights**2 * values.var(0, ddof=1)).sum() / values.shape[0]))
 
 
-def fit_vib_discrete(p_xy, beta: float, latent_dim: int = 2, hidden: int = 32, steps: int = 600, lr: float = 0.02,
-                     seed: int = 0, particles: int = 16, mc_samples: int = 2000) -> dict:
+def fit_vib_discrete(
+    p_xy,
+    beta: float,
+    latent_dim: int = 2,
+    hidden: int = 32,
+    steps: int = 600,
+    lr: float = 0.02,
+    seed: int = 0,
+    particles: int = 16,
+    mc_samples: int = 2000,
+) -> dict:
     """Train a VIB with ``β_VIB = beta`` (the exact IB's β_IB = 1 / beta) on the joint ``p_xy`` and measure it.
 
     Full-batch Adam on the exact expected loss (all pairs weighted by p(x, y)), closed-form KL (``analytic_kl``),
@@ -115,8 +130,9 @@ def fit_vib_discrete(p_xy, beta: float, latent_dim: int = 2, hidden: int = 32, s
     p_xy = check_joint(p_xy)
     beta = check_positive(beta, "beta (the VIB's weight on the rate; beta_IB = 1 / beta)")
     if steps < 1 or particles < 1 or mc_samples < 2:
-        raise ValueError(f"steps and particles must be >= 1 and mc_samples >= 2, got {steps}, {particles}, "
-                         f"{mc_samples}")
+        raise ValueError(
+            f"steps and particles must be >= 1 and mc_samples >= 2, got {steps}, {particles}, {mc_samples}"
+        )
     pyro.set_rng_seed(seed)
     config = Config(data_shape=(p_xy.shape[0],), latent_dim=latent_dim, hidden=(hidden,), n_classes=p_xy.shape[1])
     model, guide = Model(config), Guide(config)
@@ -129,9 +145,15 @@ def fit_vib_discrete(p_xy, beta: float, latent_dim: int = 2, hidden: int = 32, s
         loss = objective.differentiable_loss(weighted_model, weighted_guide, x, y)
         loss.backward()
         optimizer.step()
-    return {**_bounds(p_xy, model, guide, x, y, weight, mc_samples, seed), "beta_vib": beta, "beta_ib": 1.0 / beta,
-            "loss": float(loss.detach()), **information_estimates(p_xy, guide, mc_samples, seed), "model": model,
-            "guide": guide}
+    return {
+        **_bounds(p_xy, model, guide, x, y, weight, mc_samples, seed),
+        "beta_vib": beta,
+        "beta_ib": 1.0 / beta,
+        "loss": float(loss.detach()),
+        **information_estimates(p_xy, guide, mc_samples, seed),
+        "model": model,
+        "guide": guide,
+    }
 
 
 def _bounds(p_xy, model, guide, x, y, weight, samples, seed) -> dict[str, float]:
@@ -175,6 +197,7 @@ def plane(p_xy, betas_ib, vib_betas, **fit_options) -> Plane:
 def plot_plane(result: Plane, path, title: str = "Information plane: exact IB vs VIB") -> None:
     """Save the information plane (nats): exact curve, VIB Monte Carlo points with 2-SE bars, and the VIB bounds."""
     import matplotlib
+
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
@@ -182,8 +205,14 @@ def plot_plane(result: Plane, path, title: str = "Information plane: exact IB vs
     ax.plot(result.curve.i_xt, result.curve.i_ty, "-", color="black", label="exact IB (annealed)")
     for point in result.points:
         label = f"β_VIB={point['beta_vib']:.3g}"
-        ax.errorbar(point["i_xz"], point["i_zy"], xerr=2 * point["i_xz_se"], yerr=2 * point["i_zy_se"], fmt="o",
-                    label=f"VIB MC, {label}")
+        ax.errorbar(
+            point["i_xz"],
+            point["i_zy"],
+            xerr=2 * point["i_xz_se"],
+            yerr=2 * point["i_zy_se"],
+            fmt="o",
+            label=f"VIB MC, {label}",
+        )
         ax.plot([point["i_xz"], point["rate"]], [point["i_zy"], point["i_zy_lower"]], ":", color="grey")
         ax.plot(point["rate"], point["i_zy_lower"], "x", color="grey")
     ax.plot([], [], "x:", color="grey", label="VIB bounds (rate, H(Y)-CE)")

@@ -8,8 +8,9 @@ next to N · (distortion + β · rate). So the objective per data point is
 
 whatever the batch size, and a weight means the same at batch 64 and 1,024. The terms are read from the traces the
 ELBO already has: the codes z, and loc and scale of q(z|x), from the guide's latent site (``latent_site``, by default
-the program's only latent site); the prior from the model's site of the same name; N from the data plate (the ``size`` argument). Batch-level estimators are those of
-:mod:`pyroib.estimators` (Chen et al. 2018's minibatch stratified sampling by default).
+the program's only latent site); the prior from the model's site of the same name; N from the data plate (the
+``size`` argument). Batch-level estimators are those of :mod:`pyroib.estimators` (Chen et al. 2018's minibatch
+stratified sampling by default).
 
 * :class:`TotalCorrelationELBO` (β-TCVAE): rate = index-code MI + TC + dimension-wise KL, reweighted to
   α·MI + β_TC·TC + γ·dimKL by adding (α − 1)·MI + (β_TC − 1)·TC + (γ − 1)·dimKL to the plain rate. With a Monte
@@ -20,6 +21,7 @@ the program's only latent site); the prior from the model's site of the same nam
 
 Critic-based terms (FactorVAE, AAE, BIB-AE) are in :mod:`pyroib.information_critics`.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,8 +42,10 @@ FULL_DATA_MAX_POINTS = 10_000
 def check_weight(name: str, value, minimum: float = 0.0) -> float:
     """A finite real weight >= ``minimum``, as float; a clear ValueError otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}: a negative weight would "
-                         "reward the divergence it measures and make the loss unbounded below")
+        raise ValueError(
+            f"{name} must be a finite number >= {minimum:g}, got {value!r}: a negative weight would "
+            "reward the divergence it measures and make the loss unbounded below"
+        )
     return float(value)
 
 
@@ -63,11 +67,15 @@ def latent_codes(guide_trace, site: str):
     elif isinstance(fn, dist.Delta):
         loc, scale = fn.v, None
     else:
-        raise TypeError(f"information terms need a diagonal Gaussian q(z|x) at site {site!r} (Normal(loc, scale)"
-                        f".to_event(1)) or a Delta code; got {type(fn).__name__}")
+        raise TypeError(
+            f"information terms need a diagonal Gaussian q(z|x) at site {site!r} (Normal(loc, scale)"
+            f".to_event(1)) or a Delta code; got {type(fn).__name__}"
+        )
     if z.dim() != 2:
-        raise ValueError(f"codes at site {site!r} must have shape (batch, latent_dim), got {tuple(z.shape)}; "
-                         "vectorised particles are not supported by batch-level information terms")
+        raise ValueError(
+            f"codes at site {site!r} must have shape (batch, latent_dim), got {tuple(z.shape)}; "
+            "vectorised particles are not supported by batch-level information terms"
+        )
     return z, loc.expand_as(z), None if scale is None else scale.expand_as(z)
 
 
@@ -86,15 +94,19 @@ def prior_draws(model_trace, site: str) -> torch.Tensor:
 
 def _require_stochastic(scale, what: str) -> None:
     if scale is None:
-        raise ValueError(f"{what} needs a stochastic encoder q(z|x) (loc and scale); a deterministic encoder has "
-                         "no density. Use divergence='mmd' or 'critic', or a stochastic encoder")
+        raise ValueError(
+            f"{what} needs a stochastic encoder q(z|x) (loc and scale); a deterministic encoder has "
+            "no density. Use divergence='mmd' or 'critic', or a stochastic encoder"
+        )
 
 
 def _require_pairs(batch: int, estimator: str, what: str) -> None:
     if estimator == "mss" and batch < 2:
-        raise ValueError(f"{what} by minibatch stratified sampling needs batches of at least 2 points, got {batch} "
-                         "(an epoch's last batch holds N mod batch_size points): choose another --batch-size, or "
-                         "--estimator mws")
+        raise ValueError(
+            f"{what} by minibatch stratified sampling needs batches of at least 2 points, got {batch} "
+            "(an epoch's last batch holds N mod batch_size points): choose another --batch-size, or "
+            "--estimator mws"
+        )
 
 
 # ------------------------------------------------------------------------------------------------- the objectives
@@ -114,8 +126,9 @@ class TotalCorrelationELBO(InfoELBO):
 
     min_batch_size = 2
 
-    def __init__(self, alpha: float = 1.0, tc_weight: float = 6.0, gamma: float = 1.0, estimator: str = "mss",
-                 **kwargs):
+    def __init__(
+        self, alpha: float = 1.0, tc_weight: float = 6.0, gamma: float = 1.0, estimator: str = "mss", **kwargs
+    ):
         super().__init__(**kwargs)
         self.alpha, self.tc_weight = check_weight("alpha", alpha), check_weight("tc_weight", tc_weight)
         self.gamma = check_weight("gamma", gamma)
@@ -128,15 +141,20 @@ class TotalCorrelationELBO(InfoELBO):
         _require_pairs(z.shape[0], self.estimator, "the total correlation")
         log_pz = prior_log_density(model_trace, site)(z)
         if log_pz.dim() != 2 and self.gamma != 1.0:
-            raise ValueError("gamma != 1 weights the dimension-wise KL Σ_j KL(q(z_j) || p(z_j)), which exists only "
-                             "for a prior that factorises over latent dimensions; use --prior standard or learned, "
-                             "or keep --gamma 1")
+            raise ValueError(
+                "gamma != 1 weights the dimension-wise KL Σ_j KL(q(z_j) || p(z_j)), which exists only "
+                "for a prior that factorises over latent dimensions; use --prior standard or learned, "
+                "or keep --gamma 1"
+            )
         log_qz, log_qz_per_dim = estimators.log_qz_estimates(z, loc, scale, size, self.estimator)
-        terms = estimators.information_terms(estimators.gaussian_log_prob_per_dim(z, loc, scale), log_qz,
-                                             log_qz_per_dim, log_pz)
-        out = {"index_code_mi": (self.alpha - 1.0, terms["index_code_mi"]),
-               "total_correlation": (self.tc_weight - 1.0, terms["total_correlation"]),
-               "marginal_kl": (0.0, terms["marginal_kl"])}
+        terms = estimators.information_terms(
+            estimators.gaussian_log_prob_per_dim(z, loc, scale), log_qz, log_qz_per_dim, log_pz
+        )
+        out = {
+            "index_code_mi": (self.alpha - 1.0, terms["index_code_mi"]),
+            "total_correlation": (self.tc_weight - 1.0, terms["total_correlation"]),
+            "marginal_kl": (0.0, terms["marginal_kl"]),
+        }
         if "dimwise_kl" in terms:
             out["dimwise_kl"] = (self.gamma - 1.0, terms["dimwise_kl"])
         return out
@@ -157,8 +175,12 @@ class MarginalKLELBO(InfoELBO):
 
     def information_terms(self, model_trace, guide_trace, size):
         site = self.latent_site_of(model_trace, guide_trace)
-        return {"marginal_kl": (self.marginal_kl_weight, batch_marginal_kl(model_trace, guide_trace, site, size,
-                                                                            self.estimator))}
+        return {
+            "marginal_kl": (
+                self.marginal_kl_weight,
+                batch_marginal_kl(model_trace, guide_trace, site, size, self.estimator),
+            )
+        }
 
 
 def batch_marginal_kl(model_trace, guide_trace, site: str, size: int, estimator: str = "mss") -> torch.Tensor:
@@ -197,14 +219,24 @@ class MMDELBO(InfoELBO):
 def batch_mmd(model_trace, guide_trace, site: str, kernel: str = "rbf") -> torch.Tensor:
     z, _, _ = latent_codes(guide_trace, site)
     if z.shape[0] < 2:
-        raise ValueError(f"the MMD between codes and prior draws needs batches of at least 2 points, got "
-                         f"{z.shape[0]}; choose another --batch-size")
+        raise ValueError(
+            f"the MMD between codes and prior draws needs batches of at least 2 points, got "
+            f"{z.shape[0]}; choose another --batch-size"
+        )
     return estimators.mmd(z, prior_draws(model_trace, site), kernel=kernel)
 
 
 # ------------------------------------------------------------------------------------------- full-data evaluation
-def full_data_evaluation(run, x: torch.Tensor, *, max_points: int = FULL_DATA_MAX_POINTS, seed: int = 0,
-                         chunk_size: int = 512, batch_size: int = 1000, prior=None) -> dict:
+def full_data_evaluation(
+    run,
+    x: torch.Tensor,
+    *,
+    max_points: int = FULL_DATA_MAX_POINTS,
+    seed: int = 0,
+    chunk_size: int = 512,
+    batch_size: int = 1000,
+    prior=None,
+) -> dict:
     """I(x; z), TC, dimension-wise KL and marginal KL of a trained run over a split, exact aggregate posterior.
 
     Encodes (a random subset of at most ``max_points`` of) ``x`` with ``Guide.encode``, draws one code per point
@@ -221,8 +253,10 @@ def full_data_evaluation(run, x: torch.Tensor, *, max_points: int = FULL_DATA_MA
     if not capabilities.encode:
         return {}
     if getattr(run.objective, "deterministic_encoder", False):
-        return {"full_data_note": "deterministic encoder: I(x; z) is infinite and q(z) has no density, so the "
-                                  "full-data information terms are not defined; see the critic estimates"}
+        return {
+            "full_data_note": "deterministic encoder: I(x; z) is infinite and q(z) has no density, so the "
+            "full-data information terms are not defined; see the critic estimates"
+        }
     if prior is None and capabilities.takes_prior:
         prior = run.model.prior
     n = x.shape[0]
@@ -231,18 +265,27 @@ def full_data_evaluation(run, x: torch.Tensor, *, max_points: int = FULL_DATA_MA
         keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_points]
         x = x[keep.to(x.device)]
     with torch.no_grad():
-        parts = [run.guide.encode(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        parts = [run.guide.encode(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
     loc, scale = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     generator = torch.Generator(device=loc.device).manual_seed(seed)
-    terms = estimators.full_data_terms(loc, scale, chunk_size=chunk_size, generator=generator,
-                                       prior=None if prior is None else _chunked_prior_log_prob(prior, batch_size))
-    result = {"mutual_information": float(terms["index_code_mi"]),
-              "total_correlation": float(terms["total_correlation"]),
-              "tc": float(terms["total_correlation"]),
-              "mi_per_dim": terms["mi_per_dim"].tolist()}
+    terms = estimators.full_data_terms(
+        loc,
+        scale,
+        chunk_size=chunk_size,
+        generator=generator,
+        prior=None if prior is None else _chunked_prior_log_prob(prior, batch_size),
+    )
+    result = {
+        "mutual_information": float(terms["index_code_mi"]),
+        "total_correlation": float(terms["total_correlation"]),
+        "tc": float(terms["total_correlation"]),
+        "mi_per_dim": terms["mi_per_dim"].tolist(),
+    }
     if prior is None:
-        result["full_data_note"] = ("the program injects no prior (Model(config, prior=...)), so the terms against "
-                                    "p(z) (marginal KL, dimension-wise KL, rate) are not reported")
+        result["full_data_note"] = (
+            "the program injects no prior (Model(config, prior=...)), so the terms against "
+            "p(z) (marginal KL, dimension-wise KL, rate) are not reported"
+        )
     else:
         result.update(marginal_kl=float(terms["marginal_kl"]), full_data_rate=float(terms["rate"]))
         if "dimwise_kl" in terms:
@@ -260,4 +303,5 @@ def _chunked_prior_log_prob(prior, batch_size: int):
                 base = per_dimension(d)
                 out.append(base.log_prob(part) if base is not None else d.log_prob(part))
         return torch.cat(out)
+
     return log_prob

@@ -23,15 +23,15 @@ Their weights and optimiser states are in :meth:`CriticELBO.state_dict`, which t
 resumed run equals the uninterrupted one. Critics are built on first use, sized from the codes (or images) they
 see; ``load_state_dict`` rebuilds them from the saved sizes.
 """
+
 from __future__ import annotations
 
+import pyro.distributions as dist
 import torch
-from torch.nn import functional as F
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
-
-import pyro.distributions as dist
+from torch.nn import functional as F
 
 from . import estimators
 from .critics import Critic, density_ratio_loss, permute_dims
@@ -51,11 +51,15 @@ class CriticELBO(InfoELBO):
 
     min_batch_size = 2
 
-    def __init__(self, critic_width: int = 256, critic_depth: int = 2, critic_lr: float = 1e-4,
-                 critic_steps: int = 1, **kwargs):
+    def __init__(
+        self, critic_width: int = 256, critic_depth: int = 2, critic_lr: float = 1e-4, critic_steps: int = 1, **kwargs
+    ):
         super().__init__(**kwargs)
-        for name, value in (("critic_width", critic_width), ("critic_depth", critic_depth),
-                            ("critic_steps", critic_steps)):
+        for name, value in (
+            ("critic_width", critic_width),
+            ("critic_depth", critic_depth),
+            ("critic_steps", critic_steps),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.critic_hidden = (critic_width,) * critic_depth
@@ -71,8 +75,9 @@ class CriticELBO(InfoELBO):
     def critic(self, name: str, input_dim: int, device) -> Critic:
         if name not in self.critics:
             self.critics[name] = Critic(input_dim, self.critic_hidden).to(device)
-            self.critic_optimizers[name] = torch.optim.Adam(self.critics[name].parameters(), lr=self.critic_lr,
-                                                            betas=CRITIC_BETAS)
+            self.critic_optimizers[name] = torch.optim.Adam(
+                self.critics[name].parameters(), lr=self.critic_lr, betas=CRITIC_BETAS
+            )
         critic = self.critics[name]
         if critic.input_dim != input_dim:
             raise ValueError(f"critic {name!r} was built for inputs of size {critic.input_dim}, got {input_dim}")
@@ -115,16 +120,25 @@ class CriticELBO(InfoELBO):
 
     # checkpointing -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"critics": {name: {"input_dim": critic.input_dim, "hidden": list(self.critic_hidden),
-                                   "weights": critic.state_dict(),
-                                   "optimizer": self.critic_optimizers[name].state_dict()}
-                            for name, critic in self.critics.items()}}
+        return {
+            "critics": {
+                name: {
+                    "input_dim": critic.input_dim,
+                    "hidden": list(self.critic_hidden),
+                    "weights": critic.state_dict(),
+                    "optimizer": self.critic_optimizers[name].state_dict(),
+                }
+                for name, critic in self.critics.items()
+            }
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for name, entry in state.get("critics", {}).items():
             if tuple(entry["hidden"]) != self.critic_hidden:
-                raise ValueError(f"the checkpoint's {name!r} critic has hidden layers {entry['hidden']}, this "
-                                 f"objective {list(self.critic_hidden)}: use the run's --critic-width/--critic-depth")
+                raise ValueError(
+                    f"the checkpoint's {name!r} critic has hidden layers {entry['hidden']}, this "
+                    f"objective {list(self.critic_hidden)}: use the run's --critic-width/--critic-depth"
+                )
             device = next(iter(entry["weights"].values())).device
             self.critic(name, int(entry["input_dim"]), device).load_state_dict(entry["weights"])
             self.critic_optimizers[name].load_state_dict(entry["optimizer"])
@@ -163,8 +177,12 @@ class _PosteriorMean(Messenger):
         self.site = site  # None: every latent site of the guide
 
     def _process_message(self, msg):
-        if msg["type"] == "sample" and self.site in (None, msg["name"]) and not msg["is_observed"] \
-                and not site_is_subsample(msg):
+        if (
+            msg["type"] == "sample"
+            and self.site in (None, msg["name"])
+            and not msg["is_observed"]
+            and not site_is_subsample(msg)
+        ):
             base = per_dimension(msg["fn"])
             if base is None:
                 raise ValueError(f"a deterministic encoder needs a factorised Gaussian guide at site {msg['name']!r}")
@@ -181,8 +199,14 @@ class AdversarialELBO(CriticELBO):
     by turning the guide's Gaussian into a point mass inside this objective (the guide program is unchanged).
     """
 
-    def __init__(self, marginal_weight: float = 1.0, divergence: str = "critic", kernel: str = "rbf",
-                 deterministic_encoder: bool = False, **kwargs):
+    def __init__(
+        self,
+        marginal_weight: float = 1.0,
+        divergence: str = "critic",
+        kernel: str = "rbf",
+        deterministic_encoder: bool = False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.marginal_weight = check_weight("marginal_weight", marginal_weight)
         self.divergence = check_choice("divergence", divergence, ("critic", "mmd"))
@@ -225,14 +249,21 @@ class BoundedIBELBO(CriticELBO):
         site).
     """
 
-    def __init__(self, marginal_kl_weight: float = 1.0, data_kl_weight: float = 1.0,
-                 marginal_estimator: str = "mss", data_site: str | None = None, **kwargs):
+    def __init__(
+        self,
+        marginal_kl_weight: float = 1.0,
+        data_kl_weight: float = 1.0,
+        marginal_estimator: str = "mss",
+        data_site: str | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.data_site = data_site
         self.marginal_kl_weight = check_weight("marginal_kl_weight", marginal_kl_weight)
         self.data_kl_weight = check_weight("data_kl_weight", data_kl_weight)
-        self.marginal_estimator = check_choice("marginal_estimator", marginal_estimator,
-                                               (*estimators.ESTIMATOR_METHODS, "critic"))
+        self.marginal_estimator = check_choice(
+            "marginal_estimator", marginal_estimator, (*estimators.ESTIMATOR_METHODS, "critic")
+        )
         self._generated = None
 
     def _get_traces(self, model, guide, args, kwargs):
@@ -243,13 +274,20 @@ class BoundedIBELBO(CriticELBO):
 
     def information_terms(self, model_trace, guide_trace, size):
         if self.marginal_estimator == "critic":
-            terms = {"critic_marginal_kl": (self.marginal_kl_weight,
-                                            self.critic_marginal_kl(model_trace, guide_trace))}
+            terms = {"critic_marginal_kl": (self.marginal_kl_weight, self.critic_marginal_kl(model_trace, guide_trace))}
         else:
-            terms = {"marginal_kl": (self.marginal_kl_weight,
-                                     batch_marginal_kl(model_trace, guide_trace,
-                                                       self.latent_site_of(model_trace, guide_trace), size,
-                                                       self.marginal_estimator))}
+            terms = {
+                "marginal_kl": (
+                    self.marginal_kl_weight,
+                    batch_marginal_kl(
+                        model_trace,
+                        guide_trace,
+                        self.latent_site_of(model_trace, guide_trace),
+                        size,
+                        self.marginal_estimator,
+                    ),
+                )
+            }
         data_site = choose_site(observed_site_names(model_trace), self.data_site, "observed", "--data-site")
         real = model_trace.nodes[data_site]["value"]
         fake = self._generated.nodes[data_site]["fn"].mean

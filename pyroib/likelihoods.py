@@ -5,6 +5,7 @@
 l1 distortion of the seeds). Every distribution has event shape equal to the data shape, so log densities are per
 data point, in nats.
 """
+
 from __future__ import annotations
 
 import pyro.distributions as dist
@@ -27,7 +28,8 @@ class Likelihood(nn.Module):
         if self.requires_binary and binarize == "none" and not bool(((x == 0) | (x == 1)).all()):
             raise ValueError(
                 f"the {self.name} likelihood needs binary data, but this dataset has grey levels. "
-                "Pass --binarize dynamic (or static), or choose --likelihood continuous-bernoulli, gaussian or laplace")
+                "Pass --binarize dynamic (or static), or choose --likelihood continuous-bernoulli, gaussian or laplace"
+            )
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """The mean image E[x | z], for reconstructions and samples."""

@@ -12,6 +12,7 @@ cancels when a point sits near a narrow component (each term can be 1e4 times th
 up to 0.02 nats in such cases; so the quadratic forms are computed in float64 and the log density returned in the
 input's dtype. Its gradients follow through the product as they would through the broadcast form.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,11 +32,18 @@ class DiagonalNormalMixture(TorchDistribution):
     support = constraints.real_vector
     has_rsample = False
 
-    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, logits: torch.Tensor | None = None,
-                 batch_shape: tuple[int, ...] | torch.Size = (), validate_args: bool | None = None):
+    def __init__(
+        self,
+        loc: torch.Tensor,
+        scale: torch.Tensor,
+        logits: torch.Tensor | None = None,
+        batch_shape: tuple[int, ...] | torch.Size = (),
+        validate_args: bool | None = None,
+    ):
         if loc.dim() != 2 or loc.shape != scale.shape:
-            raise ValueError(f"loc and scale must both be (components, latent_dim), got {tuple(loc.shape)} and "
-                             f"{tuple(scale.shape)}")
+            raise ValueError(
+                f"loc and scale must both be (components, latent_dim), got {tuple(loc.shape)} and {tuple(scale.shape)}"
+            )
         self.loc, self.scale = loc, scale
         self.logits = loc.new_zeros(loc.shape[0]) if logits is None else logits
         if self.logits.shape != loc.shape[:1]:

@@ -7,6 +7,7 @@ anchors) and ``conv`` (stride-2 convolutions for images whose height and width a
 Gaussian; decoders return unconstrained parameters with the data's shape (channels multiplied by ``out_factor``
 when a likelihood needs more than one parameter per pixel).
 """
+
 from __future__ import annotations
 
 import math
@@ -57,7 +58,8 @@ def _check(network: str, data_shape: tuple[int, ...], hidden: tuple[int, ...]) -
         if data_shape[1] % factor or data_shape[2] % factor:
             raise ValueError(
                 f"the conv network halves the image {len(hidden)} times, so H and W must be divisible by {factor}; "
-                f"got {data_shape[1:]}. Use fewer --hidden layers or --network mlp")
+                f"got {data_shape[1:]}. Use fewer --hidden layers or --network mlp"
+            )
 
 
 class GaussianEncoder(nn.Module):
@@ -68,8 +70,9 @@ class GaussianEncoder(nn.Module):
         _check(network, data_shape, hidden)
         self.data_shape = tuple(data_shape)
         if network in _FULLY_CONNECTED:
-            self.body = nn.Sequential(nn.Flatten(), _mlp([math.prod(data_shape), *hidden], final_activation=True,
-                                                         gated=network == "gated"))
+            self.body = nn.Sequential(
+                nn.Flatten(), _mlp([math.prod(data_shape), *hidden], final_activation=True, gated=network == "gated")
+            )
             features = hidden[-1]
         else:
             convs: list[nn.Module] = []
@@ -95,8 +98,14 @@ class GaussianEncoder(nn.Module):
 class Decoder(nn.Module):
     """z -> unconstrained parameters of shape ``(out_factor * C, H, W)`` (or the data shape for flat data)."""
 
-    def __init__(self, latent_dim: int, hidden: tuple[int, ...], data_shape: tuple[int, ...], network: str = "mlp",
-                 out_factor: int = 1):
+    def __init__(
+        self,
+        latent_dim: int,
+        hidden: tuple[int, ...],
+        data_shape: tuple[int, ...],
+        network: str = "mlp",
+        out_factor: int = 1,
+    ):
         super().__init__()
         _check(network, data_shape, hidden)
         self.out_shape = (data_shape[0] * out_factor, *data_shape[1:])
@@ -107,8 +116,11 @@ class Decoder(nn.Module):
             factor = 2 ** len(hidden)
             rev = list(reversed(hidden))
             self.start = (rev[0], data_shape[1] // factor, data_shape[2] // factor)
-            layers: list[nn.Module] = [nn.Linear(latent_dim, math.prod(self.start)), nn.SiLU(),
-                                       nn.Unflatten(-1, self.start)]
+            layers: list[nn.Module] = [
+                nn.Linear(latent_dim, math.prod(self.start)),
+                nn.SiLU(),
+                nn.Unflatten(-1, self.start),
+            ]
             for i, h in enumerate(rev):
                 out = rev[i + 1] if i + 1 < len(rev) else self.out_shape[0]
                 layers.append(nn.ConvTranspose2d(h, out, 4, stride=2, padding=1))

@@ -22,6 +22,7 @@ and gradient, including score-function terms for non-reparameterised latents; wi
 Unlike ``Trace_ELBO`` nothing here calls ``.item()``: the loss stays on the device, so a training step costs no
 host-device synchronisation per site.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -64,9 +65,14 @@ def dataset_size(trace) -> int:
 
 def latent_site_names(model_trace, guide_trace) -> list[str]:
     """Sample sites of the guide that the model has unobserved (plates' subsample sites excluded)."""
-    return [name for name, site in guide_trace.nodes.items()
-            if site["type"] == "sample" and not site_is_subsample(site) and name in model_trace.nodes
-            and not model_trace.nodes[name]["is_observed"]]
+    return [
+        name
+        for name, site in guide_trace.nodes.items()
+        if site["type"] == "sample"
+        and not site_is_subsample(site)
+        and name in model_trace.nodes
+        and not model_trace.nodes[name]["is_observed"]
+    ]
 
 
 def observed_site_names(model_trace) -> list[str]:
@@ -77,12 +83,16 @@ def choose_site(names: list[str], chosen: str | None, kind: str, flag: str) -> s
     """The one site an information term reads: ``chosen`` if given (it must exist), else the only one there is."""
     if chosen is not None:
         if chosen not in names:
-            raise ValueError(f"{flag} {chosen!r} is not a{'n' if kind[0] in 'aeiou' else ''} {kind} site of the "
-                             f"program; its {kind} sites are {', '.join(names) or 'none'}")
+            raise ValueError(
+                f"{flag} {chosen!r} is not a{'n' if kind[0] in 'aeiou' else ''} {kind} site of the "
+                f"program; its {kind} sites are {', '.join(names) or 'none'}"
+            )
         return chosen
     if len(names) != 1:
-        raise ValueError(f"this objective reads one {kind} site and the program has {len(names)} "
-                         f"({', '.join(names) or 'none'}): name it with {flag}")
+        raise ValueError(
+            f"this objective reads one {kind} site and the program has {len(names)} "
+            f"({', '.join(names) or 'none'}): name it with {flag}"
+        )
     return names[0]
 
 
@@ -134,8 +144,10 @@ class InfoELBO(Trace_ELBO):
 
     def load_state_dict(self, state: dict) -> None:
         if state:
-            raise ValueError(f"{type(self).__name__} has no trained state, but the checkpoint holds some "
-                             f"({', '.join(state)}): the run was trained with another objective")
+            raise ValueError(
+                f"{type(self).__name__} has no trained state, but the checkpoint holds some "
+                f"({', '.join(state)}): the run was trained with another objective"
+            )
 
     # the one breakdown ----------------------------------------------------------------------------------------
     def _particle(self, model_trace, guide_trace, capacity, want_per_dim=True):
@@ -181,8 +193,9 @@ class InfoELBO(Trace_ELBO):
 
         rate = 0.0
         for name in sorted(latents):
-            site_rate, per_dim = self._unweighted_rate(model_trace.nodes[name], guide_trace.nodes[name],
-                                                       name in analytic, size, want_per_dim)
+            site_rate, per_dim = self._unweighted_rate(
+                model_trace.nodes[name], guide_trace.nodes[name], name in analytic, size, want_per_dim
+            )
             rate = rate + site_rate
             values[f"rate/{name}"] = site_rate
             if per_dim is not None:
@@ -221,8 +234,12 @@ class InfoELBO(Trace_ELBO):
         q_dim, p_dim = per_dimension(guide_site["fn"]), per_dimension(model_site["fn"])
         # anchored sites weight their log densities, so the unweighted rate needs the per-dimension densities
         anchored = isinstance(guide_site["fn"], AnchorWeighted)
-        if (want_per_dim or anchored) and q_dim is not None and p_dim is not None \
-                and q_dim.batch_shape == p_dim.batch_shape:
+        if (
+            (want_per_dim or anchored)
+            and q_dim is not None
+            and p_dim is not None
+            and q_dim.batch_shape == p_dim.batch_shape
+        ):
             z = guide_site["value"]
             if analytic:
                 elementwise = kl_divergence(q_dim, p_dim)
@@ -237,17 +254,18 @@ class InfoELBO(Trace_ELBO):
             diff = guide_site["unscaled_log_prob"] - model_site["unscaled_log_prob"]
         return (diff.detach() * weight).sum(), None
 
-    def terms(self, model, guide, *args, capacity: tuple[float, float] | None = None, per_dimension: bool = True,
-              **kwargs) -> Terms:
+    def terms(
+        self, model, guide, *args, capacity: tuple[float, float] | None = None, per_dimension: bool = True, **kwargs
+    ) -> Terms:
         """Evaluate the objective. ``capacity=(gamma, C)`` switches to the capacity-controlled rate γ|R - C|;
         ``per_dimension=False`` skips the per-dimension KL breakdown (training steps do not log it)."""
         surrogate = loss = 0.0
         values: dict[str, torch.Tensor] = {}
         kl_per_dim: dict[str, torch.Tensor] = {}
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            s, l, v, k = self._particle(model_trace, guide_trace, capacity, per_dimension)
+            s, total, v, k = self._particle(model_trace, guide_trace, capacity, per_dimension)
             surrogate = surrogate + s / self.num_particles
-            loss = loss + l / self.num_particles
+            loss = loss + total / self.num_particles
             for key, val in v.items():
                 values[key] = values.get(key, 0.0) + val / self.num_particles
             for key, val in k.items():

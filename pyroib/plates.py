@@ -1,4 +1,5 @@
 """The data plate every pyroib program shares, so batch-level estimators can read N and the minibatch indices."""
+
 from __future__ import annotations
 
 import pyro

@@ -11,19 +11,26 @@ import math
 import numbers
 from collections.abc import Callable, Sequence
 
-import torch
-from torch import nn
-
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
+import torch
 from pyro.distributions.torch_distribution import TorchDistribution
+from torch import nn
 
 from .mixture import DiagonalNormalMixture
 
 __all__ = [
-    "Prior", "StandardNormal", "LearnedGaussian", "MixtureOfGaussians", "VampPrior", "FlowPrior",
-    "AggregatePosterior", "FactorisedAggregatePosterior", "JointAggregatePosterior",
-    "prior_from_name", "require_factorised",
+    "Prior",
+    "StandardNormal",
+    "LearnedGaussian",
+    "MixtureOfGaussians",
+    "VampPrior",
+    "FlowPrior",
+    "AggregatePosterior",
+    "FactorisedAggregatePosterior",
+    "JointAggregatePosterior",
+    "prior_from_name",
+    "require_factorised",
 ]
 
 
@@ -98,8 +105,9 @@ class MixtureOfGaussians(Prior):
         self.log_scales = nn.Parameter(torch.full((n_components, latent_dim), math.log(self.initial_scale)))
 
     def forward(self, batch_size: int) -> TorchDistribution:
-        return DiagonalNormalMixture(self.locs, self.log_scales.exp(), self.logits,
-                                     batch_shape=(_positive_int("batch_size", batch_size),))
+        return DiagonalNormalMixture(
+            self.locs, self.log_scales.exp(), self.logits, batch_shape=(_positive_int("batch_size", batch_size),)
+        )
 
 
 class _ReturningClamp(torch.autograd.Function):
@@ -147,9 +155,16 @@ class VampPrior(Prior):
     init_margin = 1e-3
     range_maps = ("sigmoid", "clamp")
 
-    def __init__(self, encoder: Callable, data_shape: Sequence[int], n_pseudo_inputs: int = 500,
-                 init: torch.Tensor | None = None, data_range: tuple[float, float] | None = (0.0, 1.0),
-                 latent_dim: int | None = None, range_map: str = "sigmoid"):
+    def __init__(
+        self,
+        encoder: Callable,
+        data_shape: Sequence[int],
+        n_pseudo_inputs: int = 500,
+        init: torch.Tensor | None = None,
+        data_range: tuple[float, float] | None = (0.0, 1.0),
+        latent_dim: int | None = None,
+        range_map: str = "sigmoid",
+    ):
         super().__init__()
         if not callable(encoder):
             raise TypeError(f"encoder must be callable as encoder(u) -> (loc, scale), got {type(encoder).__name__}")
@@ -199,8 +214,10 @@ class VampPrior(Prior):
             return init
         low, high = self.data_range
         if init.min() < low or init.max() > high:
-            raise ValueError(f"init has values outside data_range {self.data_range}; pass the range of your data, "
-                             "or data_range=None for free pseudo-inputs")
+            raise ValueError(
+                f"init has values outside data_range {self.data_range}; pass the range of your data, "
+                "or data_range=None for free pseudo-inputs"
+            )
         unit = ((init - low) / (high - low)).clamp(self.init_margin, 1 - self.init_margin)
         return low + (high - low) * unit if self.range_map == "clamp" else torch.logit(unit)
 
@@ -222,8 +239,10 @@ class VampPrior(Prior):
                 self.encoder.train(was_training)
         k = self.n_pseudo_inputs
         if loc.dim() != 2 or loc.shape[0] != k or loc.shape != scale.shape:
-            raise ValueError(f"encoder(u) must return (loc, scale), each of shape (n_pseudo_inputs={k}, latent_dim), "
-                             f"got {tuple(loc.shape)} and {tuple(scale.shape)}")
+            raise ValueError(
+                f"encoder(u) must return (loc, scale), each of shape (n_pseudo_inputs={k}, latent_dim), "
+                f"got {tuple(loc.shape)} and {tuple(scale.shape)}"
+            )
         if latent_dim is not None and _positive_int("latent_dim", latent_dim) != loc.shape[1]:
             raise ValueError(f"latent_dim={latent_dim} but the encoder returns codes of size {loc.shape[1]}")
         return loc.shape[1]
@@ -283,15 +302,18 @@ class AggregatePosterior(Prior):
     Memory: the factorised form's ``log_prob`` builds a (batch, latent_dim, N) tensor, e.g. 1.2 GB of float32 for
     batch 128, N = 60,000, latent_dim = 40, and the joint form's a (batch, N) one in float64 (DiagonalNormalMixture).
     Bound them with ``max_components``; ``self.sample(n)`` draws without that cost. loc and scale are buffers (plus
-    the 0-d bool buffer ``is_joint``), so a fitted prior is saved in a state_dict and rebuilt with ``from_state_dict`` or by shapes ``Form(n_components, latent_dim)``.
+    the 0-d bool buffer ``is_joint``), so a fitted prior is saved in a state_dict and rebuilt with ``from_state_dict``
+    or by shapes ``Form(n_components, latent_dim)``.
     """
 
     joint: bool
 
     def __init__(self, n_components: int, latent_dim: int):
         if type(self) is AggregatePosterior:
-            raise TypeError("build one with AggregatePosterior.fit(loc, scale, joint=...), or construct "
-                            "FactorisedAggregatePosterior / JointAggregatePosterior by shapes to load a state_dict")
+            raise TypeError(
+                "build one with AggregatePosterior.fit(loc, scale, joint=...), or construct "
+                "FactorisedAggregatePosterior / JointAggregatePosterior by shapes to load a state_dict"
+            )
         super().__init__()
         self.latent_dim = _positive_int("latent_dim", latent_dim)
         self.n_components = _positive_int("n_components", n_components)
@@ -300,8 +322,14 @@ class AggregatePosterior(Prior):
         self.register_buffer("is_joint", torch.tensor(self.joint))
 
     @classmethod
-    def fit(cls, loc: torch.Tensor, scale: torch.Tensor, joint: bool | None = None, max_components: int | None = None,
-            generator: torch.Generator | None = None) -> "AggregatePosterior":
+    def fit(
+        cls,
+        loc: torch.Tensor,
+        scale: torch.Tensor,
+        joint: bool | None = None,
+        max_components: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> "AggregatePosterior":
         """The aggregate prior of N encodings ``loc``, ``scale`` (each (N, latent_dim)); with ``max_components``
         below N, a uniform subsample of that many encodings without replacement (drawn with ``generator``).
         ``joint`` defaults to the form of the class it is called on, factorised for ``AggregatePosterior``."""
@@ -311,8 +339,10 @@ class AggregatePosterior(Prior):
         if not (loc.is_floating_point() and scale.is_floating_point()):
             raise TypeError(f"loc and scale must be floating point, got {loc.dtype} and {scale.dtype}")
         if loc.dim() != 2 or loc.shape != scale.shape or loc.shape[0] == 0:
-            raise ValueError(f"loc and scale must both have shape (N, latent_dim) with N >= 1, "
-                             f"got {tuple(loc.shape)} and {tuple(scale.shape)}")
+            raise ValueError(
+                f"loc and scale must both have shape (N, latent_dim) with N >= 1, "
+                f"got {tuple(loc.shape)} and {tuple(scale.shape)}"
+            )
         if not (torch.isfinite(loc).all() and torch.isfinite(scale).all() and (scale > 0).all()):
             raise ValueError("loc must be finite and scale finite and positive")
         n = loc.shape[0]
@@ -340,8 +370,10 @@ class AggregatePosterior(Prior):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         saved = state_dict.get(prefix + "is_joint")
         if saved is not None and bool(saved) != self.joint:
-            raise ValueError(f"this state_dict holds the {'joint' if bool(saved) else 'factorised'} aggregate prior; "
-                             f"load it with AggregatePosterior.from_state_dict, not into {type(self).__name__}")
+            raise ValueError(
+                f"this state_dict holds the {'joint' if bool(saved) else 'factorised'} aggregate prior; "
+                f"load it with AggregatePosterior.from_state_dict, not into {type(self).__name__}"
+            )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -399,4 +431,5 @@ def require_factorised(prior: nn.Module, what: str = "per-latent anchor weights"
         raise ValueError(
             f"{what} need a prior that factorises over latent dimensions, p(z) = prod_j p_j(z_j), but "
             f"{type(prior).__name__} does not. Use StandardNormal, LearnedGaussian or "
-            "AggregatePosterior.fit(loc, scale, joint=False) as the prior, or drop the per-dimension weights.")
+            "AggregatePosterior.fit(loc, scale, joint=False) as the prior, or drop the per-dimension weights."
+        )

@@ -31,6 +31,7 @@ more, by tracing, before a run's first step.
 Anything missing makes the commands that need it refuse with a message naming the capability; nothing falls back
 to a default silently.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -82,9 +83,9 @@ class Program:
     Model: type
     Guide: type
     capabilities: Capabilities
-    architecture: object             # pyroib.architectures.Architecture: objective class, its options, defaults
-    source: Path | None = None       # the user's file this program was loaded from
-    sha256: str | None = None         # of that file's bytes
+    architecture: object  # pyroib.architectures.Architecture: objective class, its options, defaults
+    source: Path | None = None  # the user's file this program was loaded from
+    sha256: str | None = None  # of that file's bytes
 
 
 def _accepts(fn, *args, **kwargs) -> bool:
@@ -105,24 +106,31 @@ def check_classes(where: str, config_cls, model_cls, guide_cls) -> Capabilities:
         raise ProgramError(f"{where}: Config must be a dataclass (rule 1: @dataclass(frozen=True) class Config)")
     for role, cls in (("Model", model_cls), ("Guide", guide_cls)):
         if not callable(cls):
-            raise ProgramError(f"{where}: {role} must be a class whose forward(x, y=None, index=None, size=None) "
-                               "is the program (rule 2)")
+            raise ProgramError(
+                f"{where}: {role} must be a class whose forward(x, y=None, index=None, size=None) "
+                "is the program (rule 2)"
+            )
         forward = cls.forward if isinstance(cls, type) and hasattr(cls, "forward") else cls.__call__
         if not _accepts(forward, None, "x", "y", index=None, size=None):
-            raise ProgramError(f"{where}: {role}.forward must accept (x, y=None, index=None, size=None) (rule 2); "
-                               f"it is forward{inspect.signature(forward)}")
+            raise ProgramError(
+                f"{where}: {role}.forward must accept (x, y=None, index=None, size=None) (rule 2); "
+                f"it is forward{inspect.signature(forward)}"
+            )
         if not _accepts(cls, "config"):
             raise ProgramError(f"{where}: {role}(config) must construct the program from its Config (rule 2)")
     latent_site = inspect.getattr_static(model_cls, "latent_site", None)
     if latent_site is not None and not isinstance(latent_site, str):
         raise ProgramError(f"{where}: Model.latent_site must be a site name (a str), got {latent_site!r}")
     observes = inspect.getattr_static(model_cls, "observes_inputs", True)
-    return Capabilities(takes_prior=_accepts(model_cls, "config", prior=None),
-                        encode=_callable_attribute(guide_cls, "encode"),
-                        decode=_callable_attribute(model_cls, "decode"),
-                        metrics=_callable_attribute(model_cls, "metrics"),
-                        check_data=_callable_attribute(model_cls, "check_data"),
-                        observes_inputs=bool(observes), latent_site=latent_site)
+    return Capabilities(
+        takes_prior=_accepts(model_cls, "config", prior=None),
+        encode=_callable_attribute(guide_cls, "encode"),
+        decode=_callable_attribute(model_cls, "decode"),
+        metrics=_callable_attribute(model_cls, "metrics"),
+        check_data=_callable_attribute(model_cls, "check_data"),
+        observes_inputs=bool(observes),
+        latent_site=latent_site,
+    )
 
 
 def file_sha256(path: Path) -> str:
@@ -154,8 +162,10 @@ def load_module(path: str | Path):
 
 def _sample_sites(trace) -> dict:
     from pyro.poutine.util import site_is_subsample
-    return {name: site for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site_is_subsample(site)}
+
+    return {
+        name: site for name, site in trace.nodes.items() if site["type"] == "sample" and not site_is_subsample(site)
+    }
 
 
 def _one_line(error: Exception) -> str:
@@ -167,22 +177,29 @@ def _check_plate(role: str, name: str, site, batch: int, size: int | None) -> No
     if not frames:
         others = sorted({f.name for f in site["cond_indep_stack"]})
         found = f" (it is inside {', '.join(repr(o) for o in others)})" if others else ""
-        raise ProgramError(f"{role} site {name!r} is in no plate named {DATA_PLATE!r}{found}: every sample site "
-                           f"must lie inside pyro.plate({DATA_PLATE!r}, size, subsample=index) (rule 3; "
-                           "pyroib.plates.data_plate(x, index, size) builds it), or N and the per-point scale are lost")
+        raise ProgramError(
+            f"{role} site {name!r} is in no plate named {DATA_PLATE!r}{found}: every sample site "
+            f"must lie inside pyro.plate({DATA_PLATE!r}, size, subsample=index) (rule 3; "
+            "pyroib.plates.data_plate(x, index, size) builds it), or N and the per-point scale are lost"
+        )
     frame = frames[0]
     full = frame.full_size or frame.size
     if size is not None and full != size:
-        raise ProgramError(f"{role} site {name!r}: plate {DATA_PLATE!r} has size {full} but the data set has {size} "
-                           f"points (rule 3): pass the data set's size and the minibatch's indices, "
-                           f"pyro.plate({DATA_PLATE!r}, size, subsample=index), so each site is scaled by N/B")
+        raise ProgramError(
+            f"{role} site {name!r}: plate {DATA_PLATE!r} has size {full} but the data set has {size} "
+            f"points (rule 3): pass the data set's size and the minibatch's indices, "
+            f"pyro.plate({DATA_PLATE!r}, size, subsample=index), so each site is scaled by N/B"
+        )
     if frame.size != batch:
-        raise ProgramError(f"{role} site {name!r}: plate {DATA_PLATE!r} holds {frame.size} points but the minibatch "
-                           f"has {batch} (rule 3): subsample the plate by the minibatch's indices (subsample=index)")
+        raise ProgramError(
+            f"{role} site {name!r}: plate {DATA_PLATE!r} holds {frame.size} points but the minibatch "
+            f"has {batch} (rule 3): subsample the plate by the minibatch's indices (subsample=index)"
+        )
 
 
-def check_traces(model, guide, x, y=None, index=None, size: int | None = None,
-                 weighted_sites=()) -> tuple[list[str], list[str]]:
+def check_traces(
+    model, guide, x, y=None, index=None, size: int | None = None, weighted_sites=()
+) -> tuple[list[str], list[str]]:
     """Trace guide and model once with Pyro validation on and enforce rules 3-5 of the contract.
 
     ``weighted_sites`` are site names that bottleneck weights or objectives were told to read (per-site β, anchors,
@@ -193,19 +210,25 @@ def check_traces(model, guide, x, y=None, index=None, size: int | None = None,
     import torch
     from pyro import poutine
 
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), \
-            pyro.validation_enabled(True), torch.no_grad():
+    with (
+        torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []),
+        pyro.validation_enabled(True),
+        torch.no_grad(),
+    ):
         try:
             guide_trace = poutine.trace(guide).get_trace(x, y, index=index, size=size)
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                x, y, index=index, size=size)
+                x, y, index=index, size=size
+            )
             guide_trace.compute_log_prob()
             model_trace.compute_log_prob()
         except ProgramError:
             raise
         except (ValueError, RuntimeError, TypeError, NotImplementedError, IndexError, KeyError) as error:
-            raise ProgramError(f"the program failed its first trace with Pyro validation on: "
-                               f"{type(error).__name__}: {_one_line(error)}") from None
+            raise ProgramError(
+                f"the program failed its first trace with Pyro validation on: "
+                f"{type(error).__name__}: {_one_line(error)}"
+            ) from None
     model_sites, guide_sites = _sample_sites(model_trace), _sample_sites(guide_trace)
     for role, sites in (("model", model_sites), ("guide", guide_sites)):
         for name, site in sites.items():
@@ -213,31 +236,50 @@ def check_traces(model, guide, x, y=None, index=None, size: int | None = None,
                 raise ProgramError(
                     f"{role} site {name!r} is marked for enumeration (config_enumerate or infer={{'enumerate': "
                     f"...}}), which pyroib's objective does not perform: it would sample the site instead (rule 5). "
-                    "Remove the annotation to train it by sampling with score-function gradients")
+                    "Remove the annotation to train it by sampling with score-function gradients"
+                )
             _check_plate(role, name, site, x.shape[0], size)
     observed = [n for n, s in model_sites.items() if s["is_observed"]]
     latent = [n for n, s in model_sites.items() if not s["is_observed"]]
     if not observed:
-        raise ProgramError("the model observes nothing (no pyro.sample(..., obs=...) site): there is no distortion "
-                           "term to train (rule 4)")
+        raise ProgramError(
+            "the model observes nothing (no pyro.sample(..., obs=...) site): there is no distortion "
+            "term to train (rule 4)"
+        )
     for name, site in guide_sites.items():
         if name in observed:
-            raise ProgramError(f"site {name!r} is observed in the model but sampled in the guide (rule 4): the "
-                               "guide samples latent sites only")
+            raise ProgramError(
+                f"site {name!r} is observed in the model but sampled in the guide (rule 4): the "
+                "guide samples latent sites only"
+            )
         if name not in model_sites:
-            raise ProgramError(f"the guide samples {name!r} but the model has no site of that name (model latent "
-                               f"sites: {', '.join(latent) or 'none'}); rule 4: guide and model name their latent "
-                               "sites alike")
+            raise ProgramError(
+                f"the guide samples {name!r} but the model has no site of that name (model latent "
+                f"sites: {', '.join(latent) or 'none'}); rule 4: guide and model name their latent "
+                "sites alike"
+            )
     missing = [n for n in latent if n not in guide_sites]
     if missing:
-        raise ProgramError(f"latent site(s) {', '.join(map(repr, missing))} of the model have no site in the guide "
-                           "(rule 4): they would be drawn from the prior and never inferred. Add them to the guide")
+        raise ProgramError(
+            f"latent site(s) {', '.join(map(repr, missing))} of the model have no site in the guide "
+            "(rule 4): they would be drawn from the prior and never inferred. Add them to the guide"
+        )
     unknown = sorted(set(weighted_sites) - set(latent))
     if unknown:
-        raise ProgramError(f"site(s) {', '.join(map(repr, unknown))} named in the run's settings are not latent "
-                           f"sites of the program; its latent sites are {', '.join(latent)}")
+        raise ProgramError(
+            f"site(s) {', '.join(map(repr, unknown))} named in the run's settings are not latent "
+            f"sites of the program; its latent sites are {', '.join(latent)}"
+        )
     return latent, observed
 
 
-__all__ = ["Capabilities", "DATA_PLATE", "Program", "ProgramError", "check_classes", "check_traces", "file_sha256",
-           "load_module"]
+__all__ = [
+    "Capabilities",
+    "DATA_PLATE",
+    "Program",
+    "ProgramError",
+    "check_classes",
+    "check_traces",
+    "file_sha256",
+    "load_module",
+]

@@ -5,6 +5,7 @@ reconstructions, prior samples and per-dimension latent traversals (for programs
 ``decode``), training curves and the per-dimension KL labelled by latent site, as PNGs, plus ``report.md`` showing
 them with the run's numbers.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,13 @@ from pathlib import Path
 import torch
 
 from .checkpoint import read_jsonl
-from .evaluate import load_splits, evaluate_run
+from .evaluate import evaluate_run, load_splits
 from .run import METRICS_FILE, load_run
 
 
 def _save_grid(images: torch.Tensor, path: Path, nrow: int, title: str | None = None) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from torchvision.utils import make_grid
@@ -35,8 +37,10 @@ def _save_grid(images: torch.Tensor, path: Path, nrow: int, title: str | None = 
 
 def _plot(path: Path, draw) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 3.5))
     draw(ax)
     fig.tight_layout()
@@ -64,15 +68,19 @@ def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
             loc, _ = guide.encode(originals)
             recon = model.decode(loc)
             pairs = torch.stack([originals, recon], 1).reshape(-1, *splits.data_shape)
-            _save_grid(pairs, out / "reconstructions.png", nrow=16, title="test images (odd columns), "
-                       "reconstructions from the posterior mean (even)")
+            _save_grid(
+                pairs,
+                out / "reconstructions.png",
+                nrow=16,
+                title="test images (odd columns), reconstructions from the posterior mean (even)",
+            )
             figures["Reconstructions"] = "reconstructions.png"
             if capabilities.takes_prior:
                 z = model.prior(64).sample()
                 _save_grid(model.decode(z), out / "samples.png", nrow=8, title="samples, z ~ prior")
                 figures["Samples from the prior"] = "samples.png"
             kl = torch.tensor(result["kl_per_dim"]) if result["kl_per_dim"] else torch.zeros(loc.shape[-1])
-            order = torch.argsort(kl, descending=True)[:min(16, loc.shape[-1])]
+            order = torch.argsort(kl, descending=True)[: min(16, loc.shape[-1])]
             steps = torch.linspace(-3, 3, 11)
             base = loc[:1].repeat(len(steps), 1)
             rows_img = []
@@ -80,8 +88,12 @@ def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
                 zz = base.clone()
                 zz[:, j] = steps
                 rows_img.append(model.decode(zz))
-            _save_grid(torch.cat(rows_img), out / "traversals.png", nrow=len(steps),
-                       title="latent traversals from -3 to 3, one row per dimension (highest KL first)")
+            _save_grid(
+                torch.cat(rows_img),
+                out / "traversals.png",
+                nrow=len(steps),
+                title="latent traversals from -3 to 3, one row per dimension (highest KL first)",
+            )
             figures["Latent traversals"] = "traversals.png"
     if rows:
         epochs = [r["epoch"] for r in rows]
@@ -92,6 +104,7 @@ def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
             ax.set_xlabel("epoch")
             ax.set_ylabel("nats per data point")
             ax.legend(fontsize=8)
+
         _plot(out / "training_curves.png", curves)
         figures["Training curves"] = "training_curves.png"
 
@@ -104,10 +117,12 @@ def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
             ax.set_xlabel("epoch")
             ax.set_ylabel("nats per data point")
             ax.legend(fontsize=8, loc="upper left")
+
         _plot(out / "rate_distortion.png", rate_distortion)
         figures["Rate and distortion"] = "rate_distortion.png"
     by_site = result.get("kl_per_dim_by_site")
     if result["kl_per_dim"]:
+
         def kl_bars(ax):
             sites = by_site or {"": result["kl_per_dim"]}
             start = 0
@@ -119,15 +134,23 @@ def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
             ax.set_xlabel("latent dimension")
             ax.set_ylabel("KL (nats per data point)")
             ax.set_title(f"per-dimension KL on the test split; {result.get('active_units', '?')} active units")
+
         _plot(out / "kl_per_dim.png", kl_bars)
         figures["Per-dimension KL"] = "kl_per_dim.png"
     for extra in _extra_sections():
         figures.update(extra(run, splits, out) or {})
     spec = run.spec
-    lines = [f"# Run report: {spec.model} on {spec.dataset}", "",
-             f"Trained {run.epoch} epochs, β = {spec.beta} ({spec.schedule} schedule), prior {spec.prior}, "
-             f"latent dimensions {len(result['kl_per_dim']) or '?'}, seed {spec.seed}.", "",
-             "## Test split (nats per data point)", "", "| quantity | value |", "|---|---|"]
+    lines = [
+        f"# Run report: {spec.model} on {spec.dataset}",
+        "",
+        f"Trained {run.epoch} epochs, β = {spec.beta} ({spec.schedule} schedule), prior {spec.prior}, "
+        f"latent dimensions {len(result['kl_per_dim']) or '?'}, seed {spec.seed}.",
+        "",
+        "## Test split (nats per data point)",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+    ]
     for k, v in result.items():
         if isinstance(v, (int, float)):
             lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
@@ -141,6 +164,7 @@ def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
 def _extra_sections():
     """Report sections that other modules contribute (e.g. posterior diagnostics); each returns {title: png}."""
     import importlib
+
     sections = []
     for name in ("pyroib.diagnostics", "pyroib.generate"):
         try:

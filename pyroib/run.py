@@ -4,6 +4,7 @@ The specification is the single source for training, resuming, evaluating and re
 told, resolved to explicit values, saved atomically next to the checkpoint, and used to rebuild the same model,
 guide, prior and objective later.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,15 +51,22 @@ class RunSpec:
     prior_options: dict = _option(dict, "the prior's options", cli=False)
     objective_options: dict = _option(dict, "the objective's options", cli=False)
     # one β for every latent site, or {site: β} (sites left out keep 1)
-    beta: float | dict = _option(1.0, "weight of the rate; 0 switches it off; SITE=β,SITE=β weights latent sites "
-                                      "apart (unnamed sites keep 1)", type="beta")
+    beta: float | dict = _option(
+        1.0,
+        "weight of the rate; 0 switches it off; SITE=β,SITE=β weights latent sites apart (unnamed sites keep 1)",
+        type="beta",
+    )
     # per-dimension weights for every latent site, or {site: [w, ...]}
-    anchors: list[float] | dict | None = _option(None, "per-latent rate weights w1,w2,... (AnchorVAE); repeat "
-                                                       "SITE=w1,w2,... to weight one site's dimensions",
-                                                 type="anchors", action="append")
+    anchors: list[float] | dict | None = _option(
+        None,
+        "per-latent rate weights w1,w2,... (AnchorVAE); repeat SITE=w1,w2,... to weight one site's dimensions",
+        type="anchors",
+        action="append",
+    )
     schedule: str = _option("constant", "constant, linear, cyclical or capacity")
-    schedule_sites: list[str] | None = _option(None, "latent sites whose β follows --schedule (default: all)",
-                                               type="sites")
+    schedule_sites: list[str] | None = _option(
+        None, "latent sites whose β follows --schedule (default: all)", type="sites"
+    )
     warmup_epochs: float = _option(10.0, "linear schedule: epochs to reach β")
     cycle_epochs: float = _option(10.0, "cyclical schedule: epochs per cycle")
     cycle_ratio: float = _option(0.5, "cyclical schedule: rising fraction of a cycle")
@@ -67,17 +75,24 @@ class RunSpec:
     epochs: int = _option(10, "epochs to train (in all, when resuming)")
     batch_size: int = _option(128, "points per minibatch")
     lr: float = _option(1e-3, "Adam's learning rate")
-    grad_clip: float | None = _option(None, "clip the gradient of the per-data-point loss to this norm (off by "
-                                            "default); each epoch's metrics row counts the clipped steps", type=float)
+    grad_clip: float | None = _option(
+        None,
+        "clip the gradient of the per-data-point loss to this norm (off by "
+        "default); each epoch's metrics row counts the clipped steps",
+        type=float,
+    )
     num_particles: int = _option(1, "samples of the latents per data point per step", flag="particles")
     analytic_kl: bool = _option(False, "closed-form KL where available", action="store_true")
     seed: int = _option(0, "random seed")
     device: str = _option("auto", "auto, cpu or cuda")
     # a run directory (its best.pt, else checkpoint.pt) or a checkpoint file
-    init_from: str | None = _option(None, "start from the weights of a run directory (its best.pt, else "
-                                          "checkpoint.pt) or a .pt file, where names match")
-    objective: str | None = _option(None, "train the program under this architecture's objective (e.g. "
-                                          "beta-tcvae, infovae) instead of its own")
+    init_from: str | None = _option(
+        None,
+        "start from the weights of a run directory (its best.pt, else checkpoint.pt) or a .pt file, where names match",
+    )
+    objective: str | None = _option(
+        None, "train the program under this architecture's objective (e.g. beta-tcvae, infovae) instead of its own"
+    )
     # of a user's model file; train fills it and keeps a copy of the file in the run
     model_sha256: str | None = _option(None, "", cli=False)
 
@@ -121,11 +136,15 @@ def program_of(spec: RunSpec, run_dir: str | Path | None = None) -> Program:
     if run_dir is not None and spec.model_sha256 is not None:
         kept = Path(run_dir) / PROGRAM_FILE
         if not kept.is_file():
-            raise FileNotFoundError(f"{run_dir} was trained from a model file, but its copy {kept} is missing; "
-                                    "the run cannot be rebuilt faithfully")
+            raise FileNotFoundError(
+                f"{run_dir} was trained from a model file, but its copy {kept} is missing; "
+                "the run cannot be rebuilt faithfully"
+            )
         if file_sha256(kept) != spec.model_sha256:
-            raise ValueError(f"{kept} does not match the sha256 recorded in {Path(run_dir) / CONFIG_FILE}: the run's "
-                             "copy of its model file was edited, so its weights may not fit it")
+            raise ValueError(
+                f"{kept} does not match the sha256 recorded in {Path(run_dir) / CONFIG_FILE}: the run's "
+                "copy of its model file was edited, so its weights may not fit it"
+            )
         return resolve(kept)
     return resolve(spec.model)
 
@@ -156,8 +175,9 @@ def build(spec: RunSpec, device: torch.device | str = "cpu", program: Program | 
     if not capabilities.takes_prior or not sized:
         if spec.prior != "standard" or spec.prior_options:
             capabilities.require("takes_prior", f"--prior {spec.prior}")
-            raise ProgramError(f"--prior {spec.prior} is sized by Config.latent_dim, which {program.name}'s Config "
-                               "does not have")
+            raise ProgramError(
+                f"--prior {spec.prior} is sized by Config.latent_dim, which {program.name}'s Config does not have"
+            )
         model = program.Model(config)
     else:
         prior_kwargs = dict(spec.prior_options)
@@ -176,8 +196,15 @@ def build(spec: RunSpec, device: torch.device | str = "cpu", program: Program | 
     if options.get("latent_site") is None and capabilities.latent_site is not None:
         options["latent_site"] = capabilities.latent_site
     objective = arch.objective(num_particles=spec.num_particles, analytic_kl=spec.analytic_kl, **options)
-    return SimpleNamespace(model=model.to(device), guide=guide.to(device), objective=objective, config=config,
-                           program=program, capabilities=capabilities, spec=spec)
+    return SimpleNamespace(
+        model=model.to(device),
+        guide=guide.to(device),
+        objective=objective,
+        config=config,
+        program=program,
+        capabilities=capabilities,
+        spec=spec,
+    )
 
 
 def initialise_pseudo_inputs(built: SimpleNamespace, train_x: torch.Tensor) -> None:
@@ -188,8 +215,10 @@ def initialise_pseudo_inputs(built: SimpleNamespace, train_x: torch.Tensor) -> N
     prior = built.model.prior
     k = prior.n_pseudo_inputs
     if k > train_x.shape[0]:
-        raise ValueError(f"{k} pseudo-inputs initialised from data need at least {k} training images; the training "
-                         f"split has {train_x.shape[0]}")
+        raise ValueError(
+            f"{k} pseudo-inputs initialised from data need at least {k} training images; the training "
+            f"split has {train_x.shape[0]}"
+        )
     chosen = torch.randperm(train_x.shape[0], generator=torch.Generator().manual_seed(built.spec.seed))[:k]
     prior.set_pseudo_inputs(train_x[chosen.to(train_x.device)])
 
@@ -204,15 +233,18 @@ def warm_start(built: SimpleNamespace, source: str | Path) -> dict[str, list[str
     """
     source = Path(source)
     if not source.exists():
-        raise FileNotFoundError(f"--init-from {source} does not exist; pass a pyroib run directory or a .pt "
-                                "checkpoint file (nothing was written)")
+        raise FileNotFoundError(
+            f"--init-from {source} does not exist; pass a pyroib run directory or a .pt "
+            "checkpoint file (nothing was written)"
+        )
     if source.is_dir():
         path = source / BEST_FILE if (source / BEST_FILE).is_file() else source / CHECKPOINT_FILE
     else:
         path = source
     if not path.is_file():
-        raise FileNotFoundError(f"--init-from {source}: no checkpoint there; pass a pyroib run directory or a "
-                                ".pt checkpoint file")
+        raise FileNotFoundError(
+            f"--init-from {source}: no checkpoint there; pass a pyroib run directory or a .pt checkpoint file"
+        )
     state = load_checkpoint(path)  # load_state_dict copies onto the run's device
     if "model" not in state or "guide" not in state:
         raise ValueError(f"--init-from {path} is not a pyroib checkpoint (it has no model and guide weights)")
@@ -224,16 +256,19 @@ def warm_start(built: SimpleNamespace, source: str | Path) -> dict[str, list[str
             if name not in weights:
                 summary["kept"].append(f"{part}.{name}")
             elif weights[name].shape != value.shape:
-                raise ValueError(f"--init-from {path}: {part} weight {name} has shape {tuple(weights[name].shape)} "
-                                 f"there but {tuple(value.shape)} in this run; the networks must match where their "
-                                 "names do")
+                raise ValueError(
+                    f"--init-from {path}: {part} weight {name} has shape {tuple(weights[name].shape)} "
+                    f"there but {tuple(value.shape)} in this run; the networks must match where their "
+                    "names do"
+                )
             else:
                 summary["loaded"].append(f"{part}.{name}")
         summary["ignored"] += [f"{part}.{name}" for name in weights if name not in own]
         module.load_state_dict({name: weights[name] for name in own if name in weights}, strict=False)
     if not summary["loaded"]:
-        raise ValueError(f"--init-from {path}: no weight name in common with this run; it was trained with another "
-                         "model")
+        raise ValueError(
+            f"--init-from {path}: no weight name in common with this run; it was trained with another model"
+        )
     return summary
 
 
@@ -243,8 +278,9 @@ def read_spec(run_dir: str | Path) -> RunSpec:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist: train one with pyroib train --out {run_dir}")
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a pyroib run (no {CONFIG_FILE}); pass the --out directory of "
-                                "pyroib train")
+        raise FileNotFoundError(
+            f"{run_dir} is not a pyroib run (no {CONFIG_FILE}); pass the --out directory of pyroib train"
+        )
     try:
         return RunSpec.from_json(json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError) as error:
@@ -259,15 +295,18 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint
     """
     run_dir = Path(run_dir)
     if checkpoint not in CHECKPOINTS:
-        raise ValueError(f"unknown checkpoint {checkpoint!r}: choose last (the end of training) or best (the best "
-                         "validation ELBO)")
+        raise ValueError(
+            f"unknown checkpoint {checkpoint!r}: choose last (the end of training) or best (the best validation ELBO)"
+        )
     spec = read_spec(run_dir)
     device = resolve_device(device) if isinstance(device, str) else device
     built = build(spec, device, program_of(spec, run_dir))
     path = run_dir / CHECKPOINTS[checkpoint]
     if checkpoint == "best" and not path.is_file() and (run_dir / CHECKPOINT_FILE).is_file():
-        raise FileNotFoundError(f"{run_dir} has no {BEST_FILE} (runs trained before pyroib kept one); use the last "
-                                "checkpoint, or resume training for an epoch to write it")
+        raise FileNotFoundError(
+            f"{run_dir} has no {BEST_FILE} (runs trained before pyroib kept one); use the last "
+            "checkpoint, or resume training for an epoch to write it"
+        )
     state = load_checkpoint(path, map_location=device)
     built.model.load_state_dict(state["model"])
     built.guide.load_state_dict(state["guide"])

@@ -10,6 +10,7 @@ pair (γ, C(t)) that the objective turns into γ|R - C(t)| (then β = 1 on the h
 * ``capacity``: Burgess et al. (2018): C(t) = C_max · min(1, t / capacity_steps) nats, objective D + γ|R - C(t)| with
   γ = β.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

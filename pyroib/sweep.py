@@ -16,6 +16,7 @@ error naming the failures). Rerunning the same sweep skips finished runs and res
 sweep continues where it stopped. ``--workers W`` trains W runs at a time in spawned processes, each with
 ``cpu_count // W`` torch threads.
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,9 +28,20 @@ from pathlib import Path
 
 import numpy as np
 
-
-TABLE_COLUMNS = ("epoch", "accuracy", "i_xz_upper", "i_zy_lower", "h_y", "cross_entropy", "predictive_nll",
-                 "rate", "distortion", "elbo", "nll_iw", "active_units")
+TABLE_COLUMNS = (
+    "epoch",
+    "accuracy",
+    "i_xz_upper",
+    "i_zy_lower",
+    "h_y",
+    "cross_entropy",
+    "predictive_nll",
+    "rate",
+    "distortion",
+    "elbo",
+    "nll_iw",
+    "active_units",
+)
 
 
 def parse_betas(text: str) -> list[float]:
@@ -49,8 +61,10 @@ def parse_betas(text: str) -> list[float]:
         raise ValueError(f"bad --beta {text!r}: β must be finite and >= 0 (it weights the rate)")
     if len(parts) == 4 and parts[3] == "log":
         if start <= 0 or stop <= 0:
-            raise ValueError(f"bad --beta {text!r}: a log-spaced sweep needs START > 0 and STOP > 0; "
-                             "use a linear sweep to include β = 0")
+            raise ValueError(
+                f"bad --beta {text!r}: a log-spaced sweep needs START > 0 and STOP > 0; "
+                "use a linear sweep to include β = 0"
+            )
         return [float(b) for b in np.geomspace(start, stop, count)]
     return [float(b) for b in np.linspace(start, stop, count)]
 
@@ -60,7 +74,7 @@ def run_name(beta: float) -> str:
 
 
 def _state(spec, out: Path) -> str:
-    """"new", "partial" (resume it) or "finished"; a run trained with other settings raises ValueError."""
+    """ "new", "partial" (resume it) or "finished"; a run trained with other settings raises ValueError."""
     from .checkpoint import read_jsonl
     from .run import CHECKPOINT_FILE, METRICS_FILE, read_spec
     from .train import OPTIMISER_SETTINGS, RESUMABLE_CHANGES
@@ -76,14 +90,22 @@ def _state(spec, out: Path) -> str:
     # a continuation
     changed = sorted(k for k in old if old[k] != new.get(k) and k not in RESUMABLE_CHANGES - OPTIMISER_SETTINGS)
     if changed:
-        raise ValueError(f"{out} holds a run trained with other settings ({', '.join(changed)}); rerun the sweep "
-                         "with its original flags or choose another --out")
+        raise ValueError(
+            f"{out} holds a run trained with other settings ({', '.join(changed)}); rerun the sweep "
+            "with its original flags or choose another --out"
+        )
     epochs = [row.get("epoch", 0) for row in read_jsonl(out / METRICS_FILE)]
     return "finished" if epochs and max(epochs) >= spec.epochs else "partial"
 
 
-def run_one(spec, out: str | Path, progress: bool = False, threads: int | None = None, iw_samples: int = 0,
-            validate: bool = False) -> dict:
+def run_one(
+    spec,
+    out: str | Path,
+    progress: bool = False,
+    threads: int | None = None,
+    iw_samples: int = 0,
+    validate: bool = False,
+) -> dict:
     """Train (or skip, or resume) the run of ``spec`` in ``out``, then evaluate it on the test split with
     :func:`pyroib.evaluate.evaluate_run` (without the full-data terms, whose O(N² D) cost would dominate a sweep:
     run ``pyroib evaluate`` on a run directory for those); returns the evaluation with ``status`` added.
@@ -108,8 +130,16 @@ def run_one(spec, out: str | Path, progress: bool = False, threads: int | None =
     return result
 
 
-def run_sweep(spec, betas: list[float], out: str | Path, *, workers: int = 1, iw_samples: int = 0,
-              progress: bool = True, validate: bool = False) -> list[dict]:
+def run_sweep(
+    spec,
+    betas: list[float],
+    out: str | Path,
+    *,
+    workers: int = 1,
+    iw_samples: int = 0,
+    progress: bool = True,
+    validate: bool = False,
+) -> list[dict]:
     """Train and evaluate ``spec`` once per β into ``out/beta-<β>/``; write the table and plot; return the rows.
 
     ``spec`` is a :class:`~pyroib.run.RunSpec`; each run is ``dataclasses.replace(spec, beta=β)``.
@@ -145,15 +175,18 @@ def run_sweep(spec, betas: list[float], out: str | Path, *, workers: int = 1, iw
     if workers == 1:
         for beta, name, one in zip(betas, names, specs):
             try:
-                record(beta, name, run_one(one, out / name, progress=progress, iw_samples=iw_samples,
-                                           validate=validate))
+                record(
+                    beta, name, run_one(one, out / name, progress=progress, iw_samples=iw_samples, validate=validate)
+                )
             except Exception as error:  # one bad run must not stop the sweep; it is reported in the table
                 record(beta, name, error=error)
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(run_one, one, out / name, False, threads, iw_samples, validate)
-                       for one, name in zip(specs, names)]
+            futures = [
+                pool.submit(run_one, one, out / name, False, threads, iw_samples, validate)
+                for one, name in zip(specs, names)
+            ]
             for beta, name, future in zip(betas, names, futures):
                 try:
                     record(beta, name, future.result())
@@ -164,8 +197,10 @@ def run_sweep(spec, betas: list[float], out: str | Path, *, workers: int = 1, iw
     plot_sweep(rows, out / "sweep.png")
     failed = [r for r in rows if r["status"].startswith("failed")]
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(rows)} runs failed (see {out / 'sweep.md'}): "
-                           + "; ".join(f"β = {r['beta']:.6g}: {r['status']}" for r in failed))
+        raise RuntimeError(
+            f"{len(failed)} of {len(rows)} runs failed (see {out / 'sweep.md'}): "
+            + "; ".join(f"β = {r['beta']:.6g}: {r['status']}" for r in failed)
+        )
     return rows
 
 
@@ -185,6 +220,7 @@ def write_table(rows: list[dict], out: Path) -> tuple[Path, Path]:
 
     def cell(value):
         return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
     md_path.write_text("Test split, nats per data point.\n\n" + "\n".join(lines) + "\n")
@@ -195,6 +231,7 @@ def plot_sweep(rows: list[dict], path: Path, title: str | None = None) -> Path |
     """The rate–distortion curve, or the information plane and test error for supervised runs; None if no run
     finished."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

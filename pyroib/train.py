@@ -11,6 +11,7 @@ evaluation on the validation split with β = 1, then an atomic checkpoint holdin
 of ``metrics.jsonl``. Resuming restores all of it, so on the CPU a resumed run equals the uninterrupted one bit for
 bit. A non-finite loss stops training with a message; the last good checkpoint stays untouched.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,14 +24,26 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .architectures import resolve
 from .checkpoint import append_jsonl, load_checkpoint, read_jsonl, save_checkpoint, truncate_jsonl, write_json
 from .data import BatchIterator, DataSplits
 from .evaluate import split_terms
 from .handlers import bottleneck, validate_weights
 from .program import check_traces, file_sha256
-from .architectures import resolve
-from .run import (BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, PROGRAM_FILE, RunSpec, build,
-                  initialise_pseudo_inputs, program_of, read_spec, resolve_device, warm_start)
+from .run import (
+    BEST_FILE,
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    PROGRAM_FILE,
+    RunSpec,
+    build,
+    initialise_pseudo_inputs,
+    program_of,
+    read_spec,
+    resolve_device,
+    warm_start,
+)
 from .schedules import Schedule
 
 # a resumed run may train longer, move to another device, or continue at another learning rate or gradient clip
@@ -57,14 +70,24 @@ def per_site(spec: RunSpec) -> bool:
 
 def make_schedule(spec: RunSpec, steps_per_epoch: int) -> Schedule:
     """The schedule of β; with per-site β it yields the factor each scheduled site's β is multiplied by."""
+
     def steps(epochs: float) -> int:
         return max(1, round(epochs * steps_per_epoch))
+
     if per_site(spec) and spec.schedule == "capacity":
-        raise ValueError("the capacity schedule controls the total rate with one γ: it cannot be combined with "
-                         "per-site --beta or --schedule-sites")
-    return Schedule(spec.schedule, 1.0 if per_site(spec) else spec.beta, warmup_steps=steps(spec.warmup_epochs),
-                    cycle_steps=steps(spec.cycle_epochs), ratio=spec.cycle_ratio, capacity_max=spec.capacity_max,
-                    capacity_steps=steps(spec.capacity_epochs))
+        raise ValueError(
+            "the capacity schedule controls the total rate with one γ: it cannot be combined with "
+            "per-site --beta or --schedule-sites"
+        )
+    return Schedule(
+        spec.schedule,
+        1.0 if per_site(spec) else spec.beta,
+        warmup_steps=steps(spec.warmup_epochs),
+        cycle_steps=steps(spec.cycle_epochs),
+        ratio=spec.cycle_ratio,
+        capacity_max=spec.capacity_max,
+        capacity_steps=steps(spec.capacity_epochs),
+    )
 
 
 def site_betas(spec: RunSpec, latent_sites: list[str]):
@@ -72,8 +95,10 @@ def site_betas(spec: RunSpec, latent_sites: list[str]):
     latent site (sites a per-site ``--beta`` leaves out keep 1; sites outside ``--schedule-sites`` keep their β)."""
     if not per_site(spec):
         return lambda factor: factor
-    base = {site: float(spec.beta.get(site, 1.0)) if isinstance(spec.beta, Mapping) else float(spec.beta)
-            for site in latent_sites}
+    base = {
+        site: float(spec.beta.get(site, 1.0)) if isinstance(spec.beta, Mapping) else float(spec.beta)
+        for site in latent_sites
+    }
     scheduled = set(spec.schedule_sites or latent_sites)
     return lambda factor: {site: factor * b if site in scheduled else b for site, b in base.items()}
 
@@ -105,12 +130,17 @@ def _check_resume(spec: RunSpec, out: Path) -> None:
     stored = read_spec(out)
     old, new = stored.to_json(), spec.to_json()
     # the warm start shaped only the first epoch's weights, so a resume may leave --init-from out
-    changed = sorted(k for k in old if old[k] != new.get(k) and k not in RESUMABLE_CHANGES
-                     and not (k == "init_from" and new.get(k) is None))
+    changed = sorted(
+        k
+        for k in old
+        if old[k] != new.get(k) and k not in RESUMABLE_CHANGES and not (k == "init_from" and new.get(k) is None)
+    )
     if changed:
         allowed = ", ".join("--" + k.replace("_", "-") for k in sorted(RESUMABLE_CHANGES))
-        raise ValueError(f"--resume: {out} was trained with other settings ({', '.join(changed)}); resuming may "
-                         f"change only {allowed}. Rerun with the original flags or use another --out")
+        raise ValueError(
+            f"--resume: {out} was trained with other settings ({', '.join(changed)}); resuming may "
+            f"change only {allowed}. Rerun with the original flags or use another --out"
+        )
 
 
 def complete_spec(spec: RunSpec, splits: DataSplits, config_cls) -> RunSpec:
@@ -125,8 +155,10 @@ def complete_spec(spec: RunSpec, splits: DataSplits, config_cls) -> RunSpec:
         if isinstance(current, (tuple, list)):
             current = list(current)
         if current is not None and current != value:
-            raise ValueError(f"the model config says {name}={config[name]} but {spec.dataset} has {name}={value}; "
-                             f"leave {name} out of model_config and pyroib fills it from the data")
+            raise ValueError(
+                f"the model config says {name}={config[name]} but {spec.dataset} has {name}={value}; "
+                f"leave {name} out of model_config and pyroib fills it from the data"
+            )
         config[name] = value
     return dataclasses.replace(spec, model_config=config)
 
@@ -135,9 +167,11 @@ def _check_model_file(spec: RunSpec, stored: RunSpec, out: Path) -> None:
     """A resumed run of a user's model file continues only the file it started from (compared by content)."""
     given = Path(spec.model)
     if given.is_file() and file_sha256(given) != stored.model_sha256:
-        raise ValueError(f"--resume: {given} has changed since {out} was started (its sha256 differs from the one in "
-                         f"{out / CONFIG_FILE}); the run continues from its own copy {out / PROGRAM_FILE}: pass "
-                         "--model with that copy, or start a new run")
+        raise ValueError(
+            f"--resume: {given} has changed since {out} was started (its sha256 differs from the one in "
+            f"{out / CONFIG_FILE}); the run continues from its own copy {out / PROGRAM_FILE}: pass "
+            "--model with that copy, or start a new run"
+        )
 
 
 def _keep_program_copy(source: Path, out: Path) -> None:
@@ -161,13 +195,15 @@ def preflight(built, splits: DataSplits, spec: RunSpec) -> list[str]:
     if built.objective.latent_site is not None:
         named.add(built.objective.latent_site)
     index = torch.arange(n, device=x.device)
-    latent, _ = check_traces(built.model, built.guide, x, y, index=index, size=splits.train.shape[0],
-                             weighted_sites=named)
+    latent, _ = check_traces(
+        built.model, built.guide, x, y, index=index, size=splits.train.shape[0], weighted_sites=named
+    )
     return latent
 
 
-def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: bool = True,
-          splits: DataSplits | None = None) -> list[dict]:
+def train(
+    spec: RunSpec, out: str | Path, *, resume: bool = False, progress: bool = True, splits: DataSplits | None = None
+) -> list[dict]:
     """Train the run described by ``spec`` into directory ``out``; returns the metrics rows."""
     out = Path(out)
     validate_weights(spec.beta, spec.anchors, spec.model_config.get("latent_dim"))
@@ -182,13 +218,16 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     if resume and not (out / CHECKPOINT_FILE).is_file():
         raise FileNotFoundError(f"--resume: no checkpoint in {out}; start the run without --resume")
     if not resume and ((out / CHECKPOINT_FILE).exists() or (out / METRICS_FILE).exists()):
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or choose a new --out "
-                              "(nothing was overwritten)")
+        raise FileExistsError(
+            f"{out} already holds a run; pass --resume to continue it, or choose a new --out (nothing was overwritten)"
+        )
     device = resolve_device(spec.device)
     if splits is None:
         from .data import load_dataset
-        splits = load_dataset(spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size,
-                              device=device)
+
+        splits = load_dataset(
+            spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size, device=device
+        )
     program = program_of(read_spec(out), out) if resume else resolve(spec.model)
     if program.source is not None and not resume:
         spec = dataclasses.replace(spec, model=str(program.source), model_sha256=program.sha256)
@@ -207,20 +246,22 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         if spec.init_from is not None:
             summary = warm_start(built, spec.init_from)
             if progress:
-                tqdm.write(f"initialised {len(summary['loaded'])} weights from {spec.init_from}"
-                           + (f"; kept at initialisation: {', '.join(summary['kept'])}" if summary["kept"] else "")
-                           + (f"; not used: {', '.join(summary['ignored'])}" if summary["ignored"] else ""))
+                tqdm.write(
+                    f"initialised {len(summary['loaded'])} weights from {spec.init_from}"
+                    + (f"; kept at initialisation: {', '.join(summary['kept'])}" if summary["kept"] else "")
+                    + (f"; not used: {', '.join(summary['ignored'])}" if summary["ignored"] else "")
+                )
     if built.capabilities.check_data:
         model.check_data(splits.train, splits.binarize)
-    batches = BatchIterator(splits, spec.batch_size, torch.Generator().manual_seed(spec.seed),
-                            drop_last=objective.min_batch_size > 1)
+    batches = BatchIterator(
+        splits, spec.batch_size, torch.Generator().manual_seed(spec.seed), drop_last=objective.min_batch_size > 1
+    )
     schedule = make_schedule(spec, len(batches))
     anchors = validate_weights(spec.beta, spec.anchors, getattr(built.config, "latent_dim", None))
     latent_sites = preflight(built, splits, spec)
     betas = site_betas(spec, latent_sites)
     parameters = _parameters(model, guide)
-    optimizer = torch.optim.Adam(parameters, lr=spec.lr,
-                                 **({"fused": True} if device.type == "cuda" else {}))
+    optimizer = torch.optim.Adam(parameters, lr=spec.lr, **({"fused": True} if device.type == "cuda" else {}))
     out.mkdir(parents=True, exist_ok=True)
     epoch = step = 0
     best_elbo = -math.inf
@@ -262,8 +303,9 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         for i, (x, y, index) in enumerate(bar):
             weights = schedule(step)
             m, g = bottleneck(model, guide, betas(weights.beta), anchors)
-            terms = objective.terms(m, g, x, y, index=index, size=n_train, capacity=weights.capacity,
-                                    per_dimension=False)
+            terms = objective.terms(
+                m, g, x, y, index=index, size=n_train, capacity=weights.capacity, per_dimension=False
+            )
             optimizer.zero_grad(set_to_none=True)
             terms.surrogate.backward()
             if max_norm is not None:
@@ -283,49 +325,89 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
             for k, v in terms.values.items():
                 sums[k] = sums.get(k, 0.0) + v.detach() * x.shape[0]
             if progress and (i % 20 == 0):
-                bar.set_postfix(loss=f"{float(terms.values['loss']):.2f}", rate=f"{float(terms.values['rate']):.2f}",
-                                distortion=f"{float(terms.values['distortion']):.2f}", beta=f"{weights.beta:.3g}")
+                bar.set_postfix(
+                    loss=f"{float(terms.values['loss']):.2f}",
+                    rate=f"{float(terms.values['rate']):.2f}",
+                    distortion=f"{float(terms.values['distortion']):.2f}",
+                    beta=f"{weights.beta:.3g}",
+                )
         if bool(nonfinite) or bool(exploded):
-            what = "became NaN or infinite" if bool(nonfinite) else \
-                f"exceeded {EXPLOSION_FACTOR:.0e} times its value at the start ({float(explosion_limit):.4g} nats per point)"
-            kept = f"the last good checkpoint (epoch {epoch - 1}) is kept in {out}" if epoch > 1 else \
-                "no checkpoint was written"
-            raise TrainingDiverged(f"training diverged in epoch {epoch}: the loss {what}; {kept}. Lower --lr or "
-                                   "--beta, or check the data")
+            what = (
+                "became NaN or infinite"
+                if bool(nonfinite)
+                else f"exceeded {EXPLOSION_FACTOR:.0e} times its value at the start "
+                f"({float(explosion_limit):.4g} nats per point)"
+            )
+            kept = (
+                f"the last good checkpoint (epoch {epoch - 1}) is kept in {out}"
+                if epoch > 1
+                else "no checkpoint was written"
+            )
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch}: the loss {what}; {kept}. Lower --lr or --beta, or check the data"
+            )
         model.eval()
         guide.eval()
         val_x, val_y = splits.split("val")
         val, val_kl = split_terms(model, guide, objective, val_x, val_y)
         train_means = {k: float(v) / n_train for k, v in sums.items()}
         weights = schedule(step - 1)  # the weights of the epoch's last step
-        row = {"epoch": epoch, "step": step, "lr": spec.lr, "grad_clip": spec.grad_clip,
-               "clipped_steps": int(clipped),
-               # gradient norms per data point, the scale of --grad-clip (measured only where the clip computes them)
-               **({"grad_norm_mean": float(grad_norms[0]) / len(batches), "grad_norm_max": float(grad_norms[1])}
-                  if max_norm is not None else {}),
-               "beta": weights.beta,
-               **({f"beta/{k}": v for k, v in betas(weights.beta).items()} if per_site(spec) else {}),
-               "capacity": None if weights.capacity is None else weights.capacity[1],
-               "train_loss": train_means.pop("loss"), "train_elbo": train_means.pop("elbo"),
-               "train_rate": train_means.pop("rate"), "train_distortion": train_means.pop("distortion"),
-               **{f"train_{k}": v for k, v in train_means.items()},
-               "val_elbo": val["elbo"], "val_rate": val["rate"], "val_distortion": val["distortion"],
-               **{f"val_{k}": v for k, v in val.items() if k not in ("elbo", "rate", "distortion", "loss")},
-               "val_kl_per_dim": val_kl, "seconds": time.perf_counter() - started}
+        row = {
+            "epoch": epoch,
+            "step": step,
+            "lr": spec.lr,
+            "grad_clip": spec.grad_clip,
+            "clipped_steps": int(clipped),
+            # gradient norms per data point, the scale of --grad-clip (measured only where the clip computes them)
+            **(
+                {"grad_norm_mean": float(grad_norms[0]) / len(batches), "grad_norm_max": float(grad_norms[1])}
+                if max_norm is not None
+                else {}
+            ),
+            "beta": weights.beta,
+            **({f"beta/{k}": v for k, v in betas(weights.beta).items()} if per_site(spec) else {}),
+            "capacity": None if weights.capacity is None else weights.capacity[1],
+            "train_loss": train_means.pop("loss"),
+            "train_elbo": train_means.pop("elbo"),
+            "train_rate": train_means.pop("rate"),
+            "train_distortion": train_means.pop("distortion"),
+            **{f"train_{k}": v for k, v in train_means.items()},
+            "val_elbo": val["elbo"],
+            "val_rate": val["rate"],
+            "val_distortion": val["distortion"],
+            **{f"val_{k}": v for k, v in val.items() if k not in ("elbo", "rate", "distortion", "loss")},
+            "val_kl_per_dim": val_kl,
+            "seconds": time.perf_counter() - started,
+        }
         if not math.isfinite(row["val_elbo"]):
-            raise TrainingDiverged(f"validation ELBO is not finite after epoch {epoch}; the last good checkpoint "
-                                   f"(epoch {epoch - 1}) is kept in {out}")
-        trained = {"model": model.state_dict(), "guide": guide.state_dict(),
-                   "objective": objective.state_dict(), "epoch": epoch}
+            raise TrainingDiverged(
+                f"validation ELBO is not finite after epoch {epoch}; the last good checkpoint "
+                f"(epoch {epoch - 1}) is kept in {out}"
+            )
+        trained = {
+            "model": model.state_dict(),
+            "guide": guide.state_dict(),
+            "objective": objective.state_dict(),
+            "epoch": epoch,
+        }
         if row["val_elbo"] > best_elbo:
             best_elbo = row["val_elbo"]
             save_checkpoint({**trained, "val_elbo": best_elbo}, out / BEST_FILE)
-        save_checkpoint({**trained, "optimizer": optimizer.state_dict(), "step": step,
-                         "batch_generator": batches.generator.get_state(), "rng": _rng_state(device)},
-                        out / CHECKPOINT_FILE)
+        save_checkpoint(
+            {
+                **trained,
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "batch_generator": batches.generator.get_state(),
+                "rng": _rng_state(device),
+            },
+            out / CHECKPOINT_FILE,
+        )
         append_jsonl(out / METRICS_FILE, row)
         if progress:
-            tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.3f}  val ELBO {row['val_elbo']:.3f}  "
-                       f"rate {row['val_rate']:.3f}  distortion {row['val_distortion']:.3f}  β {row['beta']:.3g} "
-                       f"({row['seconds']:.1f} s)")
+            tqdm.write(
+                f"epoch {epoch}: train loss {row['train_loss']:.3f}  val ELBO {row['val_elbo']:.3f}  "
+                f"rate {row['val_rate']:.3f}  distortion {row['val_distortion']:.3f}  β {row['beta']:.3g} "
+                f"({row['seconds']:.1f} s)"
+            )
     return read_jsonl(out / METRICS_FILE)

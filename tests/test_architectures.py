@@ -1,5 +1,6 @@
 """One table over every architecture with an information-term objective: trains from the CLI on digits, logs its
 terms per epoch, evaluates the full-data terms, and (with critics) resumes exactly."""
+
 import json
 import math
 
@@ -11,8 +12,21 @@ from pyroib.architectures import ARCHITECTURES
 from pyroib.checkpoint import load_checkpoint, read_jsonl
 from pyroib.objectives import InfoELBO
 
-TINY = ["--dataset", "digits", "--latent-dim", "3", "--hidden", "16", "--batch-size", "256", "--seed", "0",
-        "--device", "cpu", "--no-progress"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--latent-dim",
+    "3",
+    "--hidden",
+    "16",
+    "--batch-size",
+    "256",
+    "--seed",
+    "0",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 CRITIC = ["--critic-width", "16", "--critic-depth", "1"]
 # architecture -> (extra flags, terms its objective logs, the critic estimates evaluate reports)
 TABLE = {
@@ -49,15 +63,32 @@ def test_trains_logs_terms_and_evaluates_full_data_terms(name, tmp_path, capsys)
     assert result["full_data_points"] == result["n"] and not result["full_data_subsampled"]
     assert -0.05 <= result["mutual_information"] <= math.log(result["n"])  # an N-point aggregate caps MI at log N
     assert result["full_data_rate"] == pytest.approx(
-        result["mutual_information"] + result["total_correlation"] + result["dimwise_kl"], abs=1e-3)
+        result["mutual_information"] + result["total_correlation"] + result["dimwise_kl"], abs=1e-3
+    )
     assert result["marginal_kl"] == pytest.approx(result["total_correlation"] + result["dimwise_kl"], abs=1e-3)
     assert len(result["mi_per_dim"]) == 3
 
 
 def test_weights_are_flags_and_aae_masks_the_rate_by_default(tmp_path, capsys):
     out = tmp_path / "aae"
-    run(["train", "--model", "aae", "--epochs", "1", *TINY, *CRITIC, "--divergence", "mmd",
-         "--marginal-weight", "50", "--out", str(out)], capsys)
+    run(
+        [
+            "train",
+            "--model",
+            "aae",
+            "--epochs",
+            "1",
+            *TINY,
+            *CRITIC,
+            "--divergence",
+            "mmd",
+            "--marginal-weight",
+            "50",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["beta"] == 0.0
     assert config["objective_options"]["divergence"] == "mmd"
@@ -66,8 +97,9 @@ def test_weights_are_flags_and_aae_masks_the_rate_by_default(tmp_path, capsys):
     assert "train_mmd" in row
     # β = 0 leaves the rate out of the loss: the loss per point is distortion + weight · MMD²
     assert row["train_loss"] == pytest.approx(row["train_distortion"] + 50.0 * row["train_mmd"], rel=1e-4)
-    code = cli.main(["train", "--model", "beta-tcvae", "--epochs", "1", *TINY, "--tc-weight", "-3",
-                     "--out", str(tmp_path / "bad")])
+    code = cli.main(
+        ["train", "--model", "beta-tcvae", "--epochs", "1", *TINY, "--tc-weight", "-3", "--out", str(tmp_path / "bad")]
+    )
     assert code == 2 and "tc_weight" in capsys.readouterr().err
 
 
@@ -84,7 +116,10 @@ def test_resume_with_critics_equals_the_uninterrupted_run(name, tmp_path, capsys
     critics = full["objective"]["critics"]
     assert critics and set(critics) == set(part["objective"]["critics"])
     for critic, entry in critics.items():
-        assert all(torch.equal(v, part["objective"]["critics"][critic]["weights"][k])
-                   for k, v in entry["weights"].items()), critic
-    assert read_jsonl(tmp_path / "full" / "metrics.jsonl")[-1]["val_elbo"] == \
-        read_jsonl(tmp_path / "part" / "metrics.jsonl")[-1]["val_elbo"]
+        assert all(
+            torch.equal(v, part["objective"]["critics"][critic]["weights"][k]) for k, v in entry["weights"].items()
+        ), critic
+    assert (
+        read_jsonl(tmp_path / "full" / "metrics.jsonl")[-1]["val_elbo"]
+        == read_jsonl(tmp_path / "part" / "metrics.jsonl")[-1]["val_elbo"]
+    )

@@ -1,5 +1,6 @@
 """The ArviZ bridge against closed forms: a linear-Gaussian model whose exact posterior is the guide, a mixture with a
 discrete latent site, and the evaluator's importance-weighted bound on a VAE."""
+
 import math
 
 import numpy as np
@@ -32,13 +33,13 @@ class LinearGaussian(nn.Module):
 
     def posterior(self, x):
         """Exact p(z | x) = N(μ(x), Σ): Σ = (I + WᵀW/σ²)⁻¹, μ = Σ Wᵀ(x - b)/σ²."""
-        precision = torch.eye(self.weight.shape[1], dtype=DTYPE) + self.weight.T @ self.weight / self.noise ** 2
+        precision = torch.eye(self.weight.shape[1], dtype=DTYPE) + self.weight.T @ self.weight / self.noise**2
         covariance = torch.linalg.inv(precision)
-        mean = (x - self.bias) @ self.weight @ covariance.T / self.noise ** 2
+        mean = (x - self.bias) @ self.weight @ covariance.T / self.noise**2
         return mean, covariance
 
     def log_evidence(self, x):
-        covariance = self.weight @ self.weight.T + self.noise ** 2 * torch.eye(self.weight.shape[0], dtype=DTYPE)
+        covariance = self.weight @ self.weight.T + self.noise**2 * torch.eye(self.weight.shape[0], dtype=DTYPE)
         return dist.MultivariateNormal(self.bias, covariance).log_prob(x)
 
 
@@ -69,8 +70,14 @@ def test_container_has_groups_dims_and_coords():
     model, x = linear_gaussian(5)
     labels = torch.arange(5)
     data = from_pair(model, ScaledPosteriorGuide(model), x, labels, draws=40, point_index=[10, 11, 12, 13, 14])
-    assert set(group_names(data)) == {"posterior", "posterior_predictive", "observed_data", "log_likelihood",
-                                  "sample_stats", "constant_data"}
+    assert set(group_names(data)) == {
+        "posterior",
+        "posterior_predictive",
+        "observed_data",
+        "log_likelihood",
+        "sample_stats",
+        "constant_data",
+    }
     assert data.posterior["z"].dims == ("chain", "draw", "point", "z_dim")
     assert dict(data.posterior.sizes) == {"chain": 1, "draw": 40, "point": 5, "z_dim": 2}
     assert data.posterior_predictive["x"].dims == ("chain", "draw", "point", "x_dim")
@@ -119,15 +126,15 @@ class Mixture(nn.Module):
 
     def component_posterior(self, x):
         """p(c | x) ∝ π_c N(x; m_c, 1 + σ²) and log p(x)."""
-        joint = self.probs.log() + dist.Normal(self.centres, math.sqrt(1 + self.noise ** 2)).log_prob(x[:, None])
+        joint = self.probs.log() + dist.Normal(self.centres, math.sqrt(1 + self.noise**2)).log_prob(x[:, None])
         return (joint - joint.logsumexp(-1, keepdim=True)).exp(), joint.logsumexp(-1)
 
     def guide(self, x, y=None):
         probs, _ = self.component_posterior(x)
-        variance = 1 / (1 + 1 / self.noise ** 2)
+        variance = 1 / (1 + 1 / self.noise**2)
         with pyro.plate("data", x.shape[0], dim=-1):
             c = pyro.sample("c", dist.Categorical(probs))
-            pyro.sample("z", dist.Normal(variance * (self.centres[c] + x / self.noise ** 2), math.sqrt(variance)))
+            pyro.sample("z", dist.Normal(variance * (self.centres[c] + x / self.noise**2), math.sqrt(variance)))
 
 
 def test_discrete_latent_sites_are_drawn_from_the_guide():
@@ -147,14 +154,16 @@ def test_discrete_latent_sites_are_drawn_from_the_guide():
 
 def _tiny_spec(**changes) -> RunSpec:
     config = {"data_shape": [1, 8, 8], "latent_dim": 3, "hidden": [16]}
-    return RunSpec(model="vae", dataset="synthetic", model_config=config, epochs=1, batch_size=200, device="cpu",
-                   **changes)
+    return RunSpec(
+        model="vae", dataset="synthetic", model_config=config, epochs=1, batch_size=200, device="cpu", **changes
+    )
 
 
 def test_iwae_bound_equals_the_evaluators_with_the_same_seed():
     built = build(_tiny_spec())
     x = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(1)).bernoulli(
-        generator=torch.Generator().manual_seed(2))
+        generator=torch.Generator().manual_seed(2)
+    )
     torch.manual_seed(3)
     nll = importance_nll(built.model, built.guide, x, samples=50, batch_size=5, particles_per_pass=50)
     state = torch.get_rng_state()
@@ -234,7 +243,7 @@ def test_adapter_builds_a_datatree_through_the_arviz_1_api(monkeypatch):
     groups = {"posterior": {"z": np.zeros((1, 4, 2, 3))}, "observed_data": {"x": np.zeros((2, 5))}}
     dims, coords = {"z": ["point", "z_dim"], "x": ["point", "x_dim"]}, {"point": np.arange(2)}
     assert to_arviz(groups, dims, coords, attrs={"draws": 4}) == "tree"
-    (args, kwargs), = calls
+    ((args, kwargs),) = calls
     assert args == (groups,)
     assert kwargs == {"dims": dims, "coords": coords, "attrs": {"/": {"draws": 4}}}
     monkeypatch.undo()

@@ -9,7 +9,6 @@ from torch.distributions import MultivariateNormal, kl_divergence
 from pyroib.critics import Critic, density_ratio_loss, kl_from_critic, permute_dims, tc_critic_loss, tc_from_critic
 
 
-
 def train(critic, loss_of, steps=400):
     """Adam with fresh samples each step; the learning rate drops twice so the last iterate is
     not dominated by step noise."""
@@ -73,7 +72,9 @@ def test_permute_dims_keeps_columns_and_breaks_their_pairing():
     off_diagonal = correlation[~torch.eye(3, dtype=torch.bool)]
     # Independent columns of 4,000 give correlations with sd 1/sqrt(4000) = 0.016.
     assert off_diagonal.abs().max() < 4 / math.sqrt(4000)
-    assert torch.equal(permute_dims(z, torch.Generator().manual_seed(3)), permute_dims(z, torch.Generator().manual_seed(3)))
+    assert torch.equal(
+        permute_dims(z, torch.Generator().manual_seed(3)), permute_dims(z, torch.Generator().manual_seed(3))
+    )
 
 
 def test_density_ratio_loss_at_the_true_log_ratio_is_the_bayes_optimum():

@@ -1,4 +1,5 @@
 """Tests of pyroib.data: splits, binarisation, minibatches, the idx reader and its errors."""
+
 import gzip
 import struct
 
@@ -284,13 +285,16 @@ def test_search_order_and_message_without_data_dir(tmp_path, tiny_fashion, monke
     assert len(splits.train) + len(splits.val) == N_TINY_TRAIN
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"name": "mnist"}, "fashion-mnist, digits, synthetic"),
-    ({"name": "digits", "binarize": "dyn"}, "none, static, dynamic"),
-    ({"name": "synthetic", "val_size": 1000}, "val_size=1000"),
-    ({"name": "synthetic", "val_size": -1}, "val_size=-1"),
-    ({"name": "synthetic", "seed": -1}, "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"name": "mnist"}, "fashion-mnist, digits, synthetic"),
+        ({"name": "digits", "binarize": "dyn"}, "none, static, dynamic"),
+        ({"name": "synthetic", "val_size": 1000}, "val_size=1000"),
+        ({"name": "synthetic", "val_size": -1}, "val_size=-1"),
+        ({"name": "synthetic", "seed": -1}, "seed"),
+    ],
+)
 def test_bad_arguments_raise_value_errors_saying_what_to_use(kwargs, match):
     with pytest.raises(ValueError, match=match):
         load_dataset(kwargs.pop("name"), **kwargs)
@@ -303,8 +307,10 @@ def test_dataset_names_and_unknown_split():
     assert issubclass(DataError, ValueError)
 
 
-@pytest.mark.skipif(not all((data.FASHION_MNIST_SYSTEM_DIR / f).is_file() for f in data.FASHION_MNIST_FILES.values()),
-                    reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not all((data.FASHION_MNIST_SYSTEM_DIR / f).is_file() for f in data.FASHION_MNIST_FILES.values()),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
 def test_real_fashion_mnist_from_the_debian_package():
     splits = load_dataset("fashion-mnist", data_dir=data.FASHION_MNIST_SYSTEM_DIR, binarize="none")
     assert (len(splits.train), len(splits.val), len(splits.test)) == (55_000, 5_000, 10_000)

@@ -1,6 +1,7 @@
 """Posterior diagnostics against known answers: ArviZ's PSIS on the installed line, exact, too narrow and too wide
 guides of a linear-Gaussian model (k̂ = 1 - s² for a guide s times narrower than the posterior), and closed-form
 posterior moments."""
+
 import json
 import math
 
@@ -9,8 +10,14 @@ import pytest
 from test_bridge import ScaledPosteriorGuide, _tiny_spec, linear_gaussian
 
 from pyroib.bridge import from_pair, group, group_names, import_arviz
-from pyroib.diagnostics import (code_summary, importance_diagnostics, importance_ess, iwae_bound, pareto_khat,
-                                predictive_checks)
+from pyroib.diagnostics import (
+    code_summary,
+    importance_diagnostics,
+    importance_ess,
+    iwae_bound,
+    pareto_khat,
+    predictive_checks,
+)
 from pyroib.train import train
 
 
@@ -18,11 +25,18 @@ from pyroib.train import train
 def test_pareto_khat_agrees_with_arviz_psis(draws):
     az = import_arviz()
     rng = np.random.default_rng(draws)
-    log_w = np.concatenate([rng.standard_t(3, size=(3, draws)), 3 * rng.normal(size=(3, draws)),
-                            np.log1p(rng.pareto(1.5, size=(3, draws)))])
+    log_w = np.concatenate(
+        [
+            rng.standard_t(3, size=(3, draws)),
+            3 * rng.normal(size=(3, draws)),
+            np.log1p(rng.pareto(1.5, size=(3, draws))),
+        ]
+    )
     if not hasattr(az, "psislw"):
-        pytest.skip("the reference is ArviZ 0.23's psislw (Python 3.11, CI); arviz_stats' PSIS in ArviZ 1.x fits the "
-                    "tail differently (NaN below about 100 draws, other k̂ above), so it is no known answer")
+        pytest.skip(
+            "the reference is ArviZ 0.23's psislw (Python 3.11, CI); arviz_stats' PSIS in ArviZ 1.x fits the "
+            "tail differently (NaN below about 100 draws, other k̂ above), so it is no known answer"
+        )
     _, reference = az.psislw(log_w.copy(), reff=1.0)
     np.testing.assert_allclose(pareto_khat(log_w), reference, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(pareto_khat(log_w.T, axis=0), reference, rtol=1e-10, atol=1e-12)
@@ -57,10 +71,8 @@ def test_too_narrow_guide_has_high_khat_and_too_wide_a_low_one():
     for s > 1 the weights are bounded and k < 0. Every point has the same weight distribution, so the median over
     points tames the estimator's noise (its sd is about 0.1 at 1,000 draws)."""
     model, x = linear_gaussian(20)
-    narrow = importance_diagnostics(from_pair(model, ScaledPosteriorGuide(model, 0.3), x, draws=1000,
-                                              predictive=False))
-    wide = importance_diagnostics(from_pair(model, ScaledPosteriorGuide(model, 1.5), x, draws=1000,
-                                            predictive=False))
+    narrow = importance_diagnostics(from_pair(model, ScaledPosteriorGuide(model, 0.3), x, draws=1000, predictive=False))
+    wide = importance_diagnostics(from_pair(model, ScaledPosteriorGuide(model, 1.5), x, draws=1000, predictive=False))
     assert float(narrow["khat"].median()) > 0.7, narrow["khat"].values
     assert (wide["khat"] < 0.5).all(), wide["khat"].values
     assert (narrow["ess_fraction"] < wide["ess_fraction"]).all()
@@ -113,8 +125,7 @@ def test_report_section_writes_figures_and_numbers(tmp_path):
     train(_tiny_spec(), tmp_path / "run", progress=False)
     run, splits = load_run(tmp_path / "run", device="cpu"), load_dataset("synthetic")
     figures = diagnostics.report_section(run, splits, tmp_path, points=60, draws=30)
-    assert set(figures.values()) == {"posterior_importance.png", "posterior_codes_z.png",
-                                     "posterior_predictive_x.png"}
+    assert set(figures.values()) == {"posterior_importance.png", "posterior_codes_z.png", "posterior_predictive_x.png"}
     assert all((tmp_path / name).stat().st_size > 0 for name in figures.values())
     summary = json.loads((tmp_path / "posterior_diagnostics.json").read_text())
     assert summary["points"] == 60 and summary["draws"] == 30

@@ -18,7 +18,6 @@ from pyroib.estimators import (
 )
 
 
-
 def gaussian_encodings(n, dim, seed, mix=None, scale=(0.3, 0.7), dtype=torch.float64):
     """Encoder locs ~ N(0, mix mix^T), scales uniform in ``scale``, one code per point."""
     gen = torch.Generator().manual_seed(seed)
@@ -66,7 +65,9 @@ def repeated_batch_estimates():
         per_dim = torch.empty(REPEATS, N_SMALL, D_SMALL, dtype=z.dtype)
         for repeat in range(REPEATS):
             for idx in torch.randperm(N_SMALL, generator=gen).split(B_SMALL):
-                joint[repeat, idx], per_dim[repeat, idx] = log_qz_estimates(z[idx], loc[idx], scale[idx], N_SMALL, method)
+                joint[repeat, idx], per_dim[repeat, idx] = log_qz_estimates(
+                    z[idx], loc[idx], scale[idx], N_SMALL, method
+                )
         estimates[method] = (joint, per_dim)
     return exact, estimates
 
@@ -212,7 +213,7 @@ def rbf_mmd_between_unit_gaussians(shift, dim, bandwidth):
     """MMD^2 of N(0, I) and N(shift, I) under exp(-|a - b|^2 / c): E k over a - b ~ N(m, 2I)
     is (1 + 4/c)^(-D/2) exp(-|m|^2 / (c + 4))."""
     base = (1.0 + 4.0 / bandwidth) ** (-dim / 2)
-    return 2.0 * base * (1.0 - math.exp(-shift**2 / (bandwidth + 4.0)))
+    return 2.0 * base * (1.0 - math.exp(-(shift**2) / (bandwidth + 4.0)))
 
 
 @pytest.mark.parametrize("kernel", ["rbf", "imq"])
@@ -242,10 +243,16 @@ def test_biased_mmd_has_its_known_positive_offset():
     # For identical P = Q = N(0, I) the V-statistic has mean (k(0) - E k(x, x'))(1/n + 1/m).
     gen = torch.Generator().manual_seed(10)
     dim, n, pairs = 3, 100, 40
-    readings = torch.stack([
-        mmd(torch.randn(n, dim, generator=gen, dtype=torch.float64), torch.randn(n, dim, generator=gen, dtype=torch.float64), unbiased=False)
-        for _ in range(pairs)
-    ])
+    readings = torch.stack(
+        [
+            mmd(
+                torch.randn(n, dim, generator=gen, dtype=torch.float64),
+                torch.randn(n, dim, generator=gen, dtype=torch.float64),
+                unbiased=False,
+            )
+            for _ in range(pairs)
+        ]
+    )
     expected = (1.0 - (1.0 + 4.0 / (2.0 * dim)) ** (-dim / 2)) * 2.0 / n
     assert (readings >= 0).all()
     assert abs(readings.mean().item() - expected) < 4 * readings.std().item() / math.sqrt(pairs)
@@ -309,8 +316,11 @@ def test_fused_mixture_density_gradients_match_autograd_of_the_definition():
     for method in ("mss", "mws"):
         joint, per_dim = log_qz_estimates(z, loc, scale, n, method)
         pairwise = torch.distributions.Normal(loc.unsqueeze(0), scale.unsqueeze(0)).log_prob(z.unsqueeze(1))
-        log_w = (mss_log_weight_matrix(b, n, dtype=torch.float64) if method == "mss"
-                 else torch.full((b, b), -math.log(n * b), dtype=torch.float64))
+        log_w = (
+            mss_log_weight_matrix(b, n, dtype=torch.float64)
+            if method == "mss"
+            else torch.full((b, b), -math.log(n * b), dtype=torch.float64)
+        )
         ref_joint = torch.logsumexp(log_w + pairwise.sum(-1), 1)
         ref_per_dim = torch.logsumexp(log_w.unsqueeze(-1) + pairwise, 1)
         weights = torch.randn(b, dtype=torch.float64), torch.randn(b, d, dtype=torch.float64)

@@ -1,4 +1,5 @@
 """Evaluators against closed forms: a linear-Gaussian model whose marginal likelihood and posterior are exact."""
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -24,7 +25,7 @@ class LinearGaussian(nn.Module):
             pyro.sample("x", dist.Normal(z @ W.T + B, SIGMA).to_event(1), obs=x)
 
     def marginal(self):
-        return dist.MultivariateNormal(B, W @ W.T + SIGMA ** 2 * torch.eye(X))
+        return dist.MultivariateNormal(B, W @ W.T + SIGMA**2 * torch.eye(X))
 
 
 class Posterior(nn.Module):
@@ -33,11 +34,11 @@ class Posterior(nn.Module):
     def __init__(self, exact=True):
         super().__init__()
         self.exact = exact
-        precision = torch.eye(D) + W.T @ W / SIGMA ** 2
+        precision = torch.eye(D) + W.T @ W / SIGMA**2
         self.cov = torch.linalg.inv(precision)
 
     def encode(self, x):
-        loc = (x - B) @ W @ self.cov.T / SIGMA ** 2
+        loc = (x - B) @ W @ self.cov.T / SIGMA**2
         scale = self.cov.diagonal().sqrt().expand_as(loc)
         if not self.exact:
             return loc + 0.5, scale * 2.0
@@ -69,8 +70,9 @@ def test_importance_nll_with_a_poor_guide_tightens_towards_the_truth_as_k_grows(
     x = data()
     exact = float(-LinearGaussian().marginal().log_prob(x).mean())
     loose = float(importance_nll(LinearGaussian(), Posterior(exact=False), x, samples=1).mean())
-    tight = float(importance_nll(LinearGaussian(), Posterior(exact=False), x, samples=4000,
-                                 particles_per_pass=1000).mean())
+    tight = float(
+        importance_nll(LinearGaussian(), Posterior(exact=False), x, samples=4000, particles_per_pass=1000).mean()
+    )
     assert loose > tight >= exact - 0.05
     assert tight == pytest.approx(exact, abs=0.1)
 
@@ -82,7 +84,7 @@ def test_elbo_equals_log_marginal_minus_kl_to_the_posterior():
     values, per_dim = split_terms(LinearGaussian(), guide, InfoELBO(analytic_kl=True), x)
     loc, scale = guide.encode(x)
     exact_loc, _ = Posterior().encode(x)
-    q = dist.MultivariateNormal(loc, torch.diag_embed(scale ** 2))
+    q = dist.MultivariateNormal(loc, torch.diag_embed(scale**2))
     p = dist.MultivariateNormal(exact_loc, Posterior().cov)
     expected = float((LinearGaussian().marginal().log_prob(x) - torch.distributions.kl_divergence(q, p)).mean())
     assert values["elbo"] == pytest.approx(expected, abs=0.15)  # one Monte Carlo draw per point, 200 points
@@ -93,6 +95,7 @@ def test_active_units_counts_dimensions_whose_posterior_mean_varies():
     class Guide:
         def encode(self, x):
             return torch.stack([x[:, 0], torch.full_like(x[:, 0], 2.0), 0.05 * x[:, 1]], -1), None
+
     x = torch.randn(500, 2)
     count, variances = active_units(Guide(), x)
     assert count == 1  # 0.05² ≈ 0.0025 is below the 0.01 threshold; the constant dimension is inactive
@@ -105,8 +108,12 @@ def test_importance_weights_carry_no_graph_even_when_the_prior_has_parameters():
     from pyroib.evaluate import importance_log_weights
     from pyroib.run import RunSpec, build
 
-    spec = RunSpec(model="vae", dataset="synthetic", prior="flow",
-                   model_config={"data_shape": [1, 4, 4], "latent_dim": 4, "hidden": [8]})
+    spec = RunSpec(
+        model="vae",
+        dataset="synthetic",
+        prior="flow",
+        model_config={"data_shape": [1, 4, 4], "latent_dim": 4, "hidden": [8]},
+    )
     built = build(spec, "cpu")
     x = torch.bernoulli(torch.full((3, 1, 4, 4), 0.5))
     log_w = importance_log_weights(built.model, built.guide, x, None, particles=5)

@@ -1,4 +1,5 @@
 """The annealed IB curve: its shape, its end points and where the number of clusters changes."""
+
 import numpy as np
 import pytest
 
@@ -14,7 +15,8 @@ def second_singular_value_squared(p_xy):
 # Two well separated groups of letters, {0, 1} and {2, 3}, each of two similar letters: annealing should first
 # split the groups apart, then separate the letters inside them.
 HIERARCHICAL = np.array([0.3, 0.2, 0.25, 0.25])[:, None] * np.array(
-    [[0.80, 0.15, 0.05], [0.70, 0.25, 0.05], [0.05, 0.25, 0.70], [0.10, 0.10, 0.80]])
+    [[0.80, 0.15, 0.05], [0.70, 0.25, 0.05], [0.05, 0.25, 0.70], [0.10, 0.10, 0.80]]
+)
 GRID = np.geomspace(1.0, 1000.0, 70)
 GRID_RATIO = GRID[1] / GRID[0]
 

@@ -1,4 +1,5 @@
 """Iterative and deterministic IB against closed forms (binary symmetric, Gaussian) and brute force."""
+
 import itertools
 
 import numpy as np

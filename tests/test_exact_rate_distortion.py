@@ -1,4 +1,5 @@
 """Blahut–Arimoto against closed-form rate–distortion functions (REFERENCE.md, "Estimators: known answers")."""
+
 import numpy as np
 import pytest
 

@@ -1,9 +1,18 @@
 """Measures against exact values, and the errors raised for bad input by every exact solver."""
+
 import numpy as np
 import pytest
 
-from pyroib.exact import (blahut_arimoto, deterministic_ib, entropy, ib_curve, iterative_ib, mutual_information,
-                          nats_to, rate_distortion_curve)
+from pyroib.exact import (
+    blahut_arimoto,
+    deterministic_ib,
+    entropy,
+    ib_curve,
+    iterative_ib,
+    mutual_information,
+    nats_to,
+    rate_distortion_curve,
+)
 
 GOOD_JOINT = np.array([[0.3, 0.1], [0.1, 0.5]])
 HAMMING_2 = 1.0 - np.eye(2)
@@ -34,12 +43,16 @@ JOINT_CASES = {
 }
 
 
-@pytest.mark.parametrize("solver", [
-    lambda p: iterative_ib(p, 2.0, 2),
-    lambda p: deterministic_ib(p, 2.0, 2),
-    lambda p: ib_curve(p, [1.0, 2.0]),
-    mutual_information,
-], ids=["iterative_ib", "deterministic_ib", "ib_curve", "mutual_information"])
+@pytest.mark.parametrize(
+    "solver",
+    [
+        lambda p: iterative_ib(p, 2.0, 2),
+        lambda p: deterministic_ib(p, 2.0, 2),
+        lambda p: ib_curve(p, [1.0, 2.0]),
+        mutual_information,
+    ],
+    ids=["iterative_ib", "deterministic_ib", "ib_curve", "mutual_information"],
+)
 @pytest.mark.parametrize("case", JOINT_CASES, ids=list(JOINT_CASES))
 def test_bad_joints_raise(solver, case):
     joint, message = JOINT_CASES[case]

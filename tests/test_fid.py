@@ -1,4 +1,5 @@
 """Fréchet distance against closed forms, and the versioned Fashion-MNIST feature network."""
+
 import hashlib
 import json
 from importlib import resources
@@ -10,9 +11,19 @@ import scipy.linalg
 import torch
 
 from pyroib.data import fashion_mnist_dirs
+from pyroib.fid import (
+    ASSET_INFO,
+    ASSET_WEIGHTS,
+    FEATURE_DIM,
+    SUBSET,
+    accuracy,
+    frechet_distance,
+    gaussian_frechet_distance,
+    image_features,
+    load_feature_network,
+    sample_fid,
+)
 from pyroib.priors import StandardNormal
-from pyroib.fid import (ASSET_INFO, ASSET_WEIGHTS, FEATURE_DIM, SUBSET, accuracy, frechet_distance,
-                        gaussian_frechet_distance, image_features, load_feature_network, sample_fid)
 
 RNG = np.random.default_rng(0)
 
@@ -21,8 +32,9 @@ def _fashion_available() -> bool:
     return any((d / "t10k-images-idx3-ubyte.gz").is_file() for d in fashion_mnist_dirs())
 
 
-needs_fashion = pytest.mark.skipif(not _fashion_available(), reason="Fashion-MNIST files are not installed "
-                                   "(apt-get install dataset-fashion-mnist)")
+needs_fashion = pytest.mark.skipif(
+    not _fashion_available(), reason="Fashion-MNIST files are not installed (apt-get install dataset-fashion-mnist)"
+)
 
 
 def test_identical_feature_sets_are_at_distance_zero():
@@ -65,12 +77,15 @@ def test_symmetric_and_a_shift_adds_its_squared_length():
     assert distances == sorted(distances) and distances[-1] > distances[0] + 4
 
 
-@pytest.mark.parametrize("a, b, message", [
-    (np.zeros(10), np.zeros((10, 2)), "(n, d)"),
-    (np.zeros((10, 3)), np.zeros((10, 2)), "same width"),
-    (np.full((10, 2), np.nan), np.zeros((10, 2)), "finite"),
-    (np.zeros((1, 2)), np.zeros((10, 2)), "n >= 2"),
-])
+@pytest.mark.parametrize(
+    "a, b, message",
+    [
+        (np.zeros(10), np.zeros((10, 2)), "(n, d)"),
+        (np.zeros((10, 3)), np.zeros((10, 2)), "same width"),
+        (np.full((10, 2), np.nan), np.zeros((10, 2)), "finite"),
+        (np.zeros((1, 2)), np.zeros((10, 2)), "n >= 2"),
+    ],
+)
 def test_bad_feature_sets_are_refused(a, b, message):
     with pytest.raises(ValueError, match=message):
         frechet_distance(a, b)
@@ -90,6 +105,7 @@ def test_versioned_weights_match_their_record():
 @needs_fashion
 def test_versioned_classifier_has_its_recorded_test_accuracy():
     from pyroib.data import load_dataset
+
     info = json.loads((resources.files("pyroib") / "assets" / ASSET_INFO).read_text())
     test = load_dataset("fashion-mnist", binarize="none")
     measured = accuracy(load_feature_network(), test.test[:SUBSET], test.test_labels[:SUBSET])
@@ -100,6 +116,7 @@ def test_versioned_classifier_has_its_recorded_test_accuracy():
 @needs_fashion
 def test_sample_fid_ranks_real_images_above_noise():
     from pyroib.data import load_dataset
+
     grey = load_dataset("fashion-mnist", binarize="none")
     pool = grey.train[:500]
 
@@ -114,6 +131,7 @@ def test_sample_fid_ranks_real_images_above_noise():
 
     def run_with(noise):
         return SimpleNamespace(model=Picker(noise), device=torch.device("cpu"))
+
     prior = StandardNormal(2)
     real = sample_fid(run_with(False), prior, 500, reference=grey.test[:1000])
     noise = sample_fid(run_with(True), prior, 500, reference=grey.test[:1000])

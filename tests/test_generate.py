@@ -1,4 +1,5 @@
 """fit-prior, sample, evaluation under a swapped prior and the report section, on a tiny digits run."""
+
 import math
 import shutil
 
@@ -9,8 +10,13 @@ import torch
 from pyroib import cli
 from pyroib.data import load_dataset
 from pyroib.evaluate import evaluate_run
-from pyroib.generate import (AGGREGATE_FILE, aggregate_variance, per_dim_mutual_information,
-                             report_section, training_encodings)
+from pyroib.generate import (
+    AGGREGATE_FILE,
+    aggregate_variance,
+    per_dim_mutual_information,
+    report_section,
+    training_encodings,
+)
 from pyroib.priors import AggregatePosterior, JointAggregatePosterior, StandardNormal
 from pyroib.run import RunSpec, load_run
 from pyroib.train import train
@@ -21,8 +27,15 @@ LATENT = 3
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "digits"
-    spec = RunSpec(model="vae", model_config={"data_shape": [1, 8, 8], "latent_dim": LATENT, "hidden": [32]},
-                   dataset="digits", epochs=2, batch_size=64, seed=1, device="cpu")
+    spec = RunSpec(
+        model="vae",
+        model_config={"data_shape": [1, 8, 8], "latent_dim": LATENT, "hidden": [32]},
+        dataset="digits",
+        epochs=2,
+        batch_size=64,
+        seed=1,
+        device="cpu",
+    )
     train(spec, out, progress=False)
     return out
 
@@ -71,10 +84,13 @@ def test_sample_writes_a_grid_of_the_requested_size(run_dir, tmp_path, prior):
     assert (run_dir / AGGREGATE_FILE).exists() == (prior != "standard")  # fitted on the fly and kept
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--prior", "vamp"], "unknown --prior 'vamp'"),
-    (["--n", "0"], "--n must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--prior", "vamp"], "unknown --prior 'vamp'"),
+        (["--n", "0"], "--n must be at least 1"),
+    ],
+)
 def test_sample_rejects_bad_input(run_dir, tmp_path, capsys, argv, message):
     assert cli.main(["sample", str(run_dir), "--out", str(tmp_path / "x.png"), *argv]) == 2
     assert message in capsys.readouterr().err
@@ -82,8 +98,10 @@ def test_sample_rejects_bad_input(run_dir, tmp_path, capsys, argv, message):
 
 
 def test_sample_and_fit_prior_report_a_missing_run(tmp_path, capsys):
-    for argv in (["sample", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.png")],
-                 ["fit-prior", str(tmp_path / "nothing")]):
+    for argv in (
+        ["sample", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.png")],
+        ["fit-prior", str(tmp_path / "nothing")],
+    ):
         assert cli.main(argv) == 2
         assert "does not exist" in capsys.readouterr().err
 
@@ -107,6 +125,7 @@ def test_evaluating_under_another_prior_leaves_the_model_untouched(run_dir):
 def test_evaluate_command_under_the_aggregate_prior(run_dir, capsys):
     """`pyroib evaluate --prior aggregate` is evaluate_run under the stored factorised aggregate."""
     import json
+
     argv = ["evaluate", str(run_dir), "--iw-samples", "20", "--device", "cpu", "--full-data-points", "0", "--json"]
     assert cli.main(argv) == 0
     standard = json.loads(capsys.readouterr().out)
@@ -114,8 +133,9 @@ def test_evaluate_command_under_the_aggregate_prior(run_dir, capsys):
     aggregate = json.loads(capsys.readouterr().out)
     assert aggregate["prior"] == "aggregate" and (run_dir / AGGREGATE_FILE).exists()
     run = load_run(run_dir, "cpu")
-    factorised = AggregatePosterior.from_state_dict(torch.load(run_dir / AGGREGATE_FILE,
-                                                               weights_only=True)["factorised"])
+    factorised = AggregatePosterior.from_state_dict(
+        torch.load(run_dir / AGGREGATE_FILE, weights_only=True)["factorised"]
+    )
     direct = evaluate_run(run, prior=factorised, iw_samples=20, full_data_points=0)
     assert aggregate["nll_iw"] == pytest.approx(direct["nll_iw"], rel=1e-5)
     assert aggregate["rate"] == pytest.approx(direct["rate"], rel=1e-5)
@@ -163,12 +183,28 @@ def test_a_stale_aggregate_prior_is_refitted_with_its_subsample_size(run_dir, tm
     from dataclasses import replace
 
     from pyroib.run import read_spec
+
     assert cli.main(["fit-prior", str(run_dir), "--max-components", "50", "--device", "cpu"]) == 0
     assert torch.load(run_dir / AGGREGATE_FILE, weights_only=True)["epoch"] == 2
     train(replace(read_spec(run_dir), epochs=3), run_dir, resume=True, progress=False)
     # the stored aggregate encodes epoch 2's weights; sampling from epoch 3 refits it, 50 components as before
-    assert cli.main(["sample", str(run_dir), "--prior", "aggregate", "--n", "4", "--device", "cpu",
-                     "--out", str(tmp_path / "grid.png")]) == 0
+    assert (
+        cli.main(
+            [
+                "sample",
+                str(run_dir),
+                "--prior",
+                "aggregate",
+                "--n",
+                "4",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "grid.png"),
+            ]
+        )
+        == 0
+    )
     state = torch.load(run_dir / AGGREGATE_FILE, weights_only=True)
     loc, _ = training_encodings(load_run(run_dir))
     assert state["epoch"] == 3 and state["factorised"]["loc"].shape == (50, LATENT)

@@ -1,4 +1,5 @@
 """A VIB trained on a discrete joint against the exact IB curve of that joint (all numbers in nats)."""
+
 import numpy as np
 import pytest
 import torch
@@ -77,11 +78,14 @@ def test_variational_bounds_bracket_the_monte_carlo_estimates(result):
         assert point["beta_ib"] == pytest.approx(1 / point["beta_vib"])
 
 
-@pytest.mark.parametrize("p_xy, match", [
-    (np.array([[0.5, 0.2], [0.2, 0.2]]), "sum"),
-    (np.array([[0.5, -0.1], [0.4, 0.2]]), "negative"),
-    (np.array([0.5, 0.5]), "2-d"),
-])
+@pytest.mark.parametrize(
+    "p_xy, match",
+    [
+        (np.array([[0.5, 0.2], [0.2, 0.2]]), "sum"),
+        (np.array([[0.5, -0.1], [0.4, 0.2]]), "negative"),
+        (np.array([0.5, 0.5]), "2-d"),
+    ],
+)
 def test_bad_joint_raises(p_xy, match):
     with pytest.raises(ValueError, match=match):
         fit_vib_discrete(p_xy, 0.1, steps=1)

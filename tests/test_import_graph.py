@@ -1,5 +1,6 @@
 """The package's modules import each other without cycles: dependencies point down, from the command line to the
 library, never back (module-level and in-function imports, and modules loaded by name)."""
+
 import ast
 from pathlib import Path
 

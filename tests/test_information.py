@@ -1,5 +1,6 @@
 """Information-term objectives: their terms equal the estimators on the same trace values, they reduce to InfoELBO
 at plain-VAE weights, gradients reach the encoder, critics checkpoint exactly, and bad settings fail clearly."""
+
 import io
 import math
 
@@ -10,7 +11,7 @@ import torch
 from pyroib import estimators
 from pyroib.critics import kl_from_critic
 from pyroib.guides.vae import Guide
-from pyroib.information import MarginalKLELBO, MMDELBO, TotalCorrelationELBO
+from pyroib.information import MMDELBO, MarginalKLELBO, TotalCorrelationELBO
 from pyroib.information_critics import AdversarialELBO, BoundedIBELBO, FactorVAEELBO
 from pyroib.models.vae import Config, Model
 from pyroib.objectives import InfoELBO
@@ -52,8 +53,9 @@ def test_tcvae_loss_is_distortion_plus_weighted_mi_tc_and_dimwise_kl(setup):
     result = TotalCorrelationELBO(alpha, beta, gamma).terms(model, guide, x, index=index, size=N)
     v = result.values
     # with a Monte Carlo rate, rate = MI + TC + dimKL holds sample by sample, so the reweighting is exact
-    assert float(v["rate"]) == pytest.approx(float(v["index_code_mi"] + v["total_correlation"] + v["dimwise_kl"]),
-                                             abs=1e-4)
+    assert float(v["rate"]) == pytest.approx(
+        float(v["index_code_mi"] + v["total_correlation"] + v["dimwise_kl"]), abs=1e-4
+    )
     expected = v["distortion"] + alpha * v["index_code_mi"] + beta * v["total_correlation"] + gamma * v["dimwise_kl"]
     assert float(result.loss) / N == pytest.approx(float(expected), rel=1e-5)
 
@@ -111,8 +113,9 @@ def test_plain_vae_weights_give_infoelbo_loss_and_gradient(setup, objective):
     assert all(torch.allclose(a, b) for a, b in zip(grads, grads_ref))
 
 
-@pytest.mark.parametrize("objective,name", [(TotalCorrelationELBO(), "total_correlation"),
-                                            (FactorVAEELBO(**SMALL_CRITIC), "critic_tc")])
+@pytest.mark.parametrize(
+    "objective,name", [(TotalCorrelationELBO(), "total_correlation"), (FactorVAEELBO(**SMALL_CRITIC), "critic_tc")]
+)
 def test_tc_gradient_reaches_the_encoder_but_not_the_critic(setup, objective, name):
     model, guide, x, index = setup
     model_trace, guide_trace = traces(objective, model, guide, x, index)
@@ -160,17 +163,20 @@ def test_deterministic_encoder_uses_the_posterior_mean(setup):
     assert head.weight.grad[:latent].abs().sum() > 0 and head.weight.grad[latent:].abs().sum() == 0
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: TotalCorrelationELBO(tc_weight=-1.0), "tc_weight"),
-    (lambda: TotalCorrelationELBO(alpha=float("nan")), "alpha"),
-    (lambda: TotalCorrelationELBO(estimator="exact"), "estimator"),
-    (lambda: MMDELBO(kernel="laplace"), "kernel"),
-    (lambda: MMDELBO(mmd_weight=-0.1), "mmd_weight"),
-    (lambda: AdversarialELBO(divergence="wasserstein"), "divergence"),
-    (lambda: BoundedIBELBO(data_kl_weight=-2.0), "data_kl_weight"),
-    (lambda: BoundedIBELBO(marginal_estimator="nope"), "marginal_estimator"),
-    (lambda: FactorVAEELBO(critic_width=0), "critic_width"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: TotalCorrelationELBO(tc_weight=-1.0), "tc_weight"),
+        (lambda: TotalCorrelationELBO(alpha=float("nan")), "alpha"),
+        (lambda: TotalCorrelationELBO(estimator="exact"), "estimator"),
+        (lambda: MMDELBO(kernel="laplace"), "kernel"),
+        (lambda: MMDELBO(mmd_weight=-0.1), "mmd_weight"),
+        (lambda: AdversarialELBO(divergence="wasserstein"), "divergence"),
+        (lambda: BoundedIBELBO(data_kl_weight=-2.0), "data_kl_weight"),
+        (lambda: BoundedIBELBO(marginal_estimator="nope"), "marginal_estimator"),
+        (lambda: FactorVAEELBO(critic_width=0), "critic_width"),
+    ],
+)
 def test_bad_settings_fail_at_construction(make, match):
     with pytest.raises(ValueError, match=match):
         make()

@@ -1,4 +1,5 @@
 """DiagonalNormalMixture against torch's broadcast MixtureSameFamily: values, gradients, shapes, samples."""
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -26,14 +27,17 @@ def reference(loc, scale, logits, batch_shape):
 def test_log_density_and_its_gradients_equal_the_broadcast_mixture(narrow):
     loc, scale, logits = components(narrow=narrow)
     # points on, near and far from the components: the expansion cancels worst on top of a narrow one
-    z = torch.cat([loc.detach()[:4] + 1e-3 * torch.randn(4, 3, dtype=torch.float64),
-                   torch.randn(6, 3, dtype=torch.float64) * 5]).requires_grad_()
+    z = torch.cat(
+        [loc.detach()[:4] + 1e-3 * torch.randn(4, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64) * 5]
+    ).requires_grad_()
     ours = DiagonalNormalMixture(loc, scale, logits, batch_shape=(10,)).log_prob(z)
     theirs = reference(loc, scale, logits, (10,)).log_prob(z)
     assert ours.shape == theirs.shape == (10,)
     assert torch.allclose(ours, theirs, rtol=1e-10, atol=1e-8)
-    for mine, exact in zip(torch.autograd.grad(ours.sum(), (loc, scale, logits, z)),
-                           torch.autograd.grad(theirs.sum(), (loc, scale, logits, z))):
+    for mine, exact in zip(
+        torch.autograd.grad(ours.sum(), (loc, scale, logits, z)),
+        torch.autograd.grad(theirs.sum(), (loc, scale, logits, z)),
+    ):
         assert torch.allclose(mine, exact, rtol=1e-7, atol=1e-7)
 
 

@@ -60,7 +60,7 @@ def test_gaussian_likelihood_matches_the_closed_form():
     mean = torch.zeros(1, 1, 2, 2)
     x = torch.full((1, 1, 2, 2), 0.2)
     sigma = math.exp(-2.3)
-    expected = 4 * (-0.5 * math.log(2 * math.pi * sigma ** 2) - 0.2 ** 2 / (2 * sigma ** 2))
+    expected = 4 * (-0.5 * math.log(2 * math.pi * sigma**2) - 0.2**2 / (2 * sigma**2))
     assert float(lik(mean).log_prob(x).detach()) == pytest.approx(expected, rel=1e-4)
 
 

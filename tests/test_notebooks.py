@@ -1,5 +1,6 @@
 """Every notebook in notebooks/ is stored without outputs and executes without error in smoke mode
 (PYROIB_SMOKE=1: tiny runs, written under a temporary directory), in a kernel of this interpreter."""
+
 import os
 import sys
 from pathlib import Path
@@ -60,11 +61,21 @@ def test_notebook_executes_in_smoke_mode(path, notebook_kernel_manager, tmp_path
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
     notebook = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(notebook, kernel_name="python3", kernel_manager_class=notebook_kernel_manager,
-                                     timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        notebook,
+        kernel_name="python3",
+        kernel_manager_class=notebook_kernel_manager,
+        timeout=CELL_TIMEOUT_S,
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
     client.execute()
-    errors = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
-              if output.output_type == "error"]
+    errors = [
+        output
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.output_type == "error"
+    ]
     assert not errors
     assert not any(Path(tmp_path).glob("*.ipynb"))
     assert os.listdir(tmp_path), "the notebook should have written its runs under TMPDIR"

@@ -1,13 +1,14 @@
 """The objective against Pyro's own ELBOs, and the bottleneck weights against explicit formulas."""
+
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
+from pyroib.guides.vae import Guide
 from pyroib.handlers import bottleneck
 from pyroib.models.vae import Config, Model
-from pyroib.guides.vae import Guide
 from pyroib.objectives import InfoELBO
 from pyroib.priors import MixtureOfGaussians
 
@@ -102,6 +103,7 @@ def test_anchor_gradients_match_explicit_weighting():
         z = dist.Normal(loc, scale).rsample()
         log_lik = model.likelihood(model.decoder(z)).log_prob(x)
         return N / x.shape[0] * (-(log_lik).sum() + (kl * weights).sum())
+
     theirs = explicit()
     assert torch.allclose(ours, theirs, rtol=1e-5)
     for a, b in zip(grads(ours, [model, guide]), grads(theirs, [model, guide])):
@@ -116,8 +118,9 @@ def test_anchors_refused_for_a_prior_that_does_not_factorise():
         InfoELBO().terms(m, g, x, None, index, N)
 
 
-@pytest.mark.parametrize("beta, anchors, match", [(-1.0, None, "beta"), (float("nan"), None, "beta"),
-                                                   (1.0, [1.0, -2.0, 1.0], "anchor")])
+@pytest.mark.parametrize(
+    "beta, anchors, match", [(-1.0, None, "beta"), (float("nan"), None, "beta"), (1.0, [1.0, -2.0, 1.0], "anchor")]
+)
 def test_bad_weights_raise_at_construction(beta, anchors, match):
     model, guide = pair()
     with pytest.raises(ValueError, match=match):
@@ -157,6 +160,7 @@ def test_loss_method_uses_the_same_breakdown():
 def test_user_data_weights_reach_rate_and_distortion_alike_but_beta_only_the_loss(analytic, per_dimension):
     """poutine.scale on model and guide weights data points: the reported terms keep it, and drop only β."""
     from pyro import poutine
+
     model, guide = pair()
     x, index = batch()
     weights = torch.tensor([0.5, 2.0, 1.0, 0.25, 3.0, 1.5])

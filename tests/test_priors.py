@@ -11,13 +11,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyroib.priors import (
-    AggregatePosterior, FactorisedAggregatePosterior, FlowPrior, JointAggregatePosterior, LearnedGaussian,
-    MixtureOfGaussians, StandardNormal, VampPrior, prior_from_name, require_factorised,
+    AggregatePosterior,
+    FactorisedAggregatePosterior,
+    FlowPrior,
+    JointAggregatePosterior,
+    LearnedGaussian,
+    MixtureOfGaussians,
+    StandardNormal,
+    VampPrior,
+    prior_from_name,
+    require_factorised,
 )
 
 DATA_DIM = 4
-FACTORISED = {"standard": True, "learned": True, "mixture": False, "vamp": False, "flow": False,
-              "aggregate-factorised": True, "aggregate-joint": False}
+FACTORISED = {
+    "standard": True,
+    "learned": True,
+    "mixture": False,
+    "vamp": False,
+    "flow": False,
+    "aggregate-factorised": True,
+    "aggregate-joint": False,
+}
 KINDS = list(FACTORISED)
 
 
@@ -49,8 +64,9 @@ BUILDERS = {
     "standard": lambda d, enc: StandardNormal(d),
     "learned": lambda d, enc: LearnedGaussian(d),
     "mixture": lambda d, enc: MixtureOfGaussians(d, n_components=3),
-    "vamp": lambda d, enc: VampPrior(enc or GaussianEncoder(DATA_DIM, d), (DATA_DIM,), n_pseudo_inputs=6,
-                                     init=torch.rand(6, DATA_DIM)),
+    "vamp": lambda d, enc: VampPrior(
+        enc or GaussianEncoder(DATA_DIM, d), (DATA_DIM,), n_pseudo_inputs=6, init=torch.rand(6, DATA_DIM)
+    ),
     "flow": lambda d, enc: FlowPrior(d, n_flows=2, hidden=(16,)),
     "aggregate-factorised": lambda d, enc: AggregatePosterior.fit(*random_codes(20, d), joint=False),
     "aggregate-joint": lambda d, enc: AggregatePosterior.fit(*random_codes(20, d), joint=True),
@@ -196,8 +212,7 @@ def test_aggregate_subsampling_keeps_pairs_of_loc_and_scale():
 def test_vamp_prior_at_data_points_is_their_joint_mixture_of_encodings(dtype, data_range, range_map):
     encoder = GaussianEncoder(DATA_DIM, 3).to(dtype)
     points = 0.01 + 0.98 * torch.rand(7, DATA_DIM, dtype=dtype)
-    prior = VampPrior(encoder, (DATA_DIM,), n_pseudo_inputs=7, init=points, data_range=data_range,
-                      range_map=range_map)
+    prior = VampPrior(encoder, (DATA_DIM,), n_pseudo_inputs=7, init=points, data_range=data_range, range_map=range_map)
     z = torch.randn(11, 3, dtype=dtype)
     with torch.no_grad():
         loc, scale = encoder(points)
@@ -316,8 +331,13 @@ def test_learned_gaussian_gradient_matches_closed_form():
 def test_prior_from_name():
     encoder = GaussianEncoder(DATA_DIM, 3)
     kwargs = {"vamp": {"encoder": encoder, "data_shape": (DATA_DIM,), "n_pseudo_inputs": 4}}
-    expected = {"standard": StandardNormal, "learned": LearnedGaussian, "mixture": MixtureOfGaussians,
-                "vamp": VampPrior, "flow": FlowPrior}
+    expected = {
+        "standard": StandardNormal,
+        "learned": LearnedGaussian,
+        "mixture": MixtureOfGaussians,
+        "vamp": VampPrior,
+        "flow": FlowPrior,
+    }
     for name, cls in expected.items():
         prior = prior_from_name(name, 3, **kwargs.get(name, {}))
         assert type(prior) is cls and prior.latent_dim == 3
@@ -387,8 +407,9 @@ def test_vamp_clamp_map_moves_pseudo_inputs_started_at_saturated_pixels():
     moved = {}
     for range_map in ("sigmoid", "clamp"):
         torch.manual_seed(0)
-        prior = VampPrior(GaussianEncoder(DATA_DIM, 2), (DATA_DIM,), n_pseudo_inputs=5, init=binary,
-                          range_map=range_map)
+        prior = VampPrior(
+            GaussianEncoder(DATA_DIM, 2), (DATA_DIM,), n_pseudo_inputs=5, init=binary, range_map=range_map
+        )
         start = prior.pseudo_inputs.detach().clone()
         optimizer = torch.optim.Adam(prior.parameters(), lr=1e-2)
         for _ in range(10):
@@ -403,8 +424,13 @@ def test_vamp_clamp_map_moves_pseudo_inputs_started_at_saturated_pixels():
     assert torch.allclose(moved["clamp"], torch.full_like(moved["clamp"], 0.1), rtol=0.05)  # 10 steps of lr
     assert moved["sigmoid"].max() < 1e-3
     # pushed past a bound, a pixel stays at it, and comes back as soon as its gradient points inside
-    prior = VampPrior(GaussianEncoder(DATA_DIM, 2), (DATA_DIM,), n_pseudo_inputs=1, range_map="clamp",
-                      init=torch.full((1, DATA_DIM), 0.5))
+    prior = VampPrior(
+        GaussianEncoder(DATA_DIM, 2),
+        (DATA_DIM,),
+        n_pseudo_inputs=1,
+        range_map="clamp",
+        init=torch.full((1, DATA_DIM), 0.5),
+    )
     with torch.no_grad():
         prior.pseudo_raw.fill_(1.5)
     (grad,) = torch.autograd.grad(-prior.pseudo_inputs.sum(), prior.pseudo_raw)  # descent would push it further out

@@ -1,6 +1,7 @@
 """The program contract on programs written as a Pyro user writes them (tests/programs/): other site names, pyro.plate
 used directly, no injected prior, two latent layers; and the mistakes such a user makes, each refused in one line
 naming the rule before anything is written."""
+
 import json
 import math
 import shutil
@@ -45,8 +46,9 @@ def test_information_objectives_read_a_site_named_code(tmp_path, capsys, objecti
     result = _evaluate(capsys, tmp_path / "run", "--full-data-points", "300")
     assert result["mutual_information"] <= math.log(300) + 1e-6
     # the injected prior is known, so the terms against p(z) are reported, and the rate decomposes into them
-    assert result["full_data_rate"] == pytest.approx(result["mutual_information"] + result["total_correlation"]
-                                                     + result["dimwise_kl"], abs=1e-3)
+    assert result["full_data_rate"] == pytest.approx(
+        result["mutual_information"] + result["total_correlation"] + result["dimwise_kl"], abs=1e-3
+    )
     assert math.isfinite(result["nll_iw"]) and result["nll_iw"] <= -result["elbo"] + 1.0
 
 
@@ -57,25 +59,51 @@ def test_help_lists_the_programs_and_objectives_flags(capsys):
     assert "--latent-dim" in text and "--width" in text and "--tc-weight" in text and "--latent-site" in text
 
 
-@pytest.mark.parametrize("name, replacements, rule", [
-    ("plate_size", [(PLATE, 'pyro.plate("data", x.shape[0])', 1)], "has size 64 but the data set has"),
-    ("batch_plate", [(PLATE, PLATE.replace('"data"', '"batch"'), 2)], "in no plate named 'data'"),
-    ("site_mismatch", [('pyro.sample("code", dist.Normal(loc', 'pyro.sample("z", dist.Normal(loc', 1)],
-     "the guide samples 'z' but the model has no site of that name"),
-    ("model_only", [('            logits = self.net(code)',
-                     '            pyro.sample("noise", dist.Normal(x.new_zeros(x.shape[0]), 1.0))\n'
-                     '            logits = self.net(code)', 1)], "'noise' of the model have no site in the guide"),
-    ("enumerated", [('            logits = self.net(code)',
-                     '            pyro.sample("kind", dist.Categorical(logits=x.new_zeros(3)))\n'
-                     '            logits = self.net(code)', 1),
-                    ('            pyro.sample("code", dist.Normal(loc, scale).to_event(1))',
-                     '            pyro.sample("code", dist.Normal(loc, scale).to_event(1))\n'
-                     '            pyro.sample("kind", dist.Categorical(logits=x.new_zeros(3)),'
-                     ' infer={"enumerate": "parallel"})', 1)], "marked for enumeration"),
-    ("observes_nothing", [(', obs=x)', ')', 1)], "observes nothing"),
-])
-def test_a_users_mistake_is_refused_in_one_line_before_anything_is_written(tmp_path, capsys, name, replacements,
-                                                                           rule):
+@pytest.mark.parametrize(
+    "name, replacements, rule",
+    [
+        ("plate_size", [(PLATE, 'pyro.plate("data", x.shape[0])', 1)], "has size 64 but the data set has"),
+        ("batch_plate", [(PLATE, PLATE.replace('"data"', '"batch"'), 2)], "in no plate named 'data'"),
+        (
+            "site_mismatch",
+            [('pyro.sample("code", dist.Normal(loc', 'pyro.sample("z", dist.Normal(loc', 1)],
+            "the guide samples 'z' but the model has no site of that name",
+        ),
+        (
+            "model_only",
+            [
+                (
+                    "            logits = self.net(code)",
+                    '            pyro.sample("noise", dist.Normal(x.new_zeros(x.shape[0]), 1.0))\n'
+                    "            logits = self.net(code)",
+                    1,
+                )
+            ],
+            "'noise' of the model have no site in the guide",
+        ),
+        (
+            "enumerated",
+            [
+                (
+                    "            logits = self.net(code)",
+                    '            pyro.sample("kind", dist.Categorical(logits=x.new_zeros(3)))\n'
+                    "            logits = self.net(code)",
+                    1,
+                ),
+                (
+                    '            pyro.sample("code", dist.Normal(loc, scale).to_event(1))',
+                    '            pyro.sample("code", dist.Normal(loc, scale).to_event(1))\n'
+                    '            pyro.sample("kind", dist.Categorical(logits=x.new_zeros(3)),'
+                    ' infer={"enumerate": "parallel"})',
+                    1,
+                ),
+            ],
+            "marked for enumeration",
+        ),
+        ("observes_nothing", [(", obs=x)", ")", 1)], "observes nothing"),
+    ],
+)
+def test_a_users_mistake_is_refused_in_one_line_before_anything_is_written(tmp_path, capsys, name, replacements, rule):
     program = _variant(tmp_path, name, *replacements)
     code, err = _train(capsys, program, tmp_path / "run")
     assert code == 2
@@ -85,8 +113,12 @@ def test_a_users_mistake_is_refused_in_one_line_before_anything_is_written(tmp_p
 
 
 def test_a_program_without_a_prior_trains_and_evaluates_without_guessing_one(tmp_path, capsys):
-    program = _variant(tmp_path, "no_prior", ("def __init__(self, config, prior=None):", "def __init__(self, config):", 1),
-                       ("        self.prior = prior\n", "        self.prior = None\n", 1))
+    program = _variant(
+        tmp_path,
+        "no_prior",
+        ("def __init__(self, config, prior=None):", "def __init__(self, config):", 1),
+        ("        self.prior = prior\n", "        self.prior = None\n", 1),
+    )
     code, err = _train(capsys, program, tmp_path / "run")
     assert code == 0, err
     result = _evaluate(capsys, tmp_path / "run", "--full-data-points", "200")
@@ -106,8 +138,9 @@ def test_per_site_beta_from_the_command_line_on_a_two_level_hierarchy(tmp_path, 
     for row in read_jsonl(tmp_path / "run" / "metrics.jsonl"):
         assert (row["beta/z1"], row["beta/z2"]) == (1.0, 4.0)
         # each step's loss is distortion + 1 · rate(z1) + 4 · rate(z2), so the epoch means are too
-        assert row["train_loss"] == pytest.approx(row["train_distortion"] + row["train_rate/z1"]
-                                                  + 4 * row["train_rate/z2"], rel=1e-5)
+        assert row["train_loss"] == pytest.approx(
+            row["train_distortion"] + row["train_rate/z1"] + 4 * row["train_rate/z2"], rel=1e-5
+        )
     result = _evaluate(capsys, tmp_path / "run", "--full-data-points", "0")
     assert set(result["kl_per_dim_by_site"]) == {"z1", "z2"}
     assert len(result["kl_per_dim_by_site"]["z1"]) == 4 and len(result["kl_per_dim_by_site"]["z2"]) == 2
@@ -115,28 +148,45 @@ def test_per_site_beta_from_the_command_line_on_a_two_level_hierarchy(tmp_path, 
 
 
 def test_a_schedule_on_one_site_leaves_the_others_at_their_beta(tmp_path, capsys):
-    code, err = _train(capsys, PROGRAMS / "two_level.py", tmp_path / "run", "--beta", "3", "--schedule", "linear",
-                       "--warmup-epochs", "4", "--schedule-sites", "z2", "--epochs", "2")
+    code, err = _train(
+        capsys,
+        PROGRAMS / "two_level.py",
+        tmp_path / "run",
+        "--beta",
+        "3",
+        "--schedule",
+        "linear",
+        "--warmup-epochs",
+        "4",
+        "--schedule-sites",
+        "z2",
+        "--epochs",
+        "2",
+    )
     assert code == 0, err
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert all(row["beta/z1"] == 3.0 for row in rows)
     assert 0 < rows[0]["beta/z2"] < rows[1]["beta/z2"] < 3.0
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--beta", "z1=1,z3=2"], "'z3' named in the run's settings are not latent sites"),
-    (["--schedule-sites", "top"], "'top' named in the run's settings"),
-    (["--objective", "beta-tcvae"], "reads one latent site and the program has 2 (z1, z2)"),
-    (["--objective", "beta-tcvae", "--latent-site", "z9"], "'z9' named in the run's settings"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--beta", "z1=1,z3=2"], "'z3' named in the run's settings are not latent sites"),
+        (["--schedule-sites", "top"], "'top' named in the run's settings"),
+        (["--objective", "beta-tcvae"], "reads one latent site and the program has 2 (z1, z2)"),
+        (["--objective", "beta-tcvae", "--latent-site", "z9"], "'z9' named in the run's settings"),
+    ],
+)
 def test_site_names_in_settings_must_exist(tmp_path, capsys, flags, message):
     code, err = _train(capsys, PROGRAMS / "two_level.py", tmp_path / "run", *flags)
     assert code == 2 and message in err, err
 
 
 def test_the_objective_reads_the_site_it_is_told_on_a_hierarchy(tmp_path, capsys):
-    code, err = _train(capsys, PROGRAMS / "two_level.py", tmp_path / "run", "--objective", "beta-tcvae",
-                       "--latent-site", "z1")
+    code, err = _train(
+        capsys, PROGRAMS / "two_level.py", tmp_path / "run", "--objective", "beta-tcvae", "--latent-site", "z1"
+    )
     assert code == 0, err
     assert "train_total_correlation" in read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]
 

@@ -1,4 +1,5 @@
 """Every Python snippet in the README runs, in a directory holding the digits run the README trains."""
+
 import re
 from pathlib import Path
 
@@ -13,8 +14,24 @@ SNIPPETS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme")
-    code = cli.main(["train", "--model", "vae", "--dataset", "digits", "--epochs", "2", "--latent-dim", "4",
-                     "--device", "cpu", "--no-progress", "--out", str(root / "runs" / "digits")])
+    code = cli.main(
+        [
+            "train",
+            "--model",
+            "vae",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "2",
+            "--latent-dim",
+            "4",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            str(root / "runs" / "digits"),
+        ]
+    )
     assert code == 0
     return root
 

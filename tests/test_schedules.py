@@ -24,7 +24,7 @@ def test_cyclical_follows_fu_et_al():
     assert s(25).beta == pytest.approx(0.5)
     assert s(50).beta == pytest.approx(1.0)
     assert s(99).beta == pytest.approx(1.0)
-    assert s(100).beta == 0.0            # a new cycle starts from zero
+    assert s(100).beta == 0.0  # a new cycle starts from zero
     assert s(125).beta == pytest.approx(0.5)
     values = [s(t).beta for t in range(300)]
     assert all(0 <= v <= 1 for v in values)
@@ -38,14 +38,17 @@ def test_capacity_rises_linearly_and_carries_gamma():
     assert s(10_000).capacity[1] == pytest.approx(20.0)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"kind": "sigmoid"}, "unknown schedule"),
-    ({"kind": "constant", "beta": -1.0}, "beta"),
-    ({"kind": "constant", "beta": math.inf}, "beta"),
-    ({"kind": "linear", "warmup_steps": 0}, "warm-up"),
-    ({"kind": "cyclical", "cycle_steps": 10, "ratio": 0.0}, "ratio"),
-    ({"kind": "capacity", "capacity_steps": 0}, "capacity"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"kind": "sigmoid"}, "unknown schedule"),
+        ({"kind": "constant", "beta": -1.0}, "beta"),
+        ({"kind": "constant", "beta": math.inf}, "beta"),
+        ({"kind": "linear", "warmup_steps": 0}, "warm-up"),
+        ({"kind": "cyclical", "cycle_steps": 10, "ratio": 0.0}, "ratio"),
+        ({"kind": "capacity", "capacity_steps": 0}, "capacity"),
+    ],
+)
 def test_bad_schedules_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Schedule(**kwargs)

@@ -1,5 +1,6 @@
 """β sweeps: the β grammar, a sweep end to end (table, plot, rate ordering), failures kept apart, resuming,
 worker processes."""
+
 import csv
 
 import pytest
@@ -9,10 +10,22 @@ from pyroib.cli.train import spec_from_args
 from pyroib.run import RunSpec
 from pyroib.sweep import parse_betas, run_name, run_sweep
 
-TINY = ["--dataset", "digits", "--epochs", "2", "--hidden", "32", "--latent-dim", "4", "--lr", "0.01",
-        "--device", "cpu", "--no-progress"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--epochs",
+    "2",
+    "--hidden",
+    "32",
+    "--latent-dim",
+    "4",
+    "--lr",
+    "0.01",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
 
 
 def _table(path):
@@ -28,16 +41,19 @@ def test_linear_and_log_spacing():
     assert parse_betas("4:1:2") == [4.0, 1.0]
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("0.5:4", "START:STOP:COUNT"),
-    ("0.5:4:3:cubic", "START:STOP:COUNT"),
-    ("a:4:3", "numbers"),
-    ("0.5:4:2.5", "integer"),
-    ("0.5:4:0", "at least 1"),
-    ("-1:4:3", ">= 0"),
-    ("0:1:3:log", "START > 0"),
-    ("1e-3:nan:3", "finite"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("0.5:4", "START:STOP:COUNT"),
+        ("0.5:4:3:cubic", "START:STOP:COUNT"),
+        ("a:4:3", "numbers"),
+        ("0.5:4:2.5", "integer"),
+        ("0.5:4:0", "at least 1"),
+        ("-1:4:3", ">= 0"),
+        ("0:1:3:log", "START > 0"),
+        ("1e-3:nan:3", "finite"),
+    ],
+)
 def test_bad_beta_specs_raise(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_betas(spec)

@@ -1,4 +1,5 @@
 """fit, checkpoints, resume and the command line, end to end on the digits set."""
+
 import json
 import math
 from dataclasses import replace
@@ -16,8 +17,9 @@ SMALL = {"data_shape": [1, 8, 8], "latent_dim": 3, "hidden": [32]}
 
 
 def spec(**kw):
-    base = RunSpec(model="vae", model_config=SMALL, dataset="digits", epochs=2, batch_size=64, beta=2.0, seed=3,
-                   device="cpu")
+    base = RunSpec(
+        model="vae", model_config=SMALL, dataset="digits", epochs=2, batch_size=64, beta=2.0, seed=3, device="cpu"
+    )
     return replace(base, **kw)
 
 
@@ -57,6 +59,7 @@ def _record_applied_gradient_norms(monkeypatch, per: int = 1) -> list[float]:
 
 def test_grad_clip_bounds_every_applied_gradient_and_counts_the_clipped_steps(tmp_path, monkeypatch):
     from pyroib.data import load_dataset
+
     n_train = load_dataset("digits").train.shape[0]
     step = torch.optim.Adam.step
     applied = _record_applied_gradient_norms(monkeypatch)
@@ -86,6 +89,7 @@ def test_grad_clip_bounds_every_applied_gradient_and_counts_the_clipped_steps(tm
 
 def test_clipped_runs_log_the_per_point_gradient_norm_the_clip_compares(tmp_path, monkeypatch):
     from pyroib.data import load_dataset
+
     n_train = load_dataset("digits").train.shape[0]
     step = torch.optim.Adam.step
     applied = _record_applied_gradient_norms(monkeypatch, per=n_train)
@@ -107,6 +111,7 @@ def test_clipped_runs_log_the_per_point_gradient_norm_the_clip_compares(tmp_path
 def _scripted_validation(monkeypatch, elbos):
     """Make each epoch's validation ELBO the next of ``elbos`` (training itself is untouched)."""
     import pyroib.train as training
+
     real, queue = training.split_terms, list(elbos)
 
     def scripted(*args, **kwargs):
@@ -118,6 +123,7 @@ def _scripted_validation(monkeypatch, elbos):
 
 def test_best_checkpoint_keeps_the_best_validation_epoch_across_resumes(tmp_path, monkeypatch, capsys):
     from pyroib.run import load_run
+
     _scripted_validation(monkeypatch, [-10.0, -5.0, -7.0, -4.0, -3.0, -8.0, -1.0])  # "two" takes the 4th, 5th
     train(spec(epochs=3), tmp_path / "run", progress=False)
     best = load_checkpoint(tmp_path / "run" / "best.pt")
@@ -134,14 +140,31 @@ def test_best_checkpoint_keeps_the_best_validation_epoch_across_resumes(tmp_path
     run = load_run(tmp_path / "run", "cpu", checkpoint="best")
     assert run.epoch == 5 and load_run(tmp_path / "two", "cpu").epoch == 2
     monkeypatch.undo()
-    assert cli.main(["evaluate", str(tmp_path / "two"), "--checkpoint", "best", "--iw-samples", "2",
-                     "--full-data-points", "0", "--json", "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                str(tmp_path / "two"),
+                "--checkpoint",
+                "best",
+                "--iw-samples",
+                "2",
+                "--full-data-points",
+                "0",
+                "--json",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert (result["checkpoint"], result["epoch"]) == ("best", 2)
 
 
 def test_best_checkpoint_errors(tmp_path, capsys):
     from pyroib.run import load_run
+
     train(spec(epochs=1), tmp_path / "run", progress=False)
     (tmp_path / "run" / "best.pt").unlink()  # as in a run trained before pyroib kept one
     with pytest.raises(FileNotFoundError, match="no best.pt"):
@@ -169,6 +192,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         terms = original(self, *args, **kwargs)
         terms.loss = terms.loss * float("nan")
         return terms
+
     monkeypatch.setattr(InfoELBO, "terms", poisoned)
     with pytest.raises(TrainingDiverged, match="epoch 1"):
         train(spec(epochs=3), tmp_path / "run", resume=True, progress=False)
@@ -207,8 +231,11 @@ def test_torn_metrics_line_is_dropped_and_checkpoint_loads_weights_only(tmp_path
 
 @pytest.mark.parametrize("schedule", ["linear", "cyclical", "capacity"])
 def test_every_schedule_trains_and_logs_beta(tmp_path, schedule):
-    rows = train(spec(schedule=schedule, warmup_epochs=1.5, cycle_epochs=1.0, capacity_epochs=2.0,
-                      capacity_max=3.0), tmp_path / schedule, progress=False)
+    rows = train(
+        spec(schedule=schedule, warmup_epochs=1.5, cycle_epochs=1.0, capacity_epochs=2.0, capacity_max=3.0),
+        tmp_path / schedule,
+        progress=False,
+    )
     assert all(torch.isfinite(torch.tensor(r["val_elbo"])) for r in rows)
     if schedule == "capacity":
         last = rows[-1]  # capacity_epochs equals the run's length, so C reaches 3 nats at the final step
@@ -225,9 +252,33 @@ def run_cli(args, capsys):
 
 def test_cli_train_evaluate_report_on_digits(tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err = run_cli(["train", "--model", "vae", "--dataset", "digits", "--epochs", "2", "--latent-dim", "4",
-                            "--hidden", "64", "--beta", "1", "--anchors", "1,1,2,0.5", "--seed", "1",
-                            "--device", "cpu", "--no-progress", "--out", str(out)], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--model",
+            "vae",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "2",
+            "--latent-dim",
+            "4",
+            "--hidden",
+            "64",
+            "--beta",
+            "1",
+            "--anchors",
+            "1,1,2,0.5",
+            "--seed",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, err
     config = json.loads((out / "config.json").read_text())
     assert config["anchors"] == [1, 1, 2, 0.5] and config["model_config"]["latent_dim"] == 4
@@ -241,12 +292,13 @@ def test_cli_train_evaluate_report_on_digits(tmp_path, capsys):
     code, _, err = run_cli(["report", str(out), "--iw-samples", "5"], capsys)
     assert code == 0, err
     pngs = sorted(p.name for p in (out / "report").glob("*.png"))
-    assert {"reconstructions.png", "samples.png", "traversals.png", "training_curves.png",
-            "kl_per_dim.png"} <= set(pngs)
+    assert {"reconstructions.png", "samples.png", "traversals.png", "training_curves.png", "kl_per_dim.png"} <= set(
+        pngs
+    )
     assert "elbo" in (out / "report" / "report.md").read_text()
 
 
-USER_MODEL = '''
+USER_MODEL = """
 from dataclasses import dataclass
 import pyro, pyro.distributions as dist, torch
 from pyro.nn import PyroModule
@@ -279,34 +331,65 @@ class Guide(PyroModule):
         with data_plate(x, index, size):
             loc, scale = self.encode(x)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
-'''
+"""
 
 
 def test_cli_trains_a_users_own_model_file(tmp_path, capsys):
     path = tmp_path / "my_model.py"
     path.write_text(USER_MODEL)
-    code, _, err = run_cli(["train", "--model", str(path), "--dataset", "digits", "--epochs", "1",
-                            "--latent-dim", "3", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "r")],
-                           capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--model",
+            str(path),
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--latent-dim",
+            "3",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     code, text, err = run_cli(["evaluate", str(tmp_path / "r"), "--iw-samples", "4", "--json"], capsys)
     assert code == 0, err
     assert len(json.loads(text)["kl_per_dim"]) == 3
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--dataset", "nope"], "dataset"),
-    (["--model", "nope"], "unknown model"),
-    (["--latent-dim", "4", "--anchors", "0.5,0.5,0.5,0.5,0.5,0.5"], "anchor"),
-    (["--beta", "-1"], "beta"),
-    (["--schedule", "sigmoid"], "schedule"),
-    (["--binarize", "none", "--likelihood", "bernoulli"], "binary"),
-    (["--network", "conv", "--hidden", "32,32,32,32"], "divisible"),
-    (["--prior", "mixture", "--anchors", "1,1,1,1", "--latent-dim", "4"], "factoris"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "nope"], "dataset"),
+        (["--model", "nope"], "unknown model"),
+        (["--latent-dim", "4", "--anchors", "0.5,0.5,0.5,0.5,0.5,0.5"], "anchor"),
+        (["--beta", "-1"], "beta"),
+        (["--schedule", "sigmoid"], "schedule"),
+        (["--binarize", "none", "--likelihood", "bernoulli"], "binary"),
+        (["--network", "conv", "--hidden", "32,32,32,32"], "divisible"),
+        (["--prior", "mixture", "--anchors", "1,1,1,1", "--latent-dim", "4"], "factoris"),
+    ],
+)
 def test_cli_bad_input_gives_a_clear_message(tmp_path, capsys, args, message):
-    base = ["train", "--model", "vae", "--dataset", "digits", "--epochs", "1", "--device", "cpu", "--no-progress",
-            "--out", str(tmp_path / "r")]
+    base = [
+        "train",
+        "--model",
+        "vae",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "r"),
+    ]
     code, _, err = run_cli(base + args, capsys)
     assert code == 2
     assert message in err.lower() and "Traceback" not in err
@@ -317,22 +400,45 @@ def test_cli_missing_run_and_corrupt_fashion_files(tmp_path, capsys):
     code, _, err = run_cli(["evaluate", str(tmp_path / "missing"), "--json"], capsys)
     assert code == 2 and "does not exist" in err
     import gzip
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
+
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         (tmp_path / f"{name}.gz").write_bytes(gzip.compress(b"\x00" * 40))
-    code, _, err = run_cli(["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--epochs", "1",
-                            "--out", str(tmp_path / "r")], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capsys,
+    )
     assert code == 2 and "corrupt" in err
 
 
 def test_python_api_fills_data_shape_from_the_dataset_and_refuses_a_contradiction(tmp_path):
-    rows = train(RunSpec(model="vae", dataset="digits", epochs=1, device="cpu",
-                         model_config={"latent_dim": 2, "hidden": [16]}), tmp_path / "a", progress=False)
+    rows = train(
+        RunSpec(model="vae", dataset="digits", epochs=1, device="cpu", model_config={"latent_dim": 2, "hidden": [16]}),
+        tmp_path / "a",
+        progress=False,
+    )
     assert json.loads((tmp_path / "a" / "config.json").read_text())["model_config"]["data_shape"] == [1, 8, 8]
     assert rows[-1]["epoch"] == 1
     with pytest.raises(ValueError, match="data_shape"):
-        train(RunSpec(model="vae", dataset="digits", epochs=1, device="cpu",
-                      model_config={"data_shape": [1, 28, 28]}), tmp_path / "b", progress=False)
+        train(
+            RunSpec(model="vae", dataset="digits", epochs=1, device="cpu", model_config={"data_shape": [1, 28, 28]}),
+            tmp_path / "b",
+            progress=False,
+        )
 
 
 def test_batch_level_objectives_drop_a_last_minibatch_too_small_for_their_estimator(tmp_path):
@@ -344,6 +450,7 @@ def test_batch_level_objectives_drop_a_last_minibatch_too_small_for_their_estima
 
 def test_init_from_starts_a_run_from_another_runs_weights(tmp_path):
     from pyroib.run import build, warm_start
+
     train(spec(epochs=2), tmp_path / "source", progress=False)
     source = load_checkpoint(tmp_path / "source" / "best.pt")
     # a learning rate too small to move a float32 weight: the first epoch trains exactly the source's weights
@@ -383,6 +490,7 @@ def test_init_from_refuses_what_it_cannot_load(tmp_path):
 def test_vamp_pseudo_inputs_start_at_training_images(tmp_path, capsys):
     from pyroib.data import load_dataset
     from pyroib.run import build, initialise_pseudo_inputs
+
     images = load_dataset("digits").train
     built = build(spec(prior="vamp", prior_options={"n_pseudo_inputs": 7, "init": "data"}))
     initialise_pseudo_inputs(built, images)
@@ -390,58 +498,192 @@ def test_vamp_pseudo_inputs_start_at_training_images(tmp_path, capsys):
     expected = images[chosen].clamp(1e-3, 1 - 1e-3)
     assert torch.allclose(built.model.prior.pseudo_inputs, expected, atol=1e-6)
     # and training starts there: the CLI flag, refused for a prior without pseudo-inputs
-    assert cli.main(["train", "--dataset", "digits", "--latent-dim", "3", "--hidden", "32", "--epochs", "1",
-                     "--prior", "vamp", "--prior-components", "7", "--prior-init", "data", "--no-progress",
-                     "--device", "cpu", "--seed", "3", "--out", str(tmp_path / "vamp")]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--dataset",
+                "digits",
+                "--latent-dim",
+                "3",
+                "--hidden",
+                "32",
+                "--epochs",
+                "1",
+                "--prior",
+                "vamp",
+                "--prior-components",
+                "7",
+                "--prior-init",
+                "data",
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--seed",
+                "3",
+                "--out",
+                str(tmp_path / "vamp"),
+            ]
+        )
+        == 0
+    )
     stored = json.loads((tmp_path / "vamp" / "config.json").read_text())
     assert stored["prior_options"] == {"n_pseudo_inputs": 7, "init": "data"}
     for flag in (["--prior-init", "data"], ["--prior-range-map", "clamp"]):
-        assert cli.main(["train", "--dataset", "digits", "--prior", "standard", *flag,
-                         "--out", str(tmp_path / "std")]) == 2
+        assert (
+            cli.main(["train", "--dataset", "digits", "--prior", "standard", *flag, "--out", str(tmp_path / "std")])
+            == 2
+        )
         assert f"{flag[0]}" in capsys.readouterr().err and not (tmp_path / "std").exists()
-    assert cli.main(["train", "--dataset", "digits", "--latent-dim", "3", "--hidden", "32", "--epochs", "1",
-                     "--prior", "vamp", "--prior-components", "7", "--prior-init", "data", "--prior-range-map",
-                     "clamp", "--no-progress", "--device", "cpu", "--seed", "3", "--out", str(tmp_path / "clamp")]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--dataset",
+                "digits",
+                "--latent-dim",
+                "3",
+                "--hidden",
+                "32",
+                "--epochs",
+                "1",
+                "--prior",
+                "vamp",
+                "--prior-components",
+                "7",
+                "--prior-init",
+                "data",
+                "--prior-range-map",
+                "clamp",
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--seed",
+                "3",
+                "--out",
+                str(tmp_path / "clamp"),
+            ]
+        )
+        == 0
+    )
     from pyroib.run import load_run
+
     assert load_run(tmp_path / "clamp").model.prior.range_map == "clamp"
 
 
 def test_flow_prior_size_from_the_cli_and_prior_flags_refused_for_other_priors(tmp_path, capsys):
     from pyroib.run import load_run
-    assert cli.main(["train", "--dataset", "digits", "--latent-dim", "4", "--hidden", "32", "--epochs", "1",
-                     "--prior", "flow", "--prior-flow-layers", "3", "--prior-flow-hidden", "16,8", "--no-progress",
-                     "--device", "cpu", "--seed", "3", "--out", str(tmp_path / "flow")]) == 0
+
+    assert (
+        cli.main(
+            [
+                "train",
+                "--dataset",
+                "digits",
+                "--latent-dim",
+                "4",
+                "--hidden",
+                "32",
+                "--epochs",
+                "1",
+                "--prior",
+                "flow",
+                "--prior-flow-layers",
+                "3",
+                "--prior-flow-hidden",
+                "16,8",
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--seed",
+                "3",
+                "--out",
+                str(tmp_path / "flow"),
+            ]
+        )
+        == 0
+    )
     prior = load_run(tmp_path / "flow").model.prior
     assert len(prior.layers) == 3
     first_layer_widths = [m.out_features for m in prior.layers[0].modules() if isinstance(m, torch.nn.Linear)]
     assert first_layer_widths[:2] == [16, 8]
-    for prior_name, flag in (("flow", ["--prior-components", "5"]), ("vamp", ["--prior-flow-layers", "3"]),
-                             ("standard", ["--prior-flow-hidden", "16"])):
-        assert cli.main(["train", "--dataset", "digits", "--prior", prior_name, *flag,
-                         "--out", str(tmp_path / "refused")]) == 2
+    for prior_name, flag in (
+        ("flow", ["--prior-components", "5"]),
+        ("vamp", ["--prior-flow-layers", "3"]),
+        ("standard", ["--prior-flow-hidden", "16"]),
+    ):
+        assert (
+            cli.main(["train", "--dataset", "digits", "--prior", prior_name, *flag, "--out", str(tmp_path / "refused")])
+            == 2
+        )
         err = capsys.readouterr().err
         assert flag[0] in err and f"got --prior {prior_name}" in err and not (tmp_path / "refused").exists()
-    assert cli.main(["train", "--dataset", "digits", "--prior", "flow", "--prior-flow-hidden", "16,x",
-                     "--out", str(tmp_path / "refused")]) == 2
+    assert (
+        cli.main(
+            [
+                "train",
+                "--dataset",
+                "digits",
+                "--prior",
+                "flow",
+                "--prior-flow-hidden",
+                "16,x",
+                "--out",
+                str(tmp_path / "refused"),
+            ]
+        )
+        == 2
+    )
     assert "comma-separated whole numbers" in capsys.readouterr().err
 
 
-PRIOR_CLASSES = {"standard": "StandardNormal", "learned": "LearnedGaussian", "mixture": "MixtureOfGaussians",
-                 "vamp": "VampPrior", "flow": "FlowPrior"}
+PRIOR_CLASSES = {
+    "standard": "StandardNormal",
+    "learned": "LearnedGaussian",
+    "mixture": "MixtureOfGaussians",
+    "vamp": "VampPrior",
+    "flow": "FlowPrior",
+}
 
 
 @pytest.mark.parametrize("prior", PRIOR_CLASSES)
 def test_every_prior_trains_the_vae_and_the_beta_vae_from_the_cli(tmp_path, capsys, prior):
     """β scales the whole KL to the prior, whichever prior it is: the loss is distortion + β·rate."""
     from pyroib.run import load_run
+
     for beta in ("1", "4"):
         out = tmp_path / f"beta{beta}"
-        assert cli.main(["train", "--dataset", "digits", "--latent-dim", "3", "--hidden", "32", "--epochs", "2",
-                         "--prior", prior, "--beta", beta, "--no-progress", "--device", "cpu", "--seed", "3",
-                         "--out", str(out)]) == 0
+        assert (
+            cli.main(
+                [
+                    "train",
+                    "--dataset",
+                    "digits",
+                    "--latent-dim",
+                    "3",
+                    "--hidden",
+                    "32",
+                    "--epochs",
+                    "2",
+                    "--prior",
+                    prior,
+                    "--beta",
+                    beta,
+                    "--no-progress",
+                    "--device",
+                    "cpu",
+                    "--seed",
+                    "3",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         for row in read_jsonl(out / "metrics.jsonl"):
-            assert row["train_loss"] == pytest.approx(row["train_distortion"] + float(beta) * row["train_rate"],
-                                                      rel=1e-4)
+            assert row["train_loss"] == pytest.approx(
+                row["train_distortion"] + float(beta) * row["train_rate"], rel=1e-4
+            )
             assert row["train_elbo"] == pytest.approx(-(row["train_distortion"] + row["train_rate"]), rel=1e-4)
         assert type(load_run(out).model.prior).__name__ == PRIOR_CLASSES[prior]
         capsys.readouterr()

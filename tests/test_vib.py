@@ -1,4 +1,5 @@
 """Deep VIB: its loss is cross-entropy + β·rate, its bounds match closed forms, and it learns digits."""
+
 import json
 import math
 
@@ -15,7 +16,6 @@ from pyroib.models.vib import Config, label_entropy
 from pyroib.objectives import InfoELBO
 
 DIGITS = {"data_shape": (1, 8, 8), "n_classes": 10}
-
 
 
 def _pair(**config):
@@ -81,7 +81,7 @@ def test_metrics_match_closed_forms():
     assert result["accuracy"] == pytest.approx(0.5)  # the majority class, 20 of 40
     with torch.no_grad():
         loc, scale = guide.encode(x)
-    kl = 0.5 * (scale ** 2 + loc ** 2 - 1 - 2 * scale.log()).sum(-1).mean()
+    kl = 0.5 * (scale**2 + loc**2 - 1 - 2 * scale.log()).sum(-1).mean()
     assert result["i_xz_upper"] == pytest.approx(float(kl), rel=1e-5)
 
 
@@ -103,9 +103,37 @@ def test_vib_learns_digits_and_its_bounds_are_ordered(tmp_path, capsys):
     Bounds: i_zy_lower <= I(Z;Y) <= I(X;Z) <= i_xz_upper (Y - X - Z is a Markov chain) and I(Z;Y) <= H(Y).
     """
     run = tmp_path / "vib"
-    assert main(["train", "--model", "vib", "--dataset", "digits", "--binarize", "none", "--epochs", "5",
-                 "--lr", "0.01", "--hidden", "256", "--latent-dim", "16", "--beta", "0.01", "--seed", "0",
-                 "--device", "cpu", "--no-progress", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "vib",
+                "--dataset",
+                "digits",
+                "--binarize",
+                "none",
+                "--epochs",
+                "5",
+                "--lr",
+                "0.01",
+                "--hidden",
+                "256",
+                "--latent-dim",
+                "16",
+                "--beta",
+                "0.01",
+                "--seed",
+                "0",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["evaluate", str(run), "--split", "test", "--iw-samples", "20", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -3,6 +3,7 @@
 The table is the only registry: a command is added by a line here and a module beside this one. Commands import
 the library; the library never imports the command line.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -14,8 +15,11 @@ COMMANDS = {
     "evaluate": ("pyroib.cli.evaluate", "evaluate", "evaluate a trained run on a split (nats per data point)"),
     "report": ("pyroib.cli.evaluate", "report", "write DIR/report/ with plots and report.md"),
     "sample": ("pyroib.cli.generate", "sample", "decode prior draws of a run into a PNG grid"),
-    "fit-prior": ("pyroib.cli.generate", "fit_prior",
-                  "fit the aggregate posterior of a run's training encodings (DIR/aggregate_prior.pt)"),
+    "fit-prior": (
+        "pyroib.cli.generate",
+        "fit_prior",
+        "fit the aggregate posterior of a run's training encodings (DIR/aggregate_prior.pt)",
+    ),
     "sweep": ("pyroib.cli.sweep", "main", "train and evaluate one run per β; table and plot (pyroib sweep --help)"),
 }
 

@@ -1,4 +1,5 @@
 """``pyroib evaluate`` and ``pyroib report``: both read :func:`pyroib.evaluate.evaluate_run`."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,21 +16,35 @@ def evaluate(argv: list[str]) -> None:
     p.add_argument("run")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--iw-samples", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="points per importance-sampling pass (default 100; under an aggregate prior, chosen to keep "
-                        "its log density within about 256 MB)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="points per importance-sampling pass (default 100; under an aggregate prior, chosen to keep "
+        "its log density within about 256 MB)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default="last",
-                   help="last (the end of training) or best (the epoch with the best validation ELBO)")
-    p.add_argument("--prior", default="standard",
-                   help=f"{', '.join(SAMPLE_PRIORS)}: standard is the prior the model was trained with; aggregate "
-                        "(the factorised aggregate posterior of the training encodings) or aggregate-joint stand "
-                        "in for p(z), fitted and saved first if DIR/aggregate_prior.pt is missing")
-    p.add_argument("--full-data-points", type=int, default=FULL_DATA_MAX_POINTS,
-                   help="at most this many points of the split for the full-data MI/TC/KL estimates, a random subset "
-                        "above it (time grows with its square: 60,000 10-d codes take about 100 s on one CPU core; "
-                        "0 skips)")
+    p.add_argument(
+        "--checkpoint",
+        default="last",
+        help="last (the end of training) or best (the epoch with the best validation ELBO)",
+    )
+    p.add_argument(
+        "--prior",
+        default="standard",
+        help=f"{', '.join(SAMPLE_PRIORS)}: standard is the prior the model was trained with; aggregate "
+        "(the factorised aggregate posterior of the training encodings) or aggregate-joint stand "
+        "in for p(z), fitted and saved first if DIR/aggregate_prior.pt is missing",
+    )
+    p.add_argument(
+        "--full-data-points",
+        type=int,
+        default=FULL_DATA_MAX_POINTS,
+        help="at most this many points of the split for the full-data MI/TC/KL estimates, a random subset "
+        "above it (time grows with its square: 60,000 10-d codes take about 100 s on one CPU core; "
+        "0 skips)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     if args.iw_samples < 0:
@@ -38,9 +53,15 @@ def evaluate(argv: list[str]) -> None:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     swap = check_prior_name(args.prior) != "standard"
     run = load_run(args.run, args.device, args.checkpoint)
-    result = evaluate_run(run, args.split, iw_samples=args.iw_samples, batch_size=args.batch_size, seed=args.seed,
-                          full_data_points=args.full_data_points,
-                          prior=prior_by_name(run, args.prior) if swap else None)
+    result = evaluate_run(
+        run,
+        args.split,
+        iw_samples=args.iw_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        full_data_points=args.full_data_points,
+        prior=prior_by_name(run, args.prior) if swap else None,
+    )
     if swap:
         result = {"prior": args.prior, **result}
     if args.json:

@@ -1,4 +1,5 @@
 """``pyroib fit-prior`` and ``pyroib sample``: the aggregate posterior of a run, and decoded prior draws."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,11 +11,18 @@ def fit_prior(argv: list[str]) -> None:
     from ..generate import AGGREGATE_FILE, DEFAULT_MAX_COMPONENTS, fit_and_save
     from ..run import load_run
 
-    p = argparse.ArgumentParser(prog="pyroib fit-prior", description="Encode the training split and store the "
-                                "factorised and joint aggregate posterior in DIR/" + AGGREGATE_FILE)
+    p = argparse.ArgumentParser(
+        prog="pyroib fit-prior",
+        description="Encode the training split and store the "
+        "factorised and joint aggregate posterior in DIR/" + AGGREGATE_FILE,
+    )
     p.add_argument("run")
-    p.add_argument("--max-components", type=int, default=DEFAULT_MAX_COMPONENTS,
-                   help="subsample this many encodings (0 = all; the factorised form's log density costs batch x D x M)")
+    p.add_argument(
+        "--max-components",
+        type=int,
+        default=DEFAULT_MAX_COMPONENTS,
+        help="subsample this many encodings (0 = all; the factorised form's log density costs batch x D x M)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--checkpoint", default="last", help="last or best: whose encodings to fit")
@@ -24,8 +32,10 @@ def fit_prior(argv: list[str]) -> None:
     run = load_run(args.run, args.device, args.checkpoint)
     fitted = fit_and_save(run, args.max_components or None, args.seed)
     variance = fitted["variance"]
-    print(f"aggregate posterior of {fitted['n_encodings']} training encodings, D = {variance.numel()}, "
-          f"{fitted['joint'].n_components} components per form; written to {Path(args.run) / AGGREGATE_FILE}")
+    print(
+        f"aggregate posterior of {fitted['n_encodings']} training encodings, D = {variance.numel()}, "
+        f"{fitted['joint'].n_components} components per form; written to {Path(args.run) / AGGREGATE_FILE}"
+    )
     print("per-dimension variance Var_q(z_j): " + " ".join(f"{v:.3f}" for v in variance.tolist()))
 
 
@@ -35,17 +45,18 @@ def sample(argv: list[str]) -> None:
 
     p = argparse.ArgumentParser(prog="pyroib sample")
     p.add_argument("run")
-    p.add_argument("--prior", default="standard",
-                   help="standard (the prior the model was trained with), aggregate (factorised aggregate posterior)"
-                        " or aggregate-joint; the aggregate is fitted and saved first if DIR/" + AGGREGATE_FILE +
-                        " is missing")
+    p.add_argument(
+        "--prior",
+        default="standard",
+        help="standard (the prior the model was trained with), aggregate (factorised aggregate posterior)"
+        " or aggregate-joint; the aggregate is fitted and saved first if DIR/" + AGGREGATE_FILE + " is missing",
+    )
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--nrow", type=int, default=None, help="images per row (default: about sqrt(n))")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--checkpoint", default="last", help="last (the end of training) or best (the best validation "
-                   "ELBO)")
+    p.add_argument("--checkpoint", default="last", help="last (the end of training) or best (the best validation ELBO)")
     args = p.parse_args(argv)
     check_prior_name(args.prior)
     if args.n < 1:
@@ -57,7 +68,8 @@ def sample(argv: list[str]) -> None:
     run.capabilities.require("decode", "sampling images")
     images = decode_prior_draws(run, prior_by_name(run, args.prior), args.n, args.seed)
     if images.dim() != 4:
-        raise ValueError(f"{args.run}: sampling images needs (C, H, W) data; the model decodes to shape "
-                         f"{tuple(images.shape[1:])}")
+        raise ValueError(
+            f"{args.run}: sampling images needs (C, H, W) data; the model decodes to shape {tuple(images.shape[1:])}"
+        )
     height, width = write_grid(images, args.out, nrow)
     print(f"{args.n} samples from the {args.prior} prior written to {args.out} ({width}x{height} pixels)")

@@ -7,6 +7,7 @@ So ``pyroib train --model NAME --help`` lists the model's and objective's flags,
 flags for its config without any edit here. A few flags set parts of a field (the prior's options) or only steer
 the command (``--out``, ``--resume``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,10 @@ import dataclasses
 
 # prior options: flag -> (priors it applies to, option name or a function of the prior's name)
 PRIOR_FLAGS = {
-    "prior_components": (("mixture", "vamp"), lambda prior: "n_components" if prior == "mixture" else
-                         "n_pseudo_inputs"),
+    "prior_components": (
+        ("mixture", "vamp"),
+        lambda prior: "n_components" if prior == "mixture" else "n_pseudo_inputs",
+    ),
     "prior_init": (("vamp",), "init"),
     "prior_range_map": (("vamp",), "range_map"),
     "prior_flow_layers": (("flow",), "n_flows"),
@@ -95,27 +98,49 @@ def _spec_flags(parser: argparse.ArgumentParser, defaults: dict) -> None:
             continue
         kind = meta.get("type", None)
         kind = _SPECIAL_TYPES.get(kind, kind) if isinstance(kind, str) or kind else flag_type(f.default)
-        parser.add_argument(flag, dest=f.name, type=kind, default=default, action=meta.get("action", "store"),
-                            metavar=flag[2:].upper(),
-                            help=meta["help"] + ("" if default is None else f" (default {default})"))
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            type=kind,
+            default=default,
+            action=meta.get("action", "store"),
+            metavar=flag[2:].upper(),
+            help=meta["help"] + ("" if default is None else f" (default {default})"),
+        )
 
 
 def train_parser(program=None, architecture=None, add_help: bool = True) -> argparse.ArgumentParser:
     """The parser of ``pyroib train``: RunSpec's flags, then the program's Config and the objective's options."""
-    p = argparse.ArgumentParser(prog="pyroib train", add_help=add_help,
-                                description="Train a model/guide pair with SVI.")
+    p = argparse.ArgumentParser(
+        prog="pyroib train", add_help=add_help, description="Train a model/guide pair with SVI."
+    )
     _spec_flags(p, dict(architecture.defaults) if architecture is not None else {})
     prior = p.add_argument_group("prior options")
-    prior.add_argument("--prior-components", type=int, default=None,
-                       help="mixture: components (default 10); vamp: pseudo-inputs (default 500)")
+    prior.add_argument(
+        "--prior-components",
+        type=int,
+        default=None,
+        help="mixture: components (default 10); vamp: pseudo-inputs (default 500)",
+    )
     prior.add_argument("--prior-flow-layers", type=int, default=None, help="flow: spline-coupling layers (default 2)")
-    prior.add_argument("--prior-flow-hidden", default=None,
-                       help="flow: hidden sizes of each coupling's network, comma-separated (default 64,64)")
-    prior.add_argument("--prior-init", default=None, choices=["data"],
-                       help="vamp: start the pseudo-inputs at random training images instead of grey noise")
-    prior.add_argument("--prior-range-map", default=None, choices=["sigmoid", "clamp"],
-                       help="vamp: how raw parameters map into the data range, sigmoid (default) or clamp (moves "
-                            "saturated pixels; use it with --prior-init data)")
+    prior.add_argument(
+        "--prior-flow-hidden",
+        default=None,
+        help="flow: hidden sizes of each coupling's network, comma-separated (default 64,64)",
+    )
+    prior.add_argument(
+        "--prior-init",
+        default=None,
+        choices=["data"],
+        help="vamp: start the pseudo-inputs at random training images instead of grey noise",
+    )
+    prior.add_argument(
+        "--prior-range-map",
+        default=None,
+        choices=["sigmoid", "clamp"],
+        help="vamp: how raw parameters map into the data range, sigmoid (default) or clamp (moves "
+        "saturated pixels; use it with --prior-init data)",
+    )
     run = p.add_argument_group("the command")
     run.add_argument("--out", default=None, help="run directory (required)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -127,13 +152,25 @@ def train_parser(program=None, architecture=None, add_help: bool = True) -> argp
             if f.name in DATA_FIELDS:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else None
-            group.add_argument("--" + f.name.replace("_", "-"), dest=f"config__{f.name}", type=flag_type(default),
-                               default=default, metavar=f.name.upper(), help=f"default {default}")
+            group.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f"config__{f.name}",
+                type=flag_type(default),
+                default=default,
+                metavar=f.name.upper(),
+                help=f"default {default}",
+            )
     if architecture is not None and architecture.options:
         group = p.add_argument_group(f"objective ({architecture.objective.__name__})")
         for name, default in architecture.options.items():
-            group.add_argument("--" + name.replace("_", "-"), dest=f"option__{name}", type=flag_type(default),
-                               default=default, metavar=name.upper(), help=f"default {default}")
+            group.add_argument(
+                "--" + name.replace("_", "-"),
+                dest=f"option__{name}",
+                type=flag_type(default),
+                default=default,
+                metavar=name.upper(),
+                help=f"default {default}",
+            )
     return p
 
 
@@ -160,12 +197,21 @@ def spec_from_args(argv: list[str]):
         if name == "prior_flow_hidden":
             value = parse_list(value, flag, int)
         prior_options[option(args.prior) if callable(option) else option] = value
-    model_config = {k[len("config__"):]: list(v) if isinstance(v, tuple) else v
-                    for k, v in vars(args).items() if k.startswith("config__")}
+    model_config = {
+        k[len("config__") :]: list(v) if isinstance(v, tuple) else v
+        for k, v in vars(args).items()
+        if k.startswith("config__")
+    }
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunSpec) if f.metadata.get("cli") is not False}
-    spec = RunSpec(**{**fields, "anchors": anchors, "model_config": model_config, "prior_options": prior_options,
-                      "objective_options": {k[len("option__"):]: v for k, v in vars(args).items()
-                                            if k.startswith("option__")}})
+    spec = RunSpec(
+        **{
+            **fields,
+            "anchors": anchors,
+            "model_config": model_config,
+            "prior_options": prior_options,
+            "objective_options": {k[len("option__") :]: v for k, v in vars(args).items() if k.startswith("option__")},
+        }
+    )
     return spec, args
 
 
@@ -181,5 +227,7 @@ def main(argv: list[str]) -> None:
     # train() builds the run, checks the program and its schedule before it writes anything
     rows = train(spec, args.out, resume=args.resume, progress=not args.no_progress)
     last = rows[-1]
-    print(f"trained {spec.model} on {spec.dataset} for {last['epoch']} epochs: validation ELBO "
-          f"{last['val_elbo']:.3f} nats per data point; run in {args.out}")
+    print(
+        f"trained {spec.model} on {spec.dataset} for {last['epoch']} epochs: validation ELBO "
+        f"{last['val_elbo']:.3f} nats per data point; run in {args.out}"
+    )

@@ -8,13 +8,24 @@
 
 Everything is NumPy float64 and in nats.
 """
+
 from .annealing import IBCurve, effective_clusters, ib_curve
 from .ib import IBSolution, deterministic_ib, iterative_ib
 from .measures import entropy, mutual_information, nats_to
 from .rate_distortion import RateDistortionCurve, RateDistortionPoint, blahut_arimoto, rate_distortion_curve
 
 __all__ = [
-    "IBCurve", "IBSolution", "RateDistortionCurve", "RateDistortionPoint", "blahut_arimoto", "deterministic_ib",
-    "effective_clusters", "entropy", "ib_curve", "iterative_ib", "mutual_information", "nats_to",
+    "IBCurve",
+    "IBSolution",
+    "RateDistortionCurve",
+    "RateDistortionPoint",
+    "blahut_arimoto",
+    "deterministic_ib",
+    "effective_clusters",
+    "entropy",
+    "ib_curve",
+    "iterative_ib",
+    "mutual_information",
+    "nats_to",
     "rate_distortion_curve",
 ]

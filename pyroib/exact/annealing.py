@@ -6,8 +6,8 @@ Hirschfeld–Gebelein–Rényi maximal correlation of X and Y (the second singul
 p(x,y) / sqrt(p(x) p(y))); for jointly Gaussian and doubly symmetric binary pairs it is also the global optimum up
 to there. In general the global optimum may leave it earlier, at β = 1 / s* with s* >= ρ_m² the strong
 data-processing (hypercontractivity) constant of p(x,y), through a jump that annealing, which follows one local
-branch, does not see. As β grows the optimum goes through bifurcations where a cluster becomes unstable and splits (Tishby,
-Pereira & Bialek 1999). Annealing follows this path: it starts from one cluster at the smallest β and, at each
+branch, does not see. As β grows the optimum goes through bifurcations where a cluster becomes unstable and splits
+(Tishby, Pereira & Bialek 1999). Annealing follows this path: it starts from one cluster at the smallest β and, at each
 next β, reuses the previous encoder after
 
 1. merging clusters that are the same in effect (equal p(y|t): merging them changes neither information term),
@@ -21,6 +21,7 @@ Effective cardinality counts clusters with mass above ``mass_tol`` whose decoder
 O(sqrt(β - β_c)), so a transition is located at the first grid β where the split has grown past ``merge_tol``:
 refine the grid around a transition to locate it more finely.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -72,9 +73,19 @@ def effective_clusters(p_t, p_y_given_t, *, mass_tol: float = 1e-6, merge_tol: f
     return labels
 
 
-def ib_curve(p_xy, betas, *, n_clusters: int | None = None, restarts: int = 3, seed: int | None = 0,
-             perturbation: float = 0.1, tol: float = 1e-9, max_iter: int = 5_000, mass_tol: float = 1e-6,
-             merge_tol: float = 1e-4) -> IBCurve:
+def ib_curve(
+    p_xy,
+    betas,
+    *,
+    n_clusters: int | None = None,
+    restarts: int = 3,
+    seed: int | None = 0,
+    perturbation: float = 0.1,
+    tol: float = 1e-9,
+    max_iter: int = 5_000,
+    mass_tol: float = 1e-6,
+    merge_tol: float = 1e-4,
+) -> IBCurve:
     """Trace the IB curve (I(X;T), I(T;Y)) over a strictly increasing grid of ``betas`` by annealing.
 
     ``n_clusters`` = |T| defaults to the number of letters x with p(x) > 0, enough to reach the end point

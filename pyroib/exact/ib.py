@@ -18,6 +18,7 @@ p(t) (IB) or to the most probable cluster (DIB), which changes none of the infor
 while p(y|x) > 0 the KL divergence is infinite; it is evaluated with log p(y|t) floored at log(tiny) (about
 -708), which keeps such assignments at zero probability without producing nan.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -26,8 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import entr, rel_entr
 
-from .measures import (check_cardinality, check_count, check_iteration_controls, check_joint, check_positive,
-                       read_only)
+from .measures import check_cardinality, check_count, check_iteration_controls, check_joint, check_positive, read_only
 
 _TINY = np.finfo(np.float64).tiny
 _FLUSH_EXPONENT = 700.0
@@ -76,8 +76,13 @@ def prepare(p_xy) -> _Problem:
     p_x_full = p_xy.sum(axis=1)
     support = p_x_full > 0
     p_x = p_x_full[support]
-    return _Problem(p_xy_support=p_xy[support], support=support, p_x=p_x, p_y=p_xy.sum(axis=0),
-                    p_y_given_x=p_xy[support] / p_x[:, None])
+    return _Problem(
+        p_xy_support=p_xy[support],
+        support=support,
+        p_x=p_x,
+        p_y=p_xy.sum(axis=0),
+        p_y_given_x=p_xy[support] / p_x[:, None],
+    )
 
 
 def cluster_statistics(problem: _Problem, encoder: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,8 +102,14 @@ def _assignment_logits(problem: _Problem, beta: float, p_t: np.ndarray, p_y_give
     return log_p_t[None, :] + beta * (problem.p_y_given_x @ log_p_y_given_t.T)
 
 
-def iterate_ib(problem: _Problem, encoder: np.ndarray, beta: float, tol: float, max_iter: int,
-               callback: Callable[[int, np.ndarray], None] | None = None) -> tuple[np.ndarray, bool, int]:
+def iterate_ib(
+    problem: _Problem,
+    encoder: np.ndarray,
+    beta: float,
+    tol: float,
+    max_iter: int,
+    callback: Callable[[int, np.ndarray], None] | None = None,
+) -> tuple[np.ndarray, bool, int]:
     """Iterate the IB equations from ``encoder`` until no entry of p(t|x) moves by ``tol`` or more."""
     for iteration in range(1, max_iter + 1):
         p_t, _, p_y_given_t = cluster_statistics(problem, encoder)
@@ -117,8 +128,9 @@ def iterate_ib(problem: _Problem, encoder: np.ndarray, beta: float, tol: float, 
     return encoder, False, max_iter
 
 
-def summarise(problem: _Problem, encoder: np.ndarray, beta: float, deterministic: bool, converged: bool,
-              iterations: int) -> IBSolution:
+def summarise(
+    problem: _Problem, encoder: np.ndarray, beta: float, deterministic: bool, converged: bool, iterations: int
+) -> IBSolution:
     """Compute every reported quantity from the final encoder, so they describe exactly that encoder."""
     p_t, joint_ty, p_y_given_t = cluster_statistics(problem, encoder)
     i_xt = float(problem.p_x @ rel_entr(encoder, p_t[None, :]).sum(axis=1))
@@ -131,14 +143,32 @@ def summarise(problem: _Problem, encoder: np.ndarray, beta: float, deterministic
         full[~problem.support] = np.eye(encoder.shape[1])[p_t.argmax()]
     else:
         full[~problem.support] = p_t
-    return IBSolution(beta=beta, encoder=read_only(full), p_t=read_only(p_t), p_y_given_t=read_only(p_y_given_t),
-                      i_xt=max(i_xt, 0.0), i_ty=max(i_ty, 0.0), h_t=h_t, lagrangian=compression - beta * i_ty,
-                      deterministic=deterministic, converged=converged, iterations=iterations)
+    return IBSolution(
+        beta=beta,
+        encoder=read_only(full),
+        p_t=read_only(p_t),
+        p_y_given_t=read_only(p_y_given_t),
+        i_xt=max(i_xt, 0.0),
+        i_ty=max(i_ty, 0.0),
+        h_t=h_t,
+        lagrangian=compression - beta * i_ty,
+        deterministic=deterministic,
+        converged=converged,
+        iterations=iterations,
+    )
 
 
-def iterative_ib(p_xy, beta: float, n_clusters: int, *, restarts: int = 5, seed: int | None = 0,
-                 tol: float = 1e-9, max_iter: int = 5_000,
-                 callback: Callable[[int, np.ndarray], None] | None = None) -> IBSolution:
+def iterative_ib(
+    p_xy,
+    beta: float,
+    n_clusters: int,
+    *,
+    restarts: int = 5,
+    seed: int | None = 0,
+    tol: float = 1e-9,
+    max_iter: int = 5_000,
+    callback: Callable[[int, np.ndarray], None] | None = None,
+) -> IBSolution:
     """Minimise I(X;T) - β I(T;Y) over encoders p(t|x) with |T| = ``n_clusters``, from ``restarts`` random starts.
 
     ``p_xy`` is the joint as a |X| x |Y| matrix. Each start draws every row of p(t|x) uniformly from the simplex
@@ -161,8 +191,9 @@ def iterative_ib(p_xy, beta: float, n_clusters: int, *, restarts: int = 5, seed:
     return best
 
 
-def deterministic_ib(p_xy, beta: float, n_clusters: int, *, restarts: int = 5, seed: int | None = 0,
-                     max_iter: int = 1_000) -> IBSolution:
+def deterministic_ib(
+    p_xy, beta: float, n_clusters: int, *, restarts: int = 5, seed: int | None = 0, max_iter: int = 1_000
+) -> IBSolution:
     """Minimise H(T) - β I(T;Y) over hard assignments t = f(x) with at most ``n_clusters`` clusters.
 
     Each start puts min(|X|, ``n_clusters``) random letters into distinct clusters and every other letter into a

@@ -3,6 +3,7 @@
 All quantities are in nats (natural logarithms); ``units="bits"`` divides by log 2. The convention 0 log 0 = 0 is
 applied everywhere through ``scipy.special`` (``entr``, ``rel_entr``), which also keeps NumPy from warning on zeros.
 """
+
 from __future__ import annotations
 
 import math

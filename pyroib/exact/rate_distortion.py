@@ -15,6 +15,7 @@ vanishing optimal mass sit next to the support (fine grids of continuous sources
 ~1e-9 long before the gap shrinks, because an error of q along the optimum's flat directions moves the point along
 the curve, not off it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -23,8 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import logsumexp, rel_entr
 
-from .measures import (check_distortion, check_distribution, check_iteration_controls, check_positive,
-                       read_only)
+from .measures import check_distortion, check_distribution, check_iteration_controls, check_positive, read_only
 
 #: Below this value Z(x) from the multiplicative update is no longer trustworthy and the solver continues in logs.
 _UNDERFLOW_GUARD = 1e-280
@@ -61,9 +61,16 @@ class RateDistortionCurve:
     points: tuple[RateDistortionPoint, ...]
 
 
-def blahut_arimoto(p_x, distortion, slope: float, *, tol: float = 1e-8, max_iter: int = 10_000,
-                   initial_marginal=None,
-                   callback: Callable[[int, np.ndarray], None] | None = None) -> RateDistortionPoint:
+def blahut_arimoto(
+    p_x,
+    distortion,
+    slope: float,
+    *,
+    tol: float = 1e-8,
+    max_iter: int = 10_000,
+    initial_marginal=None,
+    callback: Callable[[int, np.ndarray], None] | None = None,
+) -> RateDistortionPoint:
     """Solve min_{q(x̂|x)} I(X; X̂) + slope · E d(X, X̂) for a source ``p_x`` and a |X| x |X̂| ``distortion``.
 
     ``slope`` = s >= 0 is minus the slope of R(D) at the returned point (s = 0 gives rate 0). Iteration stops when
@@ -81,8 +88,10 @@ def blahut_arimoto(p_x, distortion, slope: float, *, tol: float = 1e-8, max_iter
     else:
         initial_marginal = check_distribution(initial_marginal, "initial_marginal", ndim=1)
         if initial_marginal.shape != (n_out,):
-            raise ValueError(f"initial_marginal needs {n_out} entries (one per column of distortion), "
-                             f"got {initial_marginal.shape[0]}")
+            raise ValueError(
+                f"initial_marginal needs {n_out} entries (one per column of distortion), "
+                f"got {initial_marginal.shape[0]}"
+            )
         with np.errstate(divide="ignore"):
             log_q = np.log(initial_marginal)
 
@@ -122,13 +131,19 @@ def blahut_arimoto(p_x, distortion, slope: float, *, tol: float = 1e-8, max_iter
     marginal = p_x @ conditional
     rate = float(p_x @ rel_entr(conditional, marginal[None, :]).sum(axis=1))
     mean_distortion = float(p_x @ (conditional * distortion).sum(axis=1))
-    return RateDistortionPoint(slope=slope, rate=max(rate, 0.0), distortion=mean_distortion,
-                               conditional=read_only(conditional), marginal=read_only(marginal),
-                               converged=converged, iterations=iteration, bound_gap=gap)
+    return RateDistortionPoint(
+        slope=slope,
+        rate=max(rate, 0.0),
+        distortion=mean_distortion,
+        conditional=read_only(conditional),
+        marginal=read_only(marginal),
+        converged=converged,
+        iterations=iteration,
+        bound_gap=gap,
+    )
 
 
-def rate_distortion_curve(p_x, distortion, slopes, *, tol: float = 1e-8,
-                          max_iter: int = 10_000) -> RateDistortionCurve:
+def rate_distortion_curve(p_x, distortion, slopes, *, tol: float = 1e-8, max_iter: int = 10_000) -> RateDistortionCurve:
     """Sweep ``slopes`` (each >= 0) with ``blahut_arimoto`` and collect the R(D) curve.
 
     Each slope is solved from the uniform start. Warm starts from the neighbouring slope do not pay here: the

@@ -1,4 +1,5 @@
 """A VAE written the way a Pyro user writes one: its own site names (`code`, `pixels`), pyro.plate directly."""
+
 from dataclasses import dataclass
 
 import pyro
@@ -40,8 +41,9 @@ class Guide(nn.Module):
     def __init__(self, config):
         super().__init__()
         pixels = config.data_shape[0] * config.data_shape[1] * config.data_shape[2]
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(pixels, config.width), nn.Tanh(),
-                                 nn.Linear(config.width, 2 * config.latent_dim))
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(pixels, config.width), nn.Tanh(), nn.Linear(config.width, 2 * config.latent_dim)
+        )
 
     def forward(self, x, y=None, index=None, size=None):
         with pyro.plate("data", size or x.shape[0], subsample=index):

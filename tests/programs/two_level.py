@@ -1,4 +1,5 @@
 """Two latent layers: z2 ~ N(0, I), z1 | z2 ~ N(f(z2), 0.5²), x | z1 ~ Bernoulli(g(z1)); no injected prior."""
+
 from dataclasses import dataclass
 
 import pyro
