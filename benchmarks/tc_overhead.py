@@ -21,9 +21,8 @@ import torch
 from pyroib.data import load_dataset
 from pyroib.guides.vae import Guide
 from pyroib.handlers import bottleneck
-from pyroib.information import TotalCorrelationELBO
 from pyroib.models.vae import Config, Model
-from pyroib.objectives import InfoELBO
+from pyroib.objectives import InfoELBO, TotalCorrelationELBO
 
 
 def make_step(model, guide, objective, beta):

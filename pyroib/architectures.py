@@ -13,9 +13,7 @@ import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .information import MMDELBO, TotalCorrelationELBO
-from .information_critics import AdversarialELBO, BoundedIBELBO, FactorVAEELBO
-from .objectives import InfoELBO
+from .objectives import MMDELBO, AdversarialELBO, BoundedIBELBO, FactorVAEELBO, InfoELBO, TotalCorrelationELBO
 from .program import Program, ProgramError, check_classes, load_module
 
 _CRITIC = {"critic_width": 256, "critic_depth": 2, "critic_lr": 1e-4, "critic_steps": 1}

@@ -38,7 +38,7 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
 from .evaluate import PARTICLE_PLATE, importance_log_weights, max_plate_nesting_of
-from .objectives import DATA_PLATE
+from .plates import DATA_PLATE
 
 POINT_DIM = "point"
 

@@ -22,8 +22,8 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 
-from .information import FULL_DATA_MAX_POINTS, full_data_evaluation
-from .objectives import InfoELBO, choose_site, latent_site_names
+from .full_data import FULL_DATA_MAX_POINTS, full_data_evaluation
+from .objectives.core import InfoELBO, choose_site, latent_site_names
 from .plates import DATA_PLATE
 
 PARTICLE_PLATE = "importance_particles"

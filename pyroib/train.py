@@ -315,7 +315,7 @@ def train(
                 grad_norms[0] += per_point
                 grad_norms[1] = torch.maximum(grad_norms[1], per_point)
             optimizer.step()
-            objective.auxiliary_step(model, guide, x, y, index=index, size=n_train)
+            objective.auxiliary_step(terms)
             step += 1
             nonfinite |= ~torch.isfinite(terms.loss)
             per_point = terms.values["loss"]

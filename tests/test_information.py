@@ -11,10 +11,16 @@ import torch
 from pyroib import estimators
 from pyroib.critics import kl_from_critic
 from pyroib.guides.vae import Guide
-from pyroib.information import MMDELBO, MarginalKLELBO, TotalCorrelationELBO
-from pyroib.information_critics import AdversarialELBO, BoundedIBELBO, FactorVAEELBO
 from pyroib.models.vae import Config, Model
-from pyroib.objectives import InfoELBO
+from pyroib.objectives import (
+    MMDELBO,
+    AdversarialELBO,
+    BoundedIBELBO,
+    FactorVAEELBO,
+    InfoELBO,
+    MarginalKLELBO,
+    TotalCorrelationELBO,
+)
 from pyroib.priors import MixtureOfGaussians
 
 N, B = 200, 16
@@ -32,6 +38,7 @@ def setup():
 
 
 def traces(objective, model, guide, x, index):
+    model, guide = objective.prepare(model, guide)
     return next(objective._get_traces(model, guide, (x, None), {"index": index, "size": N}))
 
 
@@ -132,9 +139,13 @@ def test_auxiliary_step_trains_critics_only_and_checkpoint_restores_them_exactly
     model, guide, x, index = setup
     objective = BoundedIBELBO(marginal_estimator="critic", **SMALL_CRITIC)
     before = [p.clone() for p in [*model.parameters(), *guide.parameters()]]
-    objective.terms(model, guide, x, index=index, size=N)
+    terms = objective.terms(model, guide, x, index=index, size=N)
+    assert set(terms.critic_samples) == {"marginal", "data"}
     initial = {k: [p.clone() for p in c.parameters()] for k, c in objective.critics.items()}
-    objective.auxiliary_step(model, guide, x, index=index, size=N)
+    # an evaluation pass (no gradient) leaves no samples: critics learn only from training steps
+    with torch.no_grad():
+        assert objective.terms(model, guide, x, index=index, size=N).critic_samples == {}
+    objective.auxiliary_step(terms)
     assert set(objective.critics) == {"marginal", "data"}
     for name, critic in objective.critics.items():
         assert any(not torch.equal(a, b) for a, b in zip(initial[name], critic.parameters())), name
@@ -197,20 +208,30 @@ def test_batch_of_one_and_joint_prior_fail_on_first_use_with_a_hint(setup):
 def test_bibae_data_term_reports_the_critic_kl_and_trains_the_decoder_by_the_non_saturating_loss(setup):
     """D's value is E_data[T] (the density-ratio estimate); its gradient, which reaches the decoder through the
     decoded prior draws, is that of E_Q[softplus(-T)], bounded by 1 per logit whatever the critic says."""
+    from pyro import poutine
     from torch.nn import functional as F
+
+    from pyroib.objectives import TermContext
 
     model, guide, x, index = setup
     objective = BoundedIBELBO(**SMALL_CRITIC)
     model_trace, guide_trace = traces(objective, model, guide, x, index)
-    _, value = objective.information_terms(model_trace, guide_trace, N)["critic_data_kl"]
+    context = TermContext(model, guide, (x, None), {"index": index, "size": N})
+    with pytest.raises(ValueError, match="through terms"):
+        objective.information_terms(model_trace, guide_trace, N)
+    _, value = objective.information_terms(model_trace, guide_trace, N, context)["critic_data_kl"]
     real = x.reshape(B, -1)
-    fake = objective._generated.nodes["x"]["fn"].mean.reshape(B, -1)
+    assert torch.equal(context.critic_samples["data"][0], real)
     critic = objective.critics["data"]
     assert torch.allclose(value, critic(real).mean())
     with torch.no_grad():  # a critic far off its optimum: huge logits, where exp(T) would explode
         for p in critic.parameters():
             p.mul_(50.0)
-    _, value = objective.information_terms(model_trace, guide_trace, N)["critic_data_kl"]
+    torch.manual_seed(5)
+    _, value = objective.information_terms(model_trace, guide_trace, N, context)["critic_data_kl"]
+    torch.manual_seed(5)  # the same prior draws: the decoded images D's gradient flows through
+    fake = poutine.trace(model).get_trace(x, None, index=index, size=N).nodes["x"]["fn"].mean.reshape(B, -1)
+    assert torch.equal(context.critic_samples["data"][1], fake.detach())
     decoder = list(model.decoder.parameters())
     ours = torch.autograd.grad(value, decoder, allow_unused=True, retain_graph=True)
     reference = torch.autograd.grad(F.softplus(-critic(fake)).mean(), decoder, allow_unused=True)

@@ -8,8 +8,8 @@ import json
 
 def evaluate(argv: list[str]) -> None:
     from ..evaluate import evaluate_run
+    from ..full_data import FULL_DATA_MAX_POINTS
     from ..generate import SAMPLE_PRIORS, check_prior_name, prior_by_name
-    from ..information import FULL_DATA_MAX_POINTS
     from ..run import load_run
 
     p = argparse.ArgumentParser(prog="pyroib evaluate")

@@ -25,6 +25,7 @@ host-device synchronisation per site.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -34,8 +35,8 @@ from pyro.infer.trace_elbo import _compute_log_r
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
-from .handlers import BOTTLENECK_SCALE, AnchorWeighted, per_dimension
-from .plates import DATA_PLATE
+from ..handlers import BOTTLENECK_SCALE, AnchorWeighted, per_dimension
+from ..plates import DATA_PLATE
 
 
 @dataclass
@@ -50,6 +51,27 @@ class Terms:
     loss: torch.Tensor
     values: dict[str, torch.Tensor] = field(default_factory=dict)
     kl_per_dim: dict[str, torch.Tensor] = field(default_factory=dict)
+    # detached samples the objective's critics train on after the model step (:meth:`InfoELBO.auxiliary_step`)
+    critic_samples: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
+
+
+@dataclass
+class TermContext:
+    """What an information term may read besides the trace pair: the program and its arguments (to run it again,
+    e.g. forward from the prior), and where to leave samples for critics. Made afresh by every :meth:`InfoELBO.terms`
+    call, so nothing is carried on the objective between a loss and the step after it."""
+
+    model: Callable
+    guide: Callable
+    args: tuple
+    kwargs: dict
+    critic_samples: dict = field(default_factory=dict)
+
+    def remember(self, name: str, samples_p: torch.Tensor, samples_q: torch.Tensor | None) -> None:
+        """Keep a training step's samples for critic ``name`` (``samples_q=None``: permute samples_p's dimensions).
+        Evaluation passes run under ``no_grad`` and feed no critic."""
+        if torch.is_grad_enabled():
+            self.critic_samples[name] = (samples_p.detach(), None if samples_q is None else samples_q.detach())
 
 
 def dataset_size(trace) -> int:
@@ -96,6 +118,38 @@ def choose_site(names: list[str], chosen: str | None, kind: str, flag: str) -> s
     return names[0]
 
 
+def surrogate_elbo(model_trace, guide_trace, closed_form_kl: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """One particle's surrogate ELBO: the estimator of Pyro 1.9.2's ``Trace_ELBO._differentiable_loss_particle``
+    (pyro/infer/trace_elbo.py), kept here because that method is private and returns the loss as a float.
+
+    Σ log p over model sites, minus the guide's entropy terms (reparameterised sites), plus log r · score for
+    non-reparameterised guide sites, with log r = log p - log q summed down to each site's plates (downstream cost,
+    Rao-Blackwellised by plates). A site in ``closed_form_kl`` enters as -KL(q || p) instead of its log p and log q,
+    as in ``TraceMeanField_ELBO``. Its gradient is the ELBO's gradient; its value is not the ELBO's when score
+    terms are present (they add 0 in value only in expectation). Tested against Pyro in value and gradient,
+    Gaussian and Categorical guide sites (tests/test_objectives.py), which guards the pin to Pyro 1.9.
+    """
+    surrogate = 0.0
+    for name, site in model_trace.nodes.items():
+        if site["type"] == "sample" and name not in closed_form_kl:
+            surrogate = surrogate + site["log_prob_sum"]
+    log_r = None
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        if name in closed_form_kl:
+            surrogate = surrogate - closed_form_kl[name]
+            continue
+        _, score_function_term, entropy_term = site["score_parts"]
+        if not is_identically_zero(entropy_term):
+            surrogate = surrogate - entropy_term.sum()
+        if not is_identically_zero(score_function_term):
+            if log_r is None:
+                log_r = _compute_log_r(model_trace, guide_trace)
+            surrogate = surrogate + (log_r.sum_to(site["cond_indep_stack"]) * score_function_term).sum()
+    return _as_tensor(surrogate)
+
+
 def _analytic_kl(guide_site, model_site):
     try:
         return kl_divergence(guide_site["fn"], model_site["fn"])
@@ -130,12 +184,20 @@ class InfoELBO(Trace_ELBO):
         return choose_site(latent_site_names(model_trace, guide_trace), self.latent_site, "latent", "--latent-site")
 
     # hooks for subclasses ------------------------------------------------------------------------------------
-    def information_terms(self, model_trace, guide_trace, size: int) -> dict[str, tuple[float, torch.Tensor]]:
-        """Extra terms as ``name -> (weight, value in nats per data point)``; values must be differentiable."""
+    def information_terms(
+        self, model_trace, guide_trace, size: int, context: TermContext | None = None
+    ) -> dict[str, tuple[float, torch.Tensor]]:
+        """Extra terms as ``name -> (weight, value in nats per data point)``; values must be differentiable.
+        ``context`` holds the program and its arguments, and takes critics' samples (:class:`TermContext`)."""
         return {}
 
-    def auxiliary_step(self, model, guide, x, y=None, *, index=None, size=None) -> dict[str, torch.Tensor]:
-        """Called by ``fit`` after each model step (critics train here); returns their losses."""
+    def prepare(self, model, guide):
+        """The model and guide this objective traces: the run's own, or handled (a deterministic encoder, say)."""
+        return model, guide
+
+    def auxiliary_step(self, terms: Terms) -> dict[str, torch.Tensor]:
+        """Called by ``fit`` after each model step with that step's :class:`Terms`: critics train on the samples
+        it carries. Returns their losses."""
         return {}
 
     def state_dict(self) -> dict:
@@ -150,51 +212,39 @@ class InfoELBO(Trace_ELBO):
             )
 
     # the one breakdown ----------------------------------------------------------------------------------------
-    def _particle(self, model_trace, guide_trace, capacity, want_per_dim=True):
+    def _particle(self, model_trace, guide_trace, context, capacity, want_per_dim=True):
         size = dataset_size(model_trace)
         latents = set(latent_site_names(model_trace, guide_trace))
-        distortion = weighted_rate = 0.0
-        surrogate_elbo = 0.0
-        values: dict[str, torch.Tensor] = {}
-        kl_per_dim: dict[str, torch.Tensor] = {}
-        analytic = set()
+        closed_form = {}
+        if self.analytic_kl:
+            for name in latents:
+                guide_site, model_site = guide_trace.nodes[name], model_trace.nodes[name]
+                kl = _analytic_kl(guide_site, model_site) if guide_site["fn"].has_rsample else None
+                if kl is not None:
+                    closed_form[name] = scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
+        surrogate = -surrogate_elbo(model_trace, guide_trace, closed_form)
 
+        # the numbers: distortion over observed sites, the β-weighted rate as the loss has it, then per-site rates
+        # without β
+        distortion = weighted_rate = 0.0
         for name, site in model_trace.nodes.items():
-            if site["type"] != "sample":
+            if site["type"] != "sample" or name in closed_form:
                 continue
             if site["is_observed"]:
                 distortion = distortion - site["log_prob_sum"]
-                surrogate_elbo = surrogate_elbo + site["log_prob_sum"]
-                continue
-            guide_site = guide_trace.nodes.get(name)
-            if self.analytic_kl and name in latents and guide_site["fn"].has_rsample:
-                kl = _analytic_kl(guide_site, site)
-                if kl is not None:
-                    kl_sum = scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
-                    weighted_rate = weighted_rate + kl_sum
-                    surrogate_elbo = surrogate_elbo - kl_sum
-                    analytic.add(name)
-                    continue
-            weighted_rate = weighted_rate - site["log_prob_sum"]
-            surrogate_elbo = surrogate_elbo + site["log_prob_sum"]
-
-        log_r = None
+            else:
+                weighted_rate = weighted_rate - site["log_prob_sum"]
         for name, site in guide_trace.nodes.items():
-            if site["type"] != "sample" or name in analytic:
-                continue
-            weighted_rate = weighted_rate + site["log_prob_sum"]
-            _, score_function_term, entropy_term = site["score_parts"]
-            if not is_identically_zero(entropy_term):
-                surrogate_elbo = surrogate_elbo - entropy_term.sum()
-            if not is_identically_zero(score_function_term):
-                if log_r is None:
-                    log_r = _compute_log_r(model_trace, guide_trace)
-                surrogate_elbo = surrogate_elbo + (log_r.sum_to(site["cond_indep_stack"]) * score_function_term).sum()
+            if site["type"] == "sample" and name not in closed_form:
+                weighted_rate = weighted_rate + site["log_prob_sum"]
+        weighted_rate = weighted_rate + sum(closed_form.values())
 
+        values: dict[str, torch.Tensor] = {}
+        kl_per_dim: dict[str, torch.Tensor] = {}
         rate = 0.0
         for name in sorted(latents):
             site_rate, per_dim = self._unweighted_rate(
-                model_trace.nodes[name], guide_trace.nodes[name], name in analytic, size, want_per_dim
+                model_trace.nodes[name], guide_trace.nodes[name], name in closed_form, size, want_per_dim
             )
             rate = rate + site_rate
             values[f"rate/{name}"] = site_rate
@@ -202,14 +252,13 @@ class InfoELBO(Trace_ELBO):
                 kl_per_dim[name] = per_dim
 
         loss = distortion + weighted_rate
-        surrogate = -surrogate_elbo
         if capacity is not None:
             # Burgess et al.: γ|R - C| replaces the rate; the handlers then carry β = 1 and γ arrives here
             gamma, target = capacity
             correction = gamma * (weighted_rate - target * size).abs() - weighted_rate
             loss = loss + correction
             surrogate = surrogate + correction
-        for name, (weight, value) in self.information_terms(model_trace, guide_trace, size).items():
+        for name, (weight, value) in self.information_terms(model_trace, guide_trace, size, context).items():
             values[name] = value.detach()
             if weight != 0:
                 loss = loss + size * weight * value
@@ -262,8 +311,10 @@ class InfoELBO(Trace_ELBO):
         surrogate = loss = 0.0
         values: dict[str, torch.Tensor] = {}
         kl_per_dim: dict[str, torch.Tensor] = {}
+        model, guide = self.prepare(model, guide)
+        context = TermContext(model, guide, args, kwargs)
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            s, total, v, k = self._particle(model_trace, guide_trace, capacity, per_dimension)
+            s, total, v, k = self._particle(model_trace, guide_trace, context, capacity, per_dimension)
             surrogate = surrogate + s / self.num_particles
             loss = loss + total / self.num_particles
             for key, val in v.items():
@@ -273,7 +324,13 @@ class InfoELBO(Trace_ELBO):
         surrogate = _as_tensor(surrogate)
         # value of the loss, gradient of the surrogate (score-function terms change the gradient, not the value)
         surrogate = loss + (surrogate - surrogate.detach())
-        return Terms(surrogate=surrogate, loss=_as_tensor(loss), values=values, kl_per_dim=kl_per_dim)
+        return Terms(
+            surrogate=surrogate,
+            loss=_as_tensor(loss),
+            values=values,
+            kl_per_dim=kl_per_dim,
+            critic_samples=context.critic_samples,
+        )
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         return self.terms(model, guide, *args, **kwargs).surrogate

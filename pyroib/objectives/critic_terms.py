@@ -33,11 +33,11 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.nn import functional as F
 
-from . import estimators
-from .critics import Critic, density_ratio_loss, permute_dims
-from .handlers import per_dimension
-from .information import batch_marginal_kl, batch_mmd, check_choice, check_weight, latent_codes, prior_draws
-from .objectives import InfoELBO, choose_site, observed_site_names
+from .. import estimators
+from ..critics import Critic, density_ratio_loss, permute_dims
+from ..handlers import per_dimension
+from .aggregate import batch_marginal_kl, batch_mmd, check_choice, check_weight, latent_codes, prior_draws
+from .core import InfoELBO, choose_site, observed_site_names
 
 CRITIC_BETAS = (0.5, 0.9)
 
@@ -69,7 +69,6 @@ class CriticELBO(InfoELBO):
         self.critic_steps = critic_steps
         self.critics: dict[str, Critic] = {}
         self.critic_optimizers: dict[str, torch.optim.Optimizer] = {}
-        self._pending: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     # critics -------------------------------------------------------------------------------------------------
     def critic(self, name: str, input_dim: int, device) -> Critic:
@@ -95,18 +94,10 @@ class CriticELBO(InfoELBO):
             for p in params:
                 p.requires_grad_(True)
 
-    def remember(self, name: str, samples_p: torch.Tensor, samples_q: torch.Tensor | None) -> None:
-        """Keep a training step's samples for the critic (``samples_q=None``: permute samples_p's dimensions)."""
-        if torch.is_grad_enabled():  # evaluation passes run under no_grad and must not feed the critics
-            self._pending[name] = (samples_p.detach(), None if samples_q is None else samples_q.detach())
-
-    def auxiliary_step(self, model, guide, x, y=None, *, index=None, size=None) -> dict[str, float]:
-        """Train each critic ``critic_steps`` times on the samples of the model step just taken."""
-        if not self._pending:
-            with torch.enable_grad():
-                self.terms(model, guide, x, y, index=index, size=size, per_dimension=False)
+    def auxiliary_step(self, terms) -> dict[str, torch.Tensor]:
+        """Train each critic ``critic_steps`` times on the samples of the model step just taken (``terms``)."""
         losses = {}
-        for name, (samples_p, samples_q) in self._pending.items():
+        for name, (samples_p, samples_q) in terms.critic_samples.items():
             critic, optimizer = self.critics[name], self.critic_optimizers[name]
             for _ in range(self.critic_steps):
                 other = permute_dims(samples_p) if samples_q is None else samples_q
@@ -115,7 +106,6 @@ class CriticELBO(InfoELBO):
                 loss.backward()
                 optimizer.step()
             losses[name] = loss.detach()
-        self._pending.clear()
         return losses
 
     # checkpointing -------------------------------------------------------------------------------------------
@@ -144,11 +134,12 @@ class CriticELBO(InfoELBO):
             self.critic_optimizers[name].load_state_dict(entry["optimizer"])
 
     # terms ---------------------------------------------------------------------------------------------------
-    def critic_marginal_kl(self, model_trace, guide_trace) -> torch.Tensor:
+    def critic_marginal_kl(self, model_trace, guide_trace, context=None) -> torch.Tensor:
         """E_q[T(z)] for the critic of q(z) against p(z): KL(q(z) || p(z)) in nats per point."""
         site = self.latent_site_of(model_trace, guide_trace)
         z, _, _ = latent_codes(guide_trace, site)
-        self.remember("marginal", z, prior_draws(model_trace, site))
+        if context is not None:
+            context.remember("marginal", z, prior_draws(model_trace, site))
         return self.critic_logit("marginal", z).mean()
 
 
@@ -163,9 +154,10 @@ class FactorVAEELBO(CriticELBO):
         super().__init__(**kwargs)
         self.tc_weight = check_weight("tc_weight", tc_weight)
 
-    def information_terms(self, model_trace, guide_trace, size):
+    def information_terms(self, model_trace, guide_trace, size, context=None):
         z, _, _ = latent_codes(guide_trace, self.latent_site_of(model_trace, guide_trace))
-        self.remember("tc", z, None)
+        if context is not None:
+            context.remember("tc", z, None)
         return {"critic_tc": (self.tc_weight, self.critic_logit("tc", z).mean())}
 
 
@@ -215,16 +207,16 @@ class AdversarialELBO(CriticELBO):
             raise TypeError(f"deterministic_encoder must be True or False, got {deterministic_encoder!r}")
         self.deterministic_encoder = deterministic_encoder
 
-    def _get_traces(self, model, guide, args, kwargs):
-        if self.deterministic_encoder:
-            guide = _PosteriorMean(self.latent_site)(guide)
-        return super()._get_traces(model, guide, args, kwargs)
+    def prepare(self, model, guide):
+        return model, _PosteriorMean(self.latent_site)(guide) if self.deterministic_encoder else guide
 
-    def information_terms(self, model_trace, guide_trace, size):
+    def information_terms(self, model_trace, guide_trace, size, context=None):
         if self.divergence == "mmd":
             site = self.latent_site_of(model_trace, guide_trace)
             return {"mmd": (self.marginal_weight, batch_mmd(model_trace, guide_trace, site, self.kernel))}
-        return {"critic_marginal_kl": (self.marginal_weight, self.critic_marginal_kl(model_trace, guide_trace))}
+        return {
+            "critic_marginal_kl": (self.marginal_weight, self.critic_marginal_kl(model_trace, guide_trace, context))
+        }
 
 
 class BoundedIBELBO(CriticELBO):
@@ -264,17 +256,17 @@ class BoundedIBELBO(CriticELBO):
         self.marginal_estimator = check_choice(
             "marginal_estimator", marginal_estimator, (*estimators.ESTIMATOR_METHODS, "critic")
         )
-        self._generated = None
 
-    def _get_traces(self, model, guide, args, kwargs):
-        for model_trace, guide_trace in super()._get_traces(model, guide, args, kwargs):
-            # the same program run forward from the prior: its observed site's distribution is p_θ(x | z ~ p(z))
-            self._generated = poutine.trace(model).get_trace(*args, **kwargs)
-            yield model_trace, guide_trace
-
-    def information_terms(self, model_trace, guide_trace, size):
+    def information_terms(self, model_trace, guide_trace, size, context=None):
+        if context is None:
+            raise ValueError("BIB-AE's term D runs the model forward from its prior: evaluate it through terms()")
         if self.marginal_estimator == "critic":
-            terms = {"critic_marginal_kl": (self.marginal_kl_weight, self.critic_marginal_kl(model_trace, guide_trace))}
+            terms = {
+                "critic_marginal_kl": (
+                    self.marginal_kl_weight,
+                    self.critic_marginal_kl(model_trace, guide_trace, context),
+                )
+            }
         else:
             terms = {
                 "marginal_kl": (
@@ -290,9 +282,11 @@ class BoundedIBELBO(CriticELBO):
             }
         data_site = choose_site(observed_site_names(model_trace), self.data_site, "observed", "--data-site")
         real = model_trace.nodes[data_site]["value"]
-        fake = self._generated.nodes[data_site]["fn"].mean
+        # the same program run forward from the prior: its observed site's distribution is p_θ(x | z ~ p(z))
+        generated = poutine.trace(context.model).get_trace(*context.args, **context.kwargs)
+        fake = generated.nodes[data_site]["fn"].mean
         real, fake = real.reshape(real.shape[0], -1), fake.reshape(fake.shape[0], -1)
-        self.remember("data", real, fake)
+        context.remember("data", real, fake)
         estimate = self.critic_logit("data", real).mean().detach()
         generator_loss = F.softplus(-self.critic_logit("data", fake)).mean()
         # the value is the density-ratio estimate of D; the gradient is the non-saturating loss's (module docstring)
