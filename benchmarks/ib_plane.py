@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pyroib.exact import entropy, mutual_information
-from pyroib.ib_plane import example_joint, plane, plot_plane
+from pyroib.vib_vs_exact import example_joint, plane, plot_plane
 
 RESULTS = Path(__file__).parent / "results"
 VIB_BETAS = (0.01, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3)

@@ -2,7 +2,7 @@
 
 For each β (default 1 and 4) one VAE is trained (dynamic binarisation, 40-d latents, 300-300 MLPs, standard normal
 prior); then n decoded samples (mean images E[x|z]) from three samplers are compared with the 10,000 grey-level test
-images by the Fréchet distance in the feature space of the versioned classifier (:mod:`pyroib.fid`):
+images by the Fréchet distance in the feature space of the versioned classifier (:mod:`pyroib.frechet`):
 
 * z ~ N(0, I), the prior the model was trained with;
 * z ~ factorised aggregate posterior of all training encodings (each z_j from its own 1-d mixture);
@@ -62,9 +62,9 @@ def train_one(beta: float, args: argparse.Namespace) -> str:
 def score(run_dir: str, args: argparse.Namespace) -> dict:
     import torch
 
+    from pyroib.aggregate_prior import aggregate_variance, fit_and_save
     from pyroib.data import load_dataset
-    from pyroib.fid import frechet_distance, image_features, load_feature_network, sample_fid
-    from pyroib.generate import aggregate_variance, fit_and_save
+    from pyroib.frechet import frechet_distance, image_features, load_feature_network, sample_fid
     from pyroib.run import load_run
 
     torch.set_num_threads(1)

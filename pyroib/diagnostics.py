@@ -26,7 +26,7 @@ import numpy as np
 import xarray as xr
 from scipy.special import logsumexp
 
-from .bridge import POINT_DIM, from_run, group, group_names
+from .arviz_bridge import POINT_DIM, from_run, group, group_names
 
 SAMPLE_DIMS = ("chain", "draw")
 PRIOR_WEIGHT, PRIOR_SHAPE = 10, 0.5  # Vehtari's weak prior on k: 10 pseudo-observations at k = 0.5

@@ -214,7 +214,7 @@ def evaluate_run(
 
     ``run`` is a loaded run or a run directory (then loaded on ``device`` from ``checkpoint``). ``prior`` scores the
     model under another p(z) at the program's latent site (:class:`PriorSwap`; the aggregate posterior of
-    :mod:`pyroib.generate`, say): the ELBO and IWAE bound are then those of the model p'(z) p(x | z). ``nll_iw``
+    :mod:`pyroib.aggregate_prior`, say): the ELBO and IWAE bound are then those of the model p'(z) p(x | z). ``nll_iw``
     estimates -log p(x) and is reported only for a program that observes x (``Model.observes_inputs``); the
     full-data terms cover at most ``full_data_points`` points (0 skips them: their cost is O(M² D)).
     ``batch_size`` is the points per importance pass; by default 100, or under an aggregate prior as many as keep

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from . import estimators
+import pyroib.estimators as estimators
+
 from .handlers import per_dimension
 
 FULL_DATA_MAX_POINTS = 10_000

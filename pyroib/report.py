@@ -166,7 +166,7 @@ def _extra_sections():
     import importlib
 
     sections = []
-    for name in ("pyroib.diagnostics", "pyroib.generate"):
+    for name in ("pyroib.diagnostics", "pyroib.aggregate_prior"):
         try:
             sections.append(importlib.import_module(name).report_section)
         except ModuleNotFoundError as error:

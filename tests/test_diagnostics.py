@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 import pytest
-from test_bridge import ScaledPosteriorGuide, _tiny_spec, linear_gaussian
+from test_arviz_bridge import ScaledPosteriorGuide, _tiny_spec, linear_gaussian
 
-from pyroib.bridge import from_pair, group, group_names, import_arviz
+from pyroib.arviz_bridge import from_pair, group, group_names, import_arviz
 from pyroib.diagnostics import (
     code_summary,
     importance_diagnostics,

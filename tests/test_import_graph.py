@@ -83,3 +83,14 @@ def test_the_library_never_imports_the_command_line():
     graph = import_graph()
     library = [m for m in graph if not m.startswith("pyroib.cli") and m != "pyroib.__main__"]
     assert not [m for m in library if any(t.startswith("pyroib.cli") for t in graph[m])]
+
+
+def test_every_public_name_resolves_to_its_module():
+    import importlib
+
+    import pyroib
+
+    for name in pyroib.__all__:
+        module = importlib.import_module(pyroib._EXPORTS[name])
+        assert getattr(pyroib, name) is getattr(module, name), name
+    assert "train" in dir(pyroib)

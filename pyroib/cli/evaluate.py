@@ -7,9 +7,9 @@ import json
 
 
 def evaluate(argv: list[str]) -> None:
+    from ..aggregate_prior import SAMPLE_PRIORS, check_prior_name, prior_by_name
     from ..evaluate import evaluate_run
     from ..full_data import FULL_DATA_MAX_POINTS
-    from ..generate import SAMPLE_PRIORS, check_prior_name, prior_by_name
     from ..run import load_run
 
     p = argparse.ArgumentParser(prog="pyroib evaluate")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def fit_prior(argv: list[str]) -> None:
-    from ..generate import AGGREGATE_FILE, DEFAULT_MAX_COMPONENTS, fit_and_save
+    from ..aggregate_prior import AGGREGATE_FILE, DEFAULT_MAX_COMPONENTS, fit_and_save
     from ..run import load_run
 
     p = argparse.ArgumentParser(
@@ -40,7 +40,7 @@ def fit_prior(argv: list[str]) -> None:
 
 
 def sample(argv: list[str]) -> None:
-    from ..generate import AGGREGATE_FILE, check_prior_name, decode_prior_draws, prior_by_name, write_grid
+    from ..aggregate_prior import AGGREGATE_FILE, check_prior_name, decode_prior_draws, prior_by_name, write_grid
     from ..run import load_run
 
     p = argparse.ArgumentParser(prog="pyroib sample")

@@ -31,7 +31,8 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import Normal
 
-from .. import estimators
+import pyroib.estimators as estimators
+
 from ..handlers import per_dimension
 from .core import InfoELBO
 

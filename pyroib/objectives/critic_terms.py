@@ -33,7 +33,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.nn import functional as F
 
-from .. import estimators
+import pyroib.estimators as estimators
+
 from ..critics import Critic, density_ratio_loss, permute_dims
 from ..handlers import per_dimension
 from .aggregate import batch_marginal_kl, batch_mmd, check_choice, check_weight, latent_codes, prior_draws

@@ -123,7 +123,7 @@ def per_dim_mutual_information(
 
 
 def decode_prior_draws(run, prior, n: int, seed: int = 0) -> torch.Tensor:
-    from .fid import prior_draws
+    from .frechet import prior_draws
 
     torch.manual_seed(seed)
     generator = torch.Generator(device=run.device).manual_seed(seed)

@@ -11,7 +11,7 @@ no complex round-off to discard. ``frechet_distance`` returns d² (the quantity 
 units; it is a property of the feature network, so numbers compare only under the same network.
 
 The feature network (:class:`FeatureNet`, ``f(x)`` = its 64-d penultimate ReLU layer) is trained by
-``python -m pyroib.fid train``: 3 epochs of Adam on the 55,000 grey-level Fashion-MNIST training images (seed 0,
+``python -m pyroib.frechet train``: 3 epochs of Adam on the 55,000 grey-level Fashion-MNIST training images (seed 0,
 one CPU thread), weights stored in half precision in ``pyroib/assets/fashion_features.pt`` (about 210 KB) with its
 measured test accuracy in ``fashion_features.json`` beside it. Test accuracy of the stored weights: 88.36% on the
 10,000 Fashion-MNIST test images (the JSON holds the exact figure; the tests recheck it).
@@ -108,7 +108,7 @@ def load_feature_network(device: str | torch.device = "cpu") -> FeatureNet:
     if not asset.is_file():
         raise FileNotFoundError(
             f"the feature network's weights {ASSET_WEIGHTS} are missing from pyroib/assets; "
-            "train them with python -m pyroib.fid train"
+            "train them with python -m pyroib.frechet train"
         )
     state = torch.load(io.BytesIO(asset.read_bytes()), map_location="cpu", weights_only=True)
     network = FeatureNet()
@@ -206,7 +206,7 @@ def accuracy(network: FeatureNet, images: torch.Tensor, labels: torch.Tensor, ba
 
 
 def _train_command(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="python -m pyroib.fid train")
+    p = argparse.ArgumentParser(prog="python -m pyroib.frechet train")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
@@ -233,7 +233,7 @@ def _train_command(argv: list[str]) -> None:
         "precision": "float16",
         "torch": torch.__version__,
         "sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
-        "command": f"python -m pyroib.fid train --epochs {args.epochs} --seed {args.seed}",
+        "command": f"python -m pyroib.frechet train --epochs {args.epochs} --seed {args.seed}",
     }
     (out / ASSET_INFO).write_text(json.dumps(info, indent=2) + "\n")
     print(f"test accuracy {test_accuracy:.4f}; wrote {out / ASSET_WEIGHTS} ({len(buffer.getvalue())} bytes)")
@@ -241,5 +241,5 @@ def _train_command(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["train"]:
-        sys.exit("usage: python -m pyroib.fid train [--epochs E] [--seed S] [--out DIR]")
+        sys.exit("usage: python -m pyroib.frechet train [--epochs E] [--seed S] [--out DIR]")
     _train_command(sys.argv[2:])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyroib.bridge import from_pair, from_run, group_names, import_arviz, to_arviz
+from pyroib.arviz_bridge import from_pair, from_run, group_names, import_arviz, to_arviz
 from pyroib.evaluate import importance_nll
 from pyroib.run import RunSpec, build
 from pyroib.train import train

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pyroib.exact import entropy, mutual_information
-from pyroib.ib_plane import example_joint, fit_vib_discrete, information_estimates, plane
+from pyroib.vib_vs_exact import example_joint, fit_vib_discrete, information_estimates, plane
 
 P_XY = example_joint(8, 3, seed=0)
 BETAS_IB = np.geomspace(1.0, 200.0, 80)

@@ -11,7 +11,7 @@ import scipy.linalg
 import torch
 
 from pyroib.data import fashion_mnist_dirs
-from pyroib.fid import (
+from pyroib.frechet import (
     ASSET_INFO,
     ASSET_WEIGHTS,
     FEATURE_DIM,

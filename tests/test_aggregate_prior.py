@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from pyroib import cli
-from pyroib.data import load_dataset
-from pyroib.evaluate import evaluate_run
-from pyroib.generate import (
+from pyroib.aggregate_prior import (
     AGGREGATE_FILE,
     aggregate_variance,
     per_dim_mutual_information,
     report_section,
     training_encodings,
 )
+from pyroib.data import load_dataset
+from pyroib.evaluate import evaluate_run
 from pyroib.priors import AggregatePosterior, JointAggregatePosterior, StandardNormal
 from pyroib.run import RunSpec, load_run
 from pyroib.train import train
