@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib
 
-# public name -> module that defines it
+# public name -> module that defines it (module:name where the name differs)
 _EXPORTS = {
     # runs: specify, train, reload, evaluate, report
     "RunSpec": "pyroib.run",
     "load_run": "pyroib.run",
-    "train": "pyroib.train",
+    "fit": "pyroib.train:train",  # `pyroib.train` is the module (the import system binds submodules here)
     "evaluate_run": "pyroib.evaluate",
     "write_report": "pyroib.report",
     "run_sweep": "pyroib.sweep",
@@ -51,7 +51,8 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'pyroib' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    module, _, attribute = _EXPORTS[name].partition(":")
+    value = getattr(importlib.import_module(module), attribute or name)
     globals()[name] = value
     return value
 

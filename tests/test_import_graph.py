@@ -91,6 +91,7 @@ def test_every_public_name_resolves_to_its_module():
     import pyroib
 
     for name in pyroib.__all__:
-        module = importlib.import_module(pyroib._EXPORTS[name])
-        assert getattr(pyroib, name) is getattr(module, name), name
-    assert "train" in dir(pyroib)
+        module, _, attribute = pyroib._EXPORTS[name].partition(":")
+        assert getattr(pyroib, name) is getattr(importlib.import_module(module), attribute or name), name
+    assert pyroib.fit is importlib.import_module("pyroib.train").train
+    assert "fit" in dir(pyroib)
