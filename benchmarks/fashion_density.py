@@ -1,4 +1,4 @@
-"""Fashion-MNIST density: test NLL of the VAE in the REFERENCE.md setting, against the published anchor.
+"""Fashion-MNIST density: test NLL of the VAE in the Exemplar VAE paper's setting, against its anchor.
 
 Setting: dynamic binarisation (test binarised once with a fixed seed), 40-d latents, two 300-unit layers
 (784-300-300-40 encoder and mirrored decoder), Bernoulli likelihood, Adam (1e-3, optionally a last phase at

@@ -1,6 +1,6 @@
 """Fashion-MNIST test NLL of the VAE under three priors: standard normal, VampPrior and a flow prior.
 
-The setting of the Exemplar VAE paper's Table 1 (REFERENCE.md): dynamic binarisation (training batches resampled
+The setting of the Exemplar VAE paper's Table 1 (Norouzi et al. 2020): dynamic binarisation (training batches resampled
 every pass, test binarised once with a fixed seed), 40-d latents, two 300-unit layers in encoder and decoder, test
 NLL by importance sampling. Anchors there (5,000 importance samples, hundreds of epochs with early stopping):
 VAE 228.70, VAE + VampPrior (500 pseudo-inputs) 227.35 nats. The paper has no flow-prior row.

@@ -109,8 +109,8 @@ def per_dim_mutual_information(
     """I(x; z_j) in nats for each dimension j, with the aggregate q(z_j) taken as the 1-d mixture over the given
     M encodings: E_n E_{z_j ~ q(z_j|x_n)} [log q(z_j|x_n) - log (1/M) Σ_m q(z_j|x_m)], ``samples`` draws per point.
 
-    The point's own component is in the mixture, so each estimate lies in [0, log M] (REFERENCE.md): pass M large
-    enough that log M clears the information expected (M = 2,000 gives a ceiling of 7.6 nats).
+    The point's own component is in the mixture, so each estimate lies in [0, log M]: pass M large enough that log M
+    clears the information expected (M = 2,000 gives a ceiling of 7.6 nats).
     """
     m = loc.shape[0]
     z = loc + scale * torch.randn((samples, *loc.shape), generator=generator, device=loc.device, dtype=loc.dtype)

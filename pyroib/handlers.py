@@ -2,7 +2,7 @@
 
 ``bottleneck(model, guide, beta=β, anchors=w)`` returns the model and guide wrapped by one handler each, built from
 one specification, so a weight can never reach only one side: Pyro's ``TraceMeanField_ELBO`` reads the *guide*
-site's scale, the Monte Carlo ELBO both sites (REFERENCE.md, traps).
+site's scale, the Monte Carlo ELBO both sites; pyro/infer/trace_mean_field_elbo.py).
 
 * β multiplies ``msg["scale"]`` of every unobserved sample site, exactly as ``poutine.scale`` does; observed sites
   (the distortion) keep weight 1, so the objective is distortion + β · rate. β = 0 cannot be a scale (Pyro refuses

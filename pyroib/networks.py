@@ -1,7 +1,7 @@
 """Encoder and decoder networks sized from a model's config (never from literals such as 784).
 
 Three families: ``mlp`` (flatten, fully connected, any data shape), ``gated`` (the same with gated hidden layers,
-h = (W x + b) * sigmoid(V x + c), as in the VampPrior and Exemplar VAE code behind REFERENCE.md's Fashion-MNIST
+h = (W x + b) * sigmoid(V x + c), as in the VampPrior and Exemplar VAE code behind the published Fashion-MNIST
 anchors) and ``conv`` (stride-2 convolutions for images whose height and width are divisible by
 ``2 ** len(hidden)``). Encoders return the parameters of a diagonal
 Gaussian; decoders return unconstrained parameters with the data's shape (channels multiplied by ``out_factor``

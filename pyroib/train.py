@@ -1,9 +1,9 @@
 """``fit``: SVI with a plain ``torch.optim`` loop over the model's and guide's parameters.
 
 Why not ``pyro.infer.SVI``: it builds one optimiser per tensor, trains only parameters registered in Pyro's global
-parameter store, and syncs host and device per site each step (REFERENCE.md). Here one optimiser (fused Adam on
-CUDA) sees every parameter of the model, guide and prior; the objective's loss stays on the device between logging
-points.
+parameter store, and syncs host and device per site each step (``torch_item`` in pyro/infer/trace_elbo.py). Here
+one optimiser (fused Adam on CUDA) sees every parameter of the model, guide and prior; the objective's loss stays on
+the device between logging points.
 
 Each epoch: one pass over the training split in random minibatches (the data plate gets the dataset indices), an
 evaluation on the validation split with β = 1, then an atomic checkpoint holding model, guide, optimiser, objective

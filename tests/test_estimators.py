@@ -1,4 +1,4 @@
-"""Aggregate-posterior estimators against exact mixtures and closed forms (REFERENCE.md)."""
+"""Aggregate-posterior estimators against exact mixtures and closed forms."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Blahut–Arimoto against closed-form rate–distortion functions (REFERENCE.md, "Estimators: known answers")."""
+"""Blahut–Arimoto against closed-form rate–distortion functions (Cover & Thomas, ch. 10)."""
 
 import numpy as np
 import pytest

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 
 # prior options: flag -> (priors it applies to, option name or a function of the prior's name)
 PRIOR_FLAGS = {
@@ -109,6 +110,16 @@ def _spec_flags(parser: argparse.ArgumentParser, defaults: dict) -> None:
         )
 
 
+def parameter_docs(cls) -> dict[str, str]:
+    """``:param name: text`` entries of a class's docstrings along its MRO, first sentence each."""
+    docs = {}
+    for klass in reversed(cls.__mro__):
+        text = " ".join((klass.__doc__ or "").split())
+        for name, body in re.findall(r":param (\w+): (.*?)(?=:param |$)", text):
+            docs[name] = body.split(". ")[0].rstrip(". ")
+    return docs
+
+
 def train_parser(program=None, architecture=None, add_help: bool = True) -> argparse.ArgumentParser:
     """The parser of ``pyroib train``: RunSpec's flags, then the program's Config and the objective's options."""
     p = argparse.ArgumentParser(
@@ -162,6 +173,7 @@ def train_parser(program=None, architecture=None, add_help: bool = True) -> argp
             )
     if architecture is not None and architecture.options:
         group = p.add_argument_group(f"objective ({architecture.objective.__name__})")
+        documented = parameter_docs(architecture.objective)
         for name, default in architecture.options.items():
             group.add_argument(
                 "--" + name.replace("_", "-"),
@@ -169,7 +181,7 @@ def train_parser(program=None, architecture=None, add_help: bool = True) -> argp
                 type=flag_type(default),
                 default=default,
                 metavar=name.upper(),
-                help=f"default {default}",
+                help=f"{documented.get(name, '')} (default {default})".lstrip(),
             )
     return p
 

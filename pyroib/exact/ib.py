@@ -7,7 +7,7 @@ stationary points of the Lagrangian I(X;T) - β I(T;Y) over encoders p(t|x) sati
     p(t) = Σ_x p(x) p(t|x),        p(y|t) = Σ_x p(y|x) p(x|t).
 
 Iterating these equations never increases the Lagrangian, but it stops at a *local* optimum that depends on the
-start; ``iterative_ib`` therefore runs several random starts and keeps the lowest Lagrangian (REFERENCE.md).
+start; ``iterative_ib`` therefore runs several random starts and keeps the lowest Lagrangian.
 
 **Deterministic IB** (Strouse & Schwab 2017) replaces I(X;T) by H(T), i.e. minimises H(T) - β I(T;Y); its optimum
 is a hard assignment t = f(x) found by iterating f(x) = argmax_t [log p(t) - β KL(p(y|x) || p(y|t))] until no
