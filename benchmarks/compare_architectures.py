@@ -21,6 +21,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import harness
 import torch
 
 from pyroib.data import load_dataset
@@ -32,7 +33,7 @@ MODELS = {"β-VAE": "vae", "β-TCVAE": "beta-tcvae", "InfoVAE": "infovae", "BIB-
 
 
 def main():
-    p = argparse.ArgumentParser()
+    p = harness.add_record_flag(argparse.ArgumentParser())
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--capacity", type=float, default=8.0, help="the matched rate C in nats")
     p.add_argument("--gamma", type=float, default=10.0, help="weight of |R − C|")
@@ -41,7 +42,6 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--train-size", type=int, default=None, help="train on the first N training images only")
     p.add_argument("--out", default=None, help="run directories (default: a temporary folder, removed after)")
-    p.add_argument("--record", default=str(Path(__file__).parent / "results" / "compare_architectures.md"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out or tempfile.mkdtemp(prefix="pyroib_compare_"))
@@ -122,7 +122,7 @@ def write_record(args, rows, total):
         for r in rows
     }
     lines += ["", f"Objective-specific terms on the test split: `{json.dumps(extra, ensure_ascii=False)}`", ""]
-    Path(args.record).write_text("\n".join(lines))
+    harness.write_results(args, "compare_architectures.md", "\n".join(lines))
     print("\n".join(lines))
 
 

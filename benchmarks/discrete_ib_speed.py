@@ -12,16 +12,12 @@ problem takes that joint's p(x) as the source and squared error between letter p
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
-from pathlib import Path
 
+import harness
 import numpy as np
 
 from pyroib.exact import blahut_arimoto, iterative_ib
-
-RESULTS = Path(__file__).resolve().parent / "results" / "discrete_ib_speed.md"
 
 
 def random_joint(n_x: int, n_y: int, seed: int) -> np.ndarray:
@@ -57,18 +53,6 @@ def time_iterative_ib(p_xy: np.ndarray, beta: float, n_clusters: int, max_iter: 
     }
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = f", 1-minute load average {os.getloadavg()[0]:.1f} at the start" if hasattr(os, "getloadavg") else ""
-    return f"{model}, {cores} CPU cores available{load}, Python {platform.python_version()}, NumPy {np.__version__}"
-
-
 def table(rows: list[dict]) -> str:
     lines = ["| solver | iterations | seconds | ms / iteration | converged | result |", "|---|---:|---:|---:|---|---|"]
     for row in rows:
@@ -81,7 +65,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.add_record_flag(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--size", type=int, default=1000, help="|X| = |Y|")
     parser.add_argument("--clusters", type=int, default=50, help="|T| for the iterative IB")
     # The trivial encoder of this joint is stable up to β = 1 / ρ_m² ≈ 251 (ρ_m its maximal correlation), so the
@@ -90,10 +74,9 @@ def main() -> None:
     parser.add_argument("--slope", type=float, default=1000.0)
     parser.add_argument("--max-iter", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
 
-    where = machine()
+    where = harness.machine()
     p_xy = random_joint(args.size, args.size, args.seed)
     rows = [
         time_blahut_arimoto(p_xy, args.slope, args.max_iter),
@@ -110,16 +93,14 @@ def main() -> None:
             "",
             "Reproduce from the repository root with",
             "",
-            "    .venv/bin/python benchmarks/discrete_ib_speed.py",
+            f"    {harness.command()}",
             "",
             f"Machine: {where}. Wall-clock times on a machine shared with other jobs; indicative only.",
             "",
         ]
     )
     print(report)
-    if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(report)
+    harness.write_results(args, "discrete_ib_speed.md", report)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import json
 import time
 from pathlib import Path
 
+import harness
 import pyro
 import torch
 
@@ -70,15 +71,10 @@ def main():
         help="evaluate the epoch with the best validation ELBO (early stopping, as the anchor's code "
         "does) or the last one",
     )
-    p.add_argument(
-        "--record",
-        default=None,
-        help="result file (default: results/fashion_density.md, fashion_density_gated.md for gated)",
-    )
+    harness.add_record_flag(p)
     args = p.parse_args()
-    if args.record is None:
-        suffix = "" if args.network == "mlp" else f"_{args.network}"
-        args.record = str(Path(__file__).parent / "results" / f"fashion_density{suffix}.md")
+    suffix = "" if args.network == "mlp" else f"_{args.network}"
+    results_name = f"fashion_density{suffix}.md"
     pyro.enable_validation(False)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -200,7 +196,7 @@ def main():
         f"{args.iw_samples} | {ANCHOR} | {eval_minutes:.1f} |",
         "",
     ]
-    Path(args.record).write_text("\n".join(lines))
+    harness.write_results(args, results_name, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import harness
+
 
 def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -83,14 +85,13 @@ def measure(points: int, latent_dim: int, threads: int, run_dir: str | None = No
 
 
 def main():
-    p = argparse.ArgumentParser()
+    p = harness.add_record_flag(argparse.ArgumentParser())
     p.add_argument("--sizes", default="5000,10000,20000")
     p.add_argument("--target", type=int, default=60_000)
     p.add_argument("--latent-dim", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--run", default=None, help="a trained run whose encoder to use (default: a random one)")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--record", default=str(Path(__file__).parent / "results" / "full_data_terms.md"))
     args = p.parse_args()
     if args.one is not None:
         print(json.dumps(measure(args.one, args.latent_dim, args.threads, args.run)))
@@ -151,7 +152,7 @@ def main():
             "split to 10,000 points (and says so in its JSON).",
             "",
         ]
-    Path(args.record).write_text("\n".join(lines))
+    harness.write_results(args, "full_data_terms.md", "\n".join(lines))
     print("\n".join(lines))
 
 

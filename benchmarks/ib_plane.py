@@ -14,25 +14,23 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
+import harness
 import numpy as np
 import torch
 
 from pyroib.exact import entropy, mutual_information
 from pyroib.vib_vs_exact import example_joint, plane, plot_plane
 
-RESULTS = Path(__file__).parent / "results"
 VIB_BETAS = (0.01, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.add_record_flag(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--n-x", type=int, default=8)
     parser.add_argument("--n-y", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -41,8 +39,11 @@ def main(argv=None) -> None:
     result = plane(p_xy, np.geomspace(1.0, 300.0, 120), VIB_BETAS, steps=args.steps, seed=args.seed)
     seconds = time.perf_counter() - start
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot_plane(result, args.out / "ib_plane.png", title=f"Exact IB vs VIB, |X|={args.n_x}, |Y|={args.n_y} (nats)")
+    plot_plane(
+        result,
+        harness.results_path(args, "ib_plane.png"),
+        title=f"Exact IB vs VIB, |X|={args.n_x}, |Y|={args.n_y} (nats)",
+    )
     rows = [
         "# Variational IB vs the exact IB curve",
         "",
@@ -71,7 +72,7 @@ def main(argv=None) -> None:
             f"{exact:.4f} | {exact - p['i_zy']:.4f} |"
         )
     rows += ["", "![information plane](ib_plane.png)", ""]
-    (args.out / "ib_plane.md").write_text("\n".join(rows))
+    harness.write_results(args, "ib_plane.md", "\n".join(rows))
     print("\n".join(rows))
 
 

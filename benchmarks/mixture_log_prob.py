@@ -20,8 +20,8 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
+import harness
 import pyro
 import pyro.distributions as dist
 import torch
@@ -32,8 +32,6 @@ from pyroib.handlers import bottleneck
 from pyroib.models.vae import Config, Model
 from pyroib.objectives import InfoELBO
 from pyroib.priors import VampPrior
-
-RESULTS = Path(__file__).resolve().parent / "results" / "mixture_log_prob.md"
 
 
 class BroadcastVampPrior(VampPrior):
@@ -64,10 +62,9 @@ def median_seconds(fn, repeats):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = harness.add_record_flag(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--results", default=str(RESULTS))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pyro.enable_validation(False)
@@ -117,7 +114,7 @@ def main():
     lines = [
         "# VampPrior log density: matrix product (DiagonalNormalMixture) against the broadcast mixture",
         "",
-        f"Command: `python benchmarks/mixture_log_prob.py --rounds {args.rounds} --threads {args.threads}`",
+        f"Command: `{harness.command()}`",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other work, {args.threads} "
         f"torch thread(s); Python {platform.python_version()}, torch {torch.__version__}. Medians over "
@@ -134,7 +131,7 @@ def main():
         "",
     ]
     text = "\n".join(lines)
-    Path(args.results).write_text(text)
+    harness.write_results(args, "mixture_log_prob.md", text)
     print(text)
 
 

@@ -47,7 +47,8 @@ from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "priors_fashion.md"
+import harness
+
 ANCHORS = {"standard": 228.70, "vamp": 227.35}  # nats, Exemplar VAE paper Table 1 (5,000 importance samples)
 PRIOR_OPTIONS = {"standard": {}, "vamp": {"n_pseudo_inputs": 500}, "flow": {}}
 
@@ -194,7 +195,7 @@ def write_results(results: list[dict], args: argparse.Namespace, command: str) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = harness.add_record_flag(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     p.add_argument("--priors", default="standard,vamp,flow")
     p.add_argument("--minutes", type=float, default=20.0, help="training wall-time budget per model; 0 = none")
     p.add_argument("--epochs", type=int, default=500)
@@ -245,7 +246,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--evaluate-only", action="store_true", help="evaluate the runs in --root as they stand")
     p.add_argument("--train-only", action="store_true", help="train, and leave evaluation and results for later")
     p.add_argument("--root", default="runs/benchmarks/priors_fashion")
-    p.add_argument("--results", default=str(RESULTS))
     args = p.parse_args(argv)
     priors = [name for name in args.priors.split(",") if name]
     unknown = sorted(set(priors) - set(PRIOR_OPTIONS))
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.train_only:
         return
     text = write_results(results, args, command)
-    Path(args.results).write_text(text)
+    harness.write_results(args, "priors_fashion.md", text)
     print(text)
 
 

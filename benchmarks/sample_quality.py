@@ -28,7 +28,8 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "sample_quality.md"
+import harness
+
 SEEDS = (0, 1, 2)
 
 
@@ -133,13 +134,12 @@ def write_results(results: list[dict], args, command: str, minutes: float) -> st
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = harness.add_record_flag(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     p.add_argument("--betas", default="1,4")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--n", type=int, default=10_000, help="samples per sampler and seed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--root", default="runs/benchmarks/sample_quality")
-    p.add_argument("--results", default=str(RESULTS))
     args = p.parse_args(argv)
     betas = [float(b) for b in args.betas.split(",") if b]
     command = " ".join([".venv/bin/python", "benchmarks/sample_quality.py", *(argv or sys.argv[1:])])
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         run_dirs = list(pool.map(train_one, betas, [args] * len(betas)))
         results = list(pool.map(score, run_dirs, [args] * len(run_dirs)))
     text = write_results(results, args, command, (time.perf_counter() - started) / 60)
-    Path(args.results).write_text(text)
+    harness.write_results(args, "sample_quality.md", text)
     print(text)
 
 

@@ -4,16 +4,16 @@
 interleaved in rounds so that machine load hits both alike; the ratio of medians is the figure
 (target <= 1.10). Pyro validation is off for the pyroib step, as ``pyroib train`` has it.
 
-    python benchmarks/step_overhead.py [--steps 200] [--rounds 5] [--threads 1]
+    python benchmarks/step_overhead.py [--steps 200] [--rounds 5] [--threads 1] [--record]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
-import time
-from pathlib import Path
 
+import harness
 import pyro
 import pyro.distributions as dist
 import torch
@@ -56,11 +56,10 @@ def manual_step(model, guide, optimizer, x, size):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=200)
+    p = harness.add_record_flag(argparse.ArgumentParser())
+    p.add_argument("--steps", type=int, default=200, help="steps per round for each of the two")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--record", default=str(Path(__file__).parent / "results" / "step_overhead.md"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pyro.enable_validation(False)
@@ -77,29 +76,27 @@ def main():
     twin_opt = torch.optim.Adam([*twin_model.parameters(), *twin_guide.parameters()], lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randperm(size, generator=gen)[:128] for _ in range(args.steps)]
-    timings = {"pyroib": [], "hand-written": []}
-    for round_ in range(args.rounds):
-        # alternate which step goes first, so a drift in machine load does not favour one of them
-        for name in ("pyroib", "hand-written") if round_ % 2 == 0 else ("hand-written", "pyroib"):
-            start = time.perf_counter()
-            for index in batches:
-                x = splits.train[index]
-                if name == "pyroib":
-                    pyroib_step(model, guide, objective, opt, x, index, size)
-                else:
-                    manual_step(twin_model, twin_guide, twin_opt, x, size)
-            timings[name].append((time.perf_counter() - start) / args.steps * 1e3)
+    queues = {"pyroib": itertools.cycle(batches), "hand-written": itertools.cycle(batches)}
+
+    def pyroib():
+        index = next(queues["pyroib"])
+        pyroib_step(model, guide, objective, opt, splits.train[index], index, size)
+
+    def hand_written():
+        manual_step(twin_model, twin_guide, twin_opt, splits.train[next(queues["hand-written"])], size)
+
+    timings = harness.interleaved({"pyroib": pyroib, "hand-written": hand_written}, args.rounds, args.steps)
     ours, base = statistics.median(timings["pyroib"]), statistics.median(timings["hand-written"])
-    ratio = ours / base
     per_round = [a / b for a, b in zip(timings["pyroib"], timings["hand-written"])]
     lines = [
-        "# Step overhead (issue 2)",
+        "# Step overhead",
         "",
-        f"Command: `python benchmarks/step_overhead.py --steps {args.steps} --rounds {args.rounds} "
-        f"--threads {args.threads}`",
+        f"Command: `{harness.command()}`",
         "",
-        f"β-VAE β = {BETA}, 784-400-20 MLP, Bernoulli, batch 128, Adam, CPU, {args.threads} torch thread(s), "
-        "Pyro validation off; medians over interleaved rounds in one process.",
+        f"Machine: {harness.machine(args.threads)}.",
+        "",
+        f"β-VAE β = {BETA}, 784-400-20 MLP, Bernoulli, batch 128, Adam, CPU, Pyro validation off; the two steps "
+        f"alternate call by call, {args.rounds} rounds of {args.steps} steps each, the figure per round the median.",
         "",
         "| step | ms per step (median) | all rounds |",
         "|---|---|---|",
@@ -107,13 +104,13 @@ def main():
         f"| pyroib (bottleneck handlers + InfoELBO.terms) | {ours:.2f} | "
         f"{', '.join(f'{t:.2f}' for t in timings['pyroib'])} |",
         "",
-        f"**Ratio pyroib / hand-written: {ratio:.3f}** (target <= 1.10); median of the per-round ratios "
+        f"**Ratio pyroib / hand-written: {ours / base:.3f}** (target <= 1.10); median of the per-round ratios "
         f"{statistics.median(per_round):.3f} (rounds: {', '.join(f'{r:.3f}' for r in per_round)}).",
         "",
     ]
     text = "\n".join(lines)
     print(text)
-    Path(args.record).write_text(text)
+    harness.write_results(args, "step_overhead.md", text)
 
 
 if __name__ == "__main__":

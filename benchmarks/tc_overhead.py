@@ -11,10 +11,10 @@ so machine load hits both alike; the figure is the ratio of the median times (ta
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
-import time
-from pathlib import Path
 
+import harness
 import pyro
 import torch
 
@@ -39,13 +39,12 @@ def make_step(model, guide, objective, beta):
 
 
 def main():
-    p = argparse.ArgumentParser()
+    p = harness.add_record_flag(argparse.ArgumentParser())
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--latent-dim", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--record", default=str(Path(__file__).parent / "results" / "tc_overhead.md"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pyro.enable_validation(False)
@@ -70,27 +69,29 @@ def main():
     for name, step in steps.items():  # warm-up: first-call costs (allocator, plate nesting guess)
         for index in batches[:3]:
             step(splits.train[index], index, size)
-    # Steps alternate one by one, so a change in machine load between two neighbouring steps is all that can
-    # bias a pair; per-round figures are medians over the round's steps.
-    timings = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        per_step = {name: [] for name in steps}
-        for index in batches:
-            x = splits.train[index]
-            for name, step in steps.items():
-                started = time.perf_counter()
-                step(x, index, size)
-                per_step[name].append((time.perf_counter() - started) * 1e3)
-        for name, t in per_step.items():
-            timings[name].append(statistics.median(t))
+    queue = itertools.cycle(batches)
+    current = {}
+
+    def next_batch():
+        index = next(queue)
+        current.update(x=splits.train[index], index=index)
+
+    # the two steps alternate call by call on the same batch (the batch is drawn by a third, untimed entry)
+    calls = {
+        "batch": next_batch,
+        **{name: (lambda step=step: step(current["x"], current["index"], size)) for name, step in steps.items()},
+    }
+    timings = harness.interleaved(calls, args.rounds, args.steps)
+    del timings["batch"]
     medians = {name: statistics.median(t) for name, t in timings.items()}
     ratio = medians["β-TCVAE"] / medians["β-VAE"]
     round_ratios = [b / a for a, b in zip(timings["β-VAE"], timings["β-TCVAE"])]
     lines = [
         "# Total-correlation term: cost per training step",
         "",
-        f"Command: `python benchmarks/tc_overhead.py --steps {args.steps} --rounds {args.rounds} "
-        f"--threads {args.threads}` (CPU, {args.threads} thread(s), a machine shared with other jobs).",
+        f"Command: `{harness.command()}`",
+        "",
+        f"Machine: {harness.machine(args.threads)}.",
         "",
         f"Fashion-MNIST, 784-400-{args.latent_dim} MLP, batch {args.batch_size}, Adam, validation off; "
         f"{args.rounds} rounds of {args.steps} steps, the two steps alternating one by one; per round the median "
@@ -109,8 +110,8 @@ def main():
         "O(B · 784 · 400).",
         "",
     ]
-    Path(args.record).write_text("\n".join(lines))
     print("\n".join(lines))
+    harness.write_results(args, "tc_overhead.md", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import harness
 import pyro
 import torch
 from torch.nn import functional as F
@@ -32,8 +32,6 @@ from pyroib.guides.vib import ReluGaussianEncoder
 from pyroib.models.vib import Config, Model
 from pyroib.run import RunSpec
 from pyroib.sweep import plot_sweep, run_sweep
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def train_deterministic(splits, args) -> dict:
@@ -69,7 +67,7 @@ def _fmt(value, digits=4):
     return "" if value is None else f"{value:.{digits}g}"
 
 
-def write_results(rows, baseline, args, command, wall_seconds, path: Path) -> None:
+def results_text(rows, baseline, args, command, wall_seconds) -> str:
     lines = [
         "# Deep VIB on Fashion-MNIST: test error against β",
         "",
@@ -122,11 +120,11 @@ def write_results(rows, baseline, args, command, wall_seconds, path: Path) -> No
             f"{low['i_zy_lower']:.4g} to {high['i_zy_lower']:.4g} nats.",
         ]
     lines += ["", "![information plane](vib_fashion_plane.png)", ""]
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = harness.add_record_flag(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--hidden", default="512,512", help="encoder layer sizes (Alemi et al.: 1024,1024)")
     p.add_argument("--latent-dim", type=int, default=256)
@@ -140,7 +138,7 @@ def main():
     args = p.parse_args()
     args.hidden = tuple(int(h) for h in args.hidden.split(","))
     betas = [float(b) for b in args.betas.split(",")]
-    command = "python benchmarks/vib_fashion.py " + shlex.join(sys.argv[1:])
+    command = harness.command()
     torch.set_num_threads(args.threads)
     pyro.enable_validation(False)
     started = time.perf_counter()
@@ -179,15 +177,15 @@ def main():
         metrics = work / r["run"] / "metrics.jsonl"
         if metrics.is_file():
             r["train_seconds"] = sum(row["seconds"] for row in read_jsonl(metrics))
-    RESULTS.mkdir(exist_ok=True)
     plot_sweep(
         rows,
-        RESULTS / "vib_fashion_plane.png",
+        harness.results_path(args, "vib_fashion_plane.png"),
         title=f"Deep VIB, Fashion-MNIST test split ({args.epochs} epochs, K = {args.latent_dim}); "
         f"deterministic MLP: {100 * (1 - baseline['accuracy']):.2f}% error",
     )
-    write_results(rows, baseline, args, command, time.perf_counter() - started, RESULTS / "vib_fashion.md")
-    print(f"results in {RESULTS / 'vib_fashion.md'}; runs in {work}")
+    text = results_text(rows, baseline, args, command, time.perf_counter() - started)
+    harness.write_results(args, "vib_fashion.md", text)
+    print(f"runs in {work}")
 
 
 if __name__ == "__main__":

@@ -8,41 +8,41 @@ from __future__ import annotations
 
 import importlib
 
-# public name -> module that defines it (module:name where the name differs)
+# public name -> submodule that defines it (submodule:name where the name differs)
 _EXPORTS = {
     # runs: specify, train, reload, evaluate, report
-    "RunSpec": "pyroib.run",
-    "load_run": "pyroib.run",
-    "fit": "pyroib.train:train",  # `pyroib.train` is the module (the import system binds submodules here)
-    "evaluate_run": "pyroib.evaluate",
-    "write_report": "pyroib.report",
-    "run_sweep": "pyroib.sweep",
+    "RunSpec": "run",
+    "load_run": "run",
+    "fit": "train:train",  # `pyroib.train` is the module (the import system binds submodules here)
+    "evaluate_run": "evaluate",
+    "write_report": "report",
+    "run_sweep": "sweep",
     # programs: the contract, the data plate, the bottleneck weights
-    "ProgramError": "pyroib.program",
-    "check_traces": "pyroib.program",
-    "resolve": "pyroib.architectures",
-    "data_plate": "pyroib.plates",
-    "bottleneck": "pyroib.handlers",
+    "ProgramError": "program",
+    "check_traces": "program",
+    "resolve": "architectures",
+    "data_plate": "plates",
+    "bottleneck": "handlers",
     # objectives
-    "InfoELBO": "pyroib.objectives",
-    "TotalCorrelationELBO": "pyroib.objectives",
-    "MarginalKLELBO": "pyroib.objectives",
-    "MMDELBO": "pyroib.objectives",
-    "FactorVAEELBO": "pyroib.objectives",
-    "AdversarialELBO": "pyroib.objectives",
-    "BoundedIBELBO": "pyroib.objectives",
+    "InfoELBO": "objectives",
+    "TotalCorrelationELBO": "objectives",
+    "MarginalKLELBO": "objectives",
+    "MMDELBO": "objectives",
+    "FactorVAEELBO": "objectives",
+    "AdversarialELBO": "objectives",
+    "BoundedIBELBO": "objectives",
     # priors
-    "StandardNormal": "pyroib.priors",
-    "LearnedGaussian": "pyroib.priors",
-    "MixtureOfGaussians": "pyroib.priors",
-    "VampPrior": "pyroib.priors",
-    "FlowPrior": "pyroib.priors",
-    "AggregatePosterior": "pyroib.priors",
+    "StandardNormal": "priors",
+    "LearnedGaussian": "priors",
+    "MixtureOfGaussians": "priors",
+    "VampPrior": "priors",
+    "FlowPrior": "priors",
+    "AggregatePosterior": "priors",
     # data
-    "load_dataset": "pyroib.data",
+    "load_dataset": "data",
     # posterior inspection
-    "from_run": "pyroib.arviz_bridge",
-    "importance_diagnostics": "pyroib.diagnostics",
+    "from_run": "arviz_bridge",
+    "importance_diagnostics": "diagnostics",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -52,7 +52,7 @@ def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'pyroib' has no attribute {name!r}")
     module, _, attribute = _EXPORTS[name].partition(":")
-    value = getattr(importlib.import_module(module), attribute or name)
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), attribute or name)
     globals()[name] = value
     return value
 

@@ -34,7 +34,10 @@ def import_graph() -> dict[str, set[str]]:
             elif isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-                targets = [node.value]  # importlib.import_module("pyroib.x") and command tables
+                # importlib.import_module("pyroib.x") and command tables: a string naming a module is an edge,
+                # even to a parent package
+                if node.value in modules and node.value != name:
+                    graph[name].add(node.value)
             graph[name] |= {t for t in targets if t in modules and t != name and not name.startswith(t + ".")}
     return graph
 
@@ -92,6 +95,6 @@ def test_every_public_name_resolves_to_its_module():
 
     for name in pyroib.__all__:
         module, _, attribute = pyroib._EXPORTS[name].partition(":")
-        assert getattr(pyroib, name) is getattr(importlib.import_module(module), attribute or name), name
+        assert getattr(pyroib, name) is getattr(importlib.import_module(f"pyroib.{module}"), attribute or name), name
     assert pyroib.fit is importlib.import_module("pyroib.train").train
     assert "fit" in dir(pyroib)

@@ -1,0 +1,106 @@
+"""What every benchmark shares: the machine it ran on, the command that ran it, interleaved timing, and where its
+results go.
+
+A run writes its results file to ``runs/benchmarks/`` (a work directory) unless it is given ``--record``, which
+writes to ``benchmarks/results/``, the files the README and closing notes cite. So trying a benchmark never
+overwrites a recorded result by accident.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORK = Path(__file__).resolve().parent.parent / "runs" / "benchmarks"
+
+
+def add_record_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--record`` writes to benchmarks/results/ (``--record PATH``, or its older name ``--results PATH``, to that
+    file); without it the results go to the work directory."""
+    parser.add_argument(
+        "--record",
+        "--results",
+        dest="record",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="PATH",
+        help=f"write the results file to {RESULTS} (the recorded results), or to PATH; default: {WORK}",
+    )
+    return parser
+
+
+def results_path(args: argparse.Namespace, filename: str) -> Path:
+    if isinstance(args.record, str):
+        path = Path(args.record)
+    else:
+        path = (RESULTS if args.record else WORK) / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_results(args: argparse.Namespace, filename: str, text: str) -> Path:
+    """Write ``text`` atomically (a kill leaves the old file whole) and say where."""
+    path = results_path(args, filename)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    print(f"results written to {path}" + ("" if args.record else " (pass --record to update the recorded results)"))
+    return path
+
+
+def command() -> str:
+    """The command line that is running, as a reader would retype it from the repository root."""
+    script = Path(sys.argv[0])
+    try:
+        script = script.resolve().relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return " ".join(["python", shlex.quote(str(script)), *map(shlex.quote, sys.argv[1:])])
+
+
+def machine(threads: int | None = None) -> str:
+    """One line on the hardware and software the figures came from."""
+    import numpy
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = f", 1-minute load average {os.getloadavg()[0]:.1f} at the start" if hasattr(os, "getloadavg") else ""
+    device = f", CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    thread_text = f", {threads} torch thread(s)" if threads else ""
+    return (
+        f"{platform.machine()} {platform.processor() or ''}".strip()
+        + f", {cores} CPU cores available{load}{thread_text}{device}; Python {platform.python_version()}, "
+        f"torch {torch.__version__}, NumPy {numpy.__version__}"
+    )
+
+
+def interleaved(steps: dict[str, Callable[[], object]], rounds: int, repeats: int = 1) -> dict[str, list[float]]:
+    """Milliseconds per call of each step, ``rounds`` times, the steps alternating call by call (and the order
+    reversed every other round), so that a change of machine load hits all steps alike. Each round's figure is the
+    median over its ``repeats`` calls."""
+    timings = {name: [] for name in steps}
+    names = list(steps)
+    for round_ in range(rounds):
+        order = names if round_ % 2 == 0 else names[::-1]
+        per_call = {name: [] for name in steps}
+        for _ in range(repeats):
+            for name in order:
+                started = time.perf_counter()
+                steps[name]()
+                per_call[name].append((time.perf_counter() - started) * 1e3)
+        for name, values in per_call.items():
+            timings[name].append(statistics.median(values))
+    return timings
+
+
+def ratio_of_medians(timings: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    return statistics.median(timings[numerator]) / statistics.median(timings[denominator])
