@@ -32,6 +32,9 @@ from torch.distributions import kl_divergence, register_kl
 # the product of the β factors a site's scale carries, kept in its ``infer`` dict so that the objective can report
 # the rate without β but with any other weight (a user's data weighting, a subsample factor) the scale holds
 BOTTLENECK_SCALE = "bottleneck_scale"
+# capacity control (Burgess et al. 2018): (γ, C in nats per data point), kept in the latent sites' ``infer`` dicts;
+# the objective then puts γ|R - C| in place of the rate R
+CAPACITY = "capacity"
 
 
 class AnchorWeighted(dist.TorchDistribution):
@@ -86,11 +89,15 @@ def per_dimension(fn: dist.Distribution) -> dist.Distribution | None:
 
 class BottleneckMessenger(Messenger):
     def __init__(
-        self, beta: float | Mapping[str, float], anchors: torch.Tensor | Mapping[str, torch.Tensor] | None = None
+        self,
+        beta: float | Mapping[str, float],
+        anchors: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
+        capacity: tuple[float, float] | None = None,
     ):
         super().__init__()
         self.beta = beta
         self.anchors = anchors
+        self.capacity = capacity
 
     def _weight(self, name: str) -> float:
         if isinstance(self.beta, Mapping):
@@ -100,6 +107,8 @@ class BottleneckMessenger(Messenger):
     def _process_message(self, msg):
         if msg["type"] != "sample" or msg["is_observed"] or site_is_subsample(msg):
             return
+        if self.capacity is not None:
+            msg["infer"] = {**msg["infer"], CAPACITY: self.capacity}
         beta = self._weight(msg["name"])
         if beta == 0.0:
             msg["mask"] = False if msg["mask"] is None else msg["mask"] & False
@@ -164,17 +173,30 @@ def bottleneck(
     guide: Callable,
     beta: float | Mapping[str, float] = 1.0,
     anchors: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
+    capacity: tuple[float, float] | None = None,
 ) -> tuple[Callable, Callable]:
-    """Wrap model and guide with the same bottleneck weights. β = 1 and no anchors returns them unchanged."""
+    """Wrap model and guide with the same bottleneck weights. β = 1 and no anchors returns them unchanged.
+
+    ``capacity=(γ, C)`` asks the objective for γ|R − C| in place of the rate R (C in nats per data point; Burgess et
+    al. 2018), usually with β = 1.
+    """
     anchors = validate_weights(beta, anchors)
-    if not isinstance(beta, Mapping) and beta == 1.0 and anchors is None:
+    if capacity is not None:
+        gamma, target = capacity
+        if not (0 <= gamma < float("inf") and 0 <= target < float("inf")):
+            raise ValueError(f"capacity needs γ >= 0 and C >= 0 nats, both finite; got {capacity}")
+    if not isinstance(beta, Mapping) and beta == 1.0 and anchors is None and capacity is None:
         return model, guide
-    return (BottleneckMessenger(beta, anchors)(model), BottleneckMessenger(beta, anchors)(guide))
+    return (
+        BottleneckMessenger(beta, anchors, capacity)(model),
+        BottleneckMessenger(beta, anchors, capacity)(guide),
+    )
 
 
 __all__ = [
     "AnchorWeighted",
     "BOTTLENECK_SCALE",
+    "CAPACITY",
     "BottleneckMessenger",
     "bottleneck",
     "per_dimension",

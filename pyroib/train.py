@@ -302,10 +302,8 @@ def train(
         bar = tqdm(batches, desc=f"epoch {epoch}/{spec.epochs}", leave=False, disable=not progress, mininterval=0.5)
         for i, (x, y, index) in enumerate(bar):
             weights = schedule(step)
-            m, g = bottleneck(model, guide, betas(weights.beta), anchors)
-            terms = objective.terms(
-                m, g, x, y, index=index, size=n_train, capacity=weights.capacity, per_dimension=False
-            )
+            m, g = bottleneck(model, guide, betas(weights.beta), anchors, weights.capacity)
+            terms = objective.terms(m, g, x, y, index=index, size=n_train, per_dimension=False)
             optimizer.zero_grad(set_to_none=True)
             terms.surrogate.backward()
             if max_norm is not None:

@@ -141,9 +141,13 @@ def test_capacity_objective_is_gamma_times_distance_to_capacity():
     pyro.set_rng_seed(8)
     plain = InfoELBO().terms(model, guide, x, None, index, N)
     pyro.set_rng_seed(8)
-    capped = InfoELBO().terms(model, guide, x, None, index, N, capacity=(30.0, 2.0))
+    m, g = bottleneck(model, guide, capacity=(30.0, 2.0))  # a weight like β: on the handlers, not the objective
+    capped = InfoELBO().terms(m, g, x, None, index, N)
     d, r = plain.values["distortion"], plain.values["rate"]
     assert torch.allclose(capped.loss / N, d + 30.0 * (r - 2.0).abs(), rtol=1e-5)
+    assert torch.allclose(capped.values["rate"], r)  # the reported rate is the rate, not γ|R - C|
+    with pytest.raises(ValueError, match="capacity needs"):
+        bottleneck(model, guide, capacity=(-1.0, 2.0))
 
 
 def test_loss_method_uses_the_same_breakdown():

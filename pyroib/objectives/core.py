@@ -16,8 +16,8 @@ where R_β is the rate as weighted by the bottleneck handlers (β, anchors; see 
 size of the data plate (``pyro.plate("data", N, subsample=idx)``), read from the plate's frame, never from a site's
 scale (which already includes β). With β = 1, no anchors and no extra terms the loss *is* ``Trace_ELBO``'s, in value
 and gradient, including score-function terms for non-reparameterised latents; with ``analytic_kl=True`` it is
-``TraceMeanField_ELBO``'s. With a capacity C (Burgess et al. 2018) the rate enters as γ|R - C| instead
-(the handlers then carry β = 1).
+``TraceMeanField_ELBO``'s. When the bottleneck handlers carry a capacity (γ, C) (Burgess et al. 2018) the rate
+enters as γ|R - C| instead.
 
 Unlike ``Trace_ELBO`` nothing here calls ``.item()``: the loss stays on the device, so a training step costs no
 host-device synchronisation per site.
@@ -35,7 +35,7 @@ from pyro.infer.trace_elbo import _compute_log_r
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
-from ..handlers import BOTTLENECK_SCALE, AnchorWeighted, per_dimension
+from ..handlers import BOTTLENECK_SCALE, CAPACITY, AnchorWeighted, per_dimension
 from ..plates import DATA_PLATE
 
 
@@ -212,7 +212,7 @@ class InfoELBO(Trace_ELBO):
             )
 
     # the one breakdown ----------------------------------------------------------------------------------------
-    def _particle(self, model_trace, guide_trace, context, capacity, want_per_dim=True):
+    def _particle(self, model_trace, guide_trace, context, want_per_dim=True):
         size = dataset_size(model_trace)
         latents = set(latent_site_names(model_trace, guide_trace))
         closed_form = {}
@@ -252,8 +252,9 @@ class InfoELBO(Trace_ELBO):
                 kl_per_dim[name] = per_dim
 
         loss = distortion + weighted_rate
+        capacity = _capacity(guide_trace, latents)
         if capacity is not None:
-            # Burgess et al.: γ|R - C| replaces the rate; the handlers then carry β = 1 and γ arrives here
+            # Burgess et al.: γ|R - C| replaces the rate
             gamma, target = capacity
             correction = gamma * (weighted_rate - target * size).abs() - weighted_rate
             loss = loss + correction
@@ -303,18 +304,17 @@ class InfoELBO(Trace_ELBO):
             diff = guide_site["unscaled_log_prob"] - model_site["unscaled_log_prob"]
         return (diff.detach() * weight).sum(), None
 
-    def terms(
-        self, model, guide, *args, capacity: tuple[float, float] | None = None, per_dimension: bool = True, **kwargs
-    ) -> Terms:
-        """Evaluate the objective. ``capacity=(gamma, C)`` switches to the capacity-controlled rate γ|R - C|;
-        ``per_dimension=False`` skips the per-dimension KL breakdown (training steps do not log it)."""
+    def terms(self, model, guide, *args, per_dimension: bool = True, **kwargs) -> Terms:
+        """Evaluate the objective on ``model`` and ``guide`` (as wrapped by the bottleneck handlers, which carry β,
+        anchor weights and a capacity). ``per_dimension=False`` skips the per-dimension KL breakdown (training steps
+        do not log it)."""
         surrogate = loss = 0.0
         values: dict[str, torch.Tensor] = {}
         kl_per_dim: dict[str, torch.Tensor] = {}
         model, guide = self.prepare(model, guide)
         context = TermContext(model, guide, args, kwargs)
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            s, total, v, k = self._particle(model_trace, guide_trace, context, capacity, per_dimension)
+            s, total, v, k = self._particle(model_trace, guide_trace, context, per_dimension)
             surrogate = surrogate + s / self.num_particles
             loss = loss + total / self.num_particles
             for key, val in v.items():
@@ -344,6 +344,14 @@ class InfoELBO(Trace_ELBO):
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return float(loss)
+
+
+def _capacity(guide_trace, latents) -> tuple[float, float] | None:
+    """The capacity (γ, C) the bottleneck handlers put on the latent sites, or None."""
+    found = {guide_trace.nodes[name]["infer"].get(CAPACITY) for name in latents}
+    if len(found) > 1:
+        raise ValueError(f"latent sites carry different capacities {found}: capacity control weighs the total rate")
+    return found.pop() if found else None
 
 
 def _per_point(weight):
