@@ -25,6 +25,7 @@ from pyro.poutine.util import prune_subsample_sites
 from .full_data import FULL_DATA_MAX_POINTS, full_data_evaluation
 from .objectives.core import InfoELBO, choose_site, latent_site_names
 from .plates import DATA_PLATE
+from .program import not_broadcasting
 
 PARTICLE_PLATE = "importance_particles"
 
@@ -247,9 +248,14 @@ def evaluate_run(
     }
     values.pop("loss", None)
     if iw_samples > 0 and capabilities.observes_inputs:
-        nll = importance_nll(model, guide, x, y, samples=iw_samples, batch_size=batch_size)
-        result["nll_iw"] = float(nll.mean())
-        result["iw_samples"] = iw_samples
+        try:
+            nll = importance_nll(model, guide, x, y, samples=iw_samples, batch_size=batch_size)
+        except (RuntimeError, ValueError) as error:
+            # the particles of importance sampling are a plate left of the data plate: say why there is no estimate
+            result["nll_iw_note"] = not_broadcasting(error)
+        else:
+            result["nll_iw"] = float(nll.mean())
+            result["iw_samples"] = iw_samples
     if capabilities.encode:
         result["active_units"], result["posterior_mean_variance"] = active_units(guide, x)
     result["kl_per_dim"] = [v for site in sorted(kl_per_dim) for v in kl_per_dim[site]]

@@ -45,6 +45,15 @@ from pathlib import Path
 from .plates import DATA_PLATE
 
 
+def not_broadcasting(error: Exception) -> str:
+    """The note for rule 6: what a program that cannot take a particle plate gets instead of per-point estimates."""
+    detail = " ".join(str(error).split())[:200]
+    return (
+        "importance sampling needs the program to broadcast over a leading particle dimension (rule 6 of the program "
+        f"contract: reshape by the sample's own shape, not x.shape); the error was: {detail}"
+    )
+
+
 class ProgramError(ValueError):
     """A model/guide pair breaks the program contract; the message names the rule and the fix."""
 

@@ -217,3 +217,23 @@ def test_a_run_keeps_its_program_and_is_rebuilt_from_the_copy(tmp_path, capsys, 
     copy.write_text(copy.read_text() + "\n# edited\n")
     assert main(["evaluate", str(tmp_path / "run"), "--device", "cpu"]) == 2
     assert "does not match the sha256" in capsys.readouterr().err
+
+
+def test_a_program_that_cannot_broadcast_over_particles_gets_a_note_naming_rule_6(tmp_path, capsys):
+    program = _variant(
+        tmp_path,
+        "flat",
+        (
+            "logits = self.net(code).reshape(*code.shape[:-1], *x.shape[1:])",
+            "logits = self.net(code).reshape(x.shape)",
+            1,
+        ),
+    )
+    code, err = _train(capsys, program, tmp_path / "run")
+    assert code == 0, err  # training needs no particle plate
+    result = _evaluate(capsys, tmp_path / "run", "--full-data-points", "0")
+    assert "nll_iw" not in result and "rule 6" in result["nll_iw_note"]
+    assert math.isfinite(result["elbo"])
+    assert main(["report", str(tmp_path / "run"), "--device", "cpu", "--iw-samples", "5"]) == 0
+    skipped = json.loads((tmp_path / "run" / "report" / "posterior_diagnostics.json").read_text())["skipped"]
+    assert "rule 6" in skipped
