@@ -25,7 +25,7 @@ _SITE = {"latent_site": None}
 class Architecture:
     program: str
     objective: type = InfoELBO
-    options: dict = field(default_factory=dict)  # objective keyword -> default; each becomes a --flag
+    options: dict = field(default_factory=lambda: dict(_SITE))  # objective keyword -> default; each becomes a --flag
     defaults: dict = field(default_factory=dict)  # training defaults, e.g. {"beta": 4.0}
     summary: str = ""
 
@@ -111,7 +111,7 @@ def load_program_file(path: str | Path) -> Program:
     if missing:
         raise UnknownModelError(f"{path} must define Config, Model and Guide; it lacks {', '.join(missing)}")
     objective = vars(module).get("objective", InfoELBO)
-    options = dict(vars(module).get("options", {}))
+    options = {**_SITE, **vars(module).get("options", {})}
     arch = Architecture(str(path), objective=objective, options=options)
     return Program(
         str(path),

@@ -27,7 +27,7 @@ import xarray as xr
 from scipy.special import logsumexp
 
 from .arviz_bridge import POINT_DIM, from_run, group, group_names
-from .program import not_broadcasting
+from .evaluate import broadcasting_problem
 
 SAMPLE_DIMS = ("chain", "draw")
 PRIOR_WEIGHT, PRIOR_SHAPE = 10, 0.5  # Vehtari's weak prior on k: 10 pseudo-observations at k = 0.5
@@ -219,13 +219,15 @@ def report_section(run, splits, out_dir, points: int = 200, draws: int = 100) ->
     """
     out_dir = Path(out_dir)
     summary_path = out_dir / "posterior_diagnostics.json"
+    x, y = splits.split("test")
+    problem = broadcasting_problem(run.model, run.guide, x, y)
+    if problem is not None:
+        summary_path.write_text(json.dumps({"skipped": problem}, indent=2))
+        return {}
     try:
         data = from_run(run, split="test", points=points, draws=draws, splits=splits)
     except ValueError as error:
         summary_path.write_text(json.dumps({"skipped": str(error)}, indent=2))
-        return {}
-    except RuntimeError as error:
-        summary_path.write_text(json.dumps({"skipped": not_broadcasting(error)}, indent=2))
         return {}
     diagnostics = importance_diagnostics(data)
     figures = {}

@@ -162,6 +162,16 @@ def active_units(guide, x, threshold: float = 0.01, batch_size: int = 1000) -> t
     return int((variance > threshold).sum()), variance.tolist()
 
 
+def broadcasting_problem(model, guide, x, y=None) -> str | None:
+    """None if the program takes a plate of particles left of its data plate (rule 6 of the program contract), else
+    the note saying why not: one pass of 2 particles on 2 points, so that any later error is a real one."""
+    try:
+        importance_log_weights(model, guide, x[:2], None if y is None else y[:2], particles=2)
+    except (RuntimeError, ValueError) as error:
+        return not_broadcasting(error)
+    return None
+
+
 class PriorSwap(Messenger):
     """Score the model under another prior p'(z) at one latent site: the generative model p'(z) p(x | z) that shares
     the decoder. The run's model is not touched; the swap lasts as long as the handler wraps it."""
@@ -184,7 +194,10 @@ def prior_site(run, x: torch.Tensor, y=None) -> str:
             x[:2], None if y is None else y[:2]
         )
     return choose_site(
-        latent_site_names(model_trace, guide_trace), run.objective.latent_site, "latent", "the objective's latent_site"
+        latent_site_names(model_trace, guide_trace),
+        run.objective.latent_site,
+        "latent",
+        "Model.latent_site in the program, or --latent-site when training,",
     )
 
 
@@ -248,12 +261,11 @@ def evaluate_run(
     }
     values.pop("loss", None)
     if iw_samples > 0 and capabilities.observes_inputs:
-        try:
-            nll = importance_nll(model, guide, x, y, samples=iw_samples, batch_size=batch_size)
-        except (RuntimeError, ValueError) as error:
-            # the particles of importance sampling are a plate left of the data plate: say why there is no estimate
-            result["nll_iw_note"] = not_broadcasting(error)
+        problem = broadcasting_problem(model, guide, x, y)
+        if problem is not None:  # the particles are a plate left of the data plate: say why there is no estimate
+            result["nll_iw_note"] = problem
         else:
+            nll = importance_nll(model, guide, x, y, samples=iw_samples, batch_size=batch_size)
             result["nll_iw"] = float(nll.mean())
             result["iw_samples"] = iw_samples
     if capabilities.encode:

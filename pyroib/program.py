@@ -5,11 +5,12 @@ more, by tracing, before a run's first step.
 
 1. ``Config``: a frozen dataclass of sizes. Fields named ``data_shape`` and ``n_classes``, where the story has
    them, are filled from the data set; every other field becomes a ``pyroib train`` flag.
-2. ``Model(config)`` and ``Guide(config)``: callables (usually ``nn.Module``) whose ``forward(x, y=None,
-   index=None, size=None)`` is the program. ``index`` holds the minibatch's data-set indices and ``size`` the data
+2. ``Model(config)`` and ``Guide(config)``: ``nn.Module`` (or ``PyroModule``) subclasses whose ``forward(x,
+   y=None, index=None, size=None)`` is the program. ``index`` holds the minibatch's data-set indices and ``size`` the data
    set's size N; evaluation calls with neither.
-3. **The data plate**: every sample site lies inside ``pyro.plate("data", size, subsample=index)``
-   (:func:`pyroib.plates.data_plate`), so that each site is scaled by N/B and batch-level estimators know N.
+3. **The data plate**: every sample site lies inside ``pyro.plate("data", size or x.shape[0], subsample=index)``
+   (:func:`pyroib.plates.data_plate`), so that each site is scaled by N/B and batch-level estimators know N, and an
+   evaluation call without ``index`` and ``size`` covers its batch.
 4. **Matching latent sites**: the guide samples exactly the model's unobserved sites, by name.
 5. **No enumeration annotations** (``config_enumerate``, ``infer={"enumerate": ...}``): the objective samples
    every site, and would silently ignore them.
@@ -39,6 +40,7 @@ import hashlib
 import importlib.util
 import inspect
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,14 +115,18 @@ def check_classes(where: str, config_cls, model_cls, guide_cls) -> Capabilities:
     """Rules 1-2 on the classes alone; returns the declared capabilities."""
     if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
         raise ProgramError(f"{where}: Config must be a dataclass (rule 1: @dataclass(frozen=True) class Config)")
+    from torch import nn
+
     for role, cls in (("Model", model_cls), ("Guide", guide_cls)):
-        if not callable(cls):
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
             raise ProgramError(
-                f"{where}: {role} must be a class whose forward(x, y=None, index=None, size=None) "
-                "is the program (rule 2)"
+                f"{where}: {role} must be an nn.Module (or PyroModule) subclass whose forward(x, y=None, "
+                "index=None, size=None) is the program (rule 2): pyroib trains its parameters and moves it to "
+                "the device"
             )
-        forward = cls.forward if isinstance(cls, type) and hasattr(cls, "forward") else cls.__call__
-        if not _accepts(forward, None, "x", "y", index=None, size=None):
+        forward = cls.forward
+        # training calls forward(x, y, index=..., size=...), evaluation forward(x, y) and forward(x)
+        if not (_accepts(forward, None, "x", "y", index=None, size=None) and _accepts(forward, None, "x")):
             raise ProgramError(
                 f"{where}: {role}.forward must accept (x, y=None, index=None, size=None) (rule 2); "
                 f"it is forward{inspect.signature(forward)}"
@@ -163,10 +169,27 @@ def load_module(path: str | Path):
     except SyntaxError as error:
         del sys.modules[name]
         raise ProgramError(f"model file {path} has a syntax error at line {error.lineno}: {error.msg}") from None
-    except ImportError as error:
+    except Exception as error:  # a user's file may raise anything at import; name it and its line, no traceback
         del sys.modules[name]
-        raise ProgramError(f"model file {path} failed to import: {error}") from None
+        raise ProgramError(f"model file {path} failed to import{_where(error, path)}: {_one_line(error)}") from None
     return module, digest
+
+
+def _where(error: Exception, path: Path) -> str:
+    """`` at line N`` of the deepest frame of ``error`` in the user's file ``path``, if any."""
+    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if Path(f.filename) == Path(path)]
+    return f" at line {lines[-1]}" if lines else ""
+
+
+def _in_user_code(error: Exception) -> str:
+    """`` (FILE, line N)`` of the deepest frame of ``error`` outside pyro, torch and pyroib: where a program's own
+    bug is."""
+    frames = [
+        f
+        for f in traceback.extract_tb(error.__traceback__)
+        if not any(part in f.filename for part in ("/pyro/", "/torch/", "/pyroib/", "/contextlib.py"))
+    ]
+    return f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
 
 
 def _sample_sites(trace) -> dict:
@@ -178,7 +201,8 @@ def _sample_sites(trace) -> dict:
 
 
 def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())
+    """The message on one line, without the shape table Pyro appends to errors raised inside a trace."""
+    return " ".join(str(error).split("Trace Shapes:")[0].split())
 
 
 def _check_plate(role: str, name: str, site, batch: int, size: int | None) -> None:
@@ -193,6 +217,12 @@ def _check_plate(role: str, name: str, site, batch: int, size: int | None) -> No
         )
     frame = frames[0]
     full = frame.full_size or frame.size
+    if size is None and full != batch:
+        raise ProgramError(
+            f"{role} site {name!r}: called as evaluation calls it, forward(x, y) without index and size, plate "
+            f"{DATA_PLATE!r} has size {full} for a batch of {batch} (rule 3): fall back to the batch, "
+            f"pyro.plate({DATA_PLATE!r}, size or x.shape[0], subsample=index), or use pyroib.plates.data_plate"
+        )
     if size is not None and full != size:
         raise ProgramError(
             f"{role} site {name!r}: plate {DATA_PLATE!r} has size {full} but the data set has {size} "
@@ -206,15 +236,9 @@ def _check_plate(role: str, name: str, site, batch: int, size: int | None) -> No
         )
 
 
-def check_traces(
-    model, guide, x, y=None, index=None, size: int | None = None, weighted_sites=()
-) -> tuple[list[str], list[str]]:
-    """Trace guide and model once with Pyro validation on and enforce rules 3-5 of the contract.
-
-    ``weighted_sites`` are site names that bottleneck weights or objectives were told to read (per-site β, anchors,
-    ``latent_site``); each must be a latent site. Returns (latent site names, observed site names). Raises
-    :class:`ProgramError` with one line naming the rule; the global RNG is left as it was.
-    """
+def trace_pair(model, guide, x, y, **kwargs):
+    """(model trace, guide trace) of one call, Pyro validation on, the global RNG left as it was; a failure becomes
+    one line naming where in the user's code it happened."""
     import pyro
     import torch
     from pyro import poutine
@@ -225,19 +249,35 @@ def check_traces(
         torch.no_grad(),
     ):
         try:
-            guide_trace = poutine.trace(guide).get_trace(x, y, index=index, size=size)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                x, y, index=index, size=size
-            )
+            guide_trace = poutine.trace(guide).get_trace(x, y, **kwargs)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y, **kwargs)
             guide_trace.compute_log_prob()
             model_trace.compute_log_prob()
         except ProgramError:
             raise
-        except (ValueError, RuntimeError, TypeError, NotImplementedError, IndexError, KeyError) as error:
+        except Exception as error:  # the program's own code raised: say what and where, in one line
+            call = "forward(x, y, index=..., size=...)" if kwargs else "forward(x, y)"
             raise ProgramError(
-                f"the program failed its first trace with Pyro validation on: "
+                f"the program failed when traced as {call} with Pyro validation on{_in_user_code(error)}: "
                 f"{type(error).__name__}: {_one_line(error)}"
             ) from None
+    return model_trace, guide_trace
+
+
+def check_traces(
+    model, guide, x, y=None, index=None, size: int | None = None, weighted_sites=()
+) -> tuple[list[str], list[str]]:
+    """Trace guide and model once with Pyro validation on and enforce rules 3-5 of the contract.
+
+    ``weighted_sites`` are site names that bottleneck weights or objectives were told to read (per-site β, anchors,
+    ``latent_site``); each must be a latent site. Returns (latent site names, observed site names). Raises
+    :class:`ProgramError` with one line naming the rule; the global RNG is left as it was.
+    """
+    model_trace, guide_trace = trace_pair(model, guide, x, y, index=index, size=size)
+    # evaluation calls the program without index and size: its plate must then cover the batch it is given
+    for role, trace in zip(("model", "guide"), trace_pair(model, guide, x, y)):
+        for name, site in _sample_sites(trace).items():
+            _check_plate(role, name, site, x.shape[0], None)
     model_sites, guide_sites = _sample_sites(model_trace), _sample_sites(guide_trace)
     for role, sites in (("model", model_sites), ("guide", guide_sites)):
         for name, site in sites.items():

@@ -79,8 +79,12 @@ def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
                 z = model.prior(64).sample()
                 _save_grid(model.decode(z), out / "samples.png", nrow=8, title="samples, z ~ prior")
                 figures["Samples from the prior"] = "samples.png"
-            kl = torch.tensor(result["kl_per_dim"]) if result["kl_per_dim"] else torch.zeros(loc.shape[-1])
-            order = torch.argsort(kl, descending=True)[: min(16, loc.shape[-1])]
+            # rank the encoded site's dimensions: by their KL when the program has that one site, else by how much
+            # the posterior mean varies across the split (both describe what encode returns)
+            single_site = "kl_per_dim_by_site" not in result and len(result["kl_per_dim"]) == loc.shape[-1]
+            ranking = result["kl_per_dim"] if single_site else result["posterior_mean_variance"]
+            ranked_by = "highest KL" if single_site else "most varying posterior mean"
+            order = torch.argsort(torch.tensor(ranking), descending=True)[: min(16, loc.shape[-1])]
             steps = torch.linspace(-3, 3, 11)
             base = loc[:1].repeat(len(steps), 1)
             rows_img = []
@@ -92,7 +96,7 @@ def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
                 torch.cat(rows_img),
                 out / "traversals.png",
                 nrow=len(steps),
-                title="latent traversals from -3 to 3, one row per dimension (highest KL first)",
+                title=f"latent traversals from -3 to 3, one row per dimension ({ranked_by} first)",
             )
             figures["Latent traversals"] = "traversals.png"
     if rows:

@@ -179,6 +179,8 @@ def build(spec: RunSpec, device: torch.device | str = "cpu", program: Program | 
                 f"--prior {spec.prior} is sized by Config.latent_dim, which {program.name}'s Config does not have"
             )
         model = program.Model(config)
+        # nothing was injected: the run has no prior pyroib knows, whatever the constructor accepts
+        capabilities = dataclasses.replace(capabilities, takes_prior=False)
     else:
         prior_kwargs = dict(spec.prior_options)
         if spec.prior == "vamp":

@@ -76,6 +76,7 @@ def run_name(beta: float) -> str:
 def _state(spec, out: Path) -> str:
     """ "new", "partial" (resume it) or "finished"; a run trained with other settings raises ValueError."""
     from .checkpoint import read_jsonl
+    from .program import file_sha256
     from .run import CHECKPOINT_FILE, METRICS_FILE, read_spec
     from .train import OPTIMISER_SETTINGS, RESUMABLE_CHANGES
 
@@ -85,7 +86,10 @@ def _state(spec, out: Path) -> str:
     # the data set fills these config fields when a run starts; a spec built from flags leaves them out
     filled = {k: v for k, v in old["model_config"].items() if k in ("data_shape", "n_classes")}
     new["model_config"] = {**filled, **new["model_config"]}
-    new["model_sha256"] = new["model_sha256"] or old.get("model_sha256")
+    if old.get("model_sha256"):  # a user's file: the same file if its content is, wherever it was named from
+        given = Path(new["model"])
+        if given.is_file() and file_sha256(given) == old["model_sha256"]:
+            new["model"], new["model_sha256"] = old["model"], old["model_sha256"]
     # a sweep point is defined by all its settings but where it runs: a new --lr or --grad-clip is a new sweep, not
     # a continuation
     changed = sorted(k for k in old if old[k] != new.get(k) and k not in RESUMABLE_CHANGES - OPTIMISER_SETTINGS)

@@ -15,8 +15,8 @@ bit. A non-finite loss stops training with a message; the last good checkpoint s
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
-import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +29,7 @@ from .checkpoint import append_jsonl, load_checkpoint, read_jsonl, save_checkpoi
 from .data import BatchIterator, DataSplits
 from .evaluate import split_terms
 from .handlers import bottleneck, validate_weights
-from .program import check_traces, file_sha256
+from .program import check_traces, file_sha256, trace_pair
 from .run import (
     BEST_FILE,
     CHECKPOINT_FILE,
@@ -129,12 +129,18 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 def _check_resume(spec: RunSpec, out: Path) -> None:
     stored = read_spec(out)
     old, new = stored.to_json(), spec.to_json()
+    for settings in (old, new):  # an option left at None is its default, whether or not the run recorded it
+        settings["objective_options"] = {k: v for k, v in settings["objective_options"].items() if v is not None}
     # the warm start shaped only the first epoch's weights, so a resume may leave --init-from out
     changed = sorted(
         k
         for k in old
         if old[k] != new.get(k) and k not in RESUMABLE_CHANGES and not (k == "init_from" and new.get(k) is None)
     )
+    if "model" in changed:
+        raise ValueError(
+            f"--resume: {out} was trained with --model {old['model']}, not {new['model']}; pass the same --model"
+        )
     if changed:
         allowed = ", ".join("--" + k.replace("_", "-") for k in sorted(RESUMABLE_CHANGES))
         raise ValueError(
@@ -166,7 +172,12 @@ def complete_spec(spec: RunSpec, splits: DataSplits, config_cls) -> RunSpec:
 def _check_model_file(spec: RunSpec, stored: RunSpec, out: Path) -> None:
     """A resumed run of a user's model file continues only the file it started from (compared by content)."""
     given = Path(spec.model)
-    if given.is_file() and file_sha256(given) != stored.model_sha256:
+    if not given.is_file():
+        raise ValueError(
+            f"--resume: {out} was trained from the model file {stored.model}, not --model {spec.model}; pass "
+            f"--model {out / PROGRAM_FILE} (the run's copy of it) to resume"
+        )
+    if file_sha256(given) != stored.model_sha256:
         raise ValueError(
             f"--resume: {given} has changed since {out} was started (its sha256 differs from the one in "
             f"{out / CONFIG_FILE}); the run continues from its own copy {out / PROGRAM_FILE}: pass "
@@ -174,13 +185,17 @@ def _check_model_file(spec: RunSpec, stored: RunSpec, out: Path) -> None:
         )
 
 
-def _keep_program_copy(source: Path, out: Path) -> None:
+def _keep_program_copy(program, out: Path) -> None:
+    """The bytes of the user's file, checked against the sha256 the run was built from, written atomically."""
+    source = program.source.read_bytes()
+    if hashlib.sha256(source).hexdigest() != program.sha256:
+        raise ValueError(f"{program.source} changed while the run was starting; start it again")
     tmp = out / (PROGRAM_FILE + ".tmp")
-    shutil.copyfile(source, tmp)
+    tmp.write_bytes(source)
     tmp.replace(out / PROGRAM_FILE)
 
 
-def preflight(built, splits: DataSplits, spec: RunSpec) -> list[str]:
+def preflight(built, splits: DataSplits, spec: RunSpec, anchors=None) -> list[str]:
     """Trace model and guide once on the first training points, Pyro validation on, before anything trains: the
     program contract (:mod:`pyroib.program`) refused with one line, never a silently wrong run. Returns the latent
     site names."""
@@ -198,6 +213,8 @@ def preflight(built, splits: DataSplits, spec: RunSpec) -> list[str]:
     latent, _ = check_traces(
         built.model, built.guide, x, y, index=index, size=splits.train.shape[0], weighted_sites=named
     )
+    if anchors is not None:  # one weight per dimension of every site they reach: checked before the first step
+        trace_pair(*bottleneck(built.model, built.guide, 1.0, anchors), x, y, index=index, size=splits.train.shape[0])
     return latent
 
 
@@ -258,12 +275,13 @@ def train(
     )
     schedule = make_schedule(spec, len(batches))
     anchors = validate_weights(spec.beta, spec.anchors, getattr(built.config, "latent_dim", None))
-    latent_sites = preflight(built, splits, spec)
+    latent_sites = preflight(built, splits, spec, anchors)
     betas = site_betas(spec, latent_sites)
     parameters = _parameters(model, guide)
     optimizer = torch.optim.Adam(parameters, lr=spec.lr, **({"fused": True} if device.type == "cuda" else {}))
     out.mkdir(parents=True, exist_ok=True)
     epoch = step = 0
+    explosion_limit = None
     best_elbo = -math.inf
     if resume:
         state = load_checkpoint(out / CHECKPOINT_FILE, map_location=device)
@@ -275,6 +293,8 @@ def train(
         if state.get("objective"):
             objective.load_state_dict(state["objective"])
         epoch, step = state["epoch"], state["step"]
+        if state.get("explosion_limit") is not None:  # the first step's bound, kept so a resume judges alike
+            explosion_limit = torch.tensor(state["explosion_limit"], device=device)
         batches.generator.set_state(state["batch_generator"])
         _set_rng_state(state["rng"], device)
         truncate_jsonl(out / METRICS_FILE, lambda row: row.get("epoch", 0) <= epoch)
@@ -283,13 +303,12 @@ def train(
             # a kill between writing best.pt and checkpoint.pt leaves a best epoch the resumed run will redo
             best_elbo = best["val_elbo"] if best["epoch"] <= epoch else -math.inf
     if program.source is not None and not resume:
-        _keep_program_copy(program.source, out)
+        _keep_program_copy(program, out)
     write_json(out / CONFIG_FILE, spec.to_json())
 
     n_train = splits.train.shape[0]
     # the surrogate is N times the per-data-point loss, so the clip applies to N times the per-point gradient norm
     max_norm = None if spec.grad_clip is None else spec.grad_clip * n_train
-    explosion_limit = None
     for epoch in range(epoch + 1, spec.epochs + 1):
         model.train()
         guide.train()
@@ -397,6 +416,7 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "step": step,
                 "batch_generator": batches.generator.get_state(),
+                "explosion_limit": None if explosion_limit is None else float(explosion_limit),
                 "rng": _rng_state(device),
             },
             out / CHECKPOINT_FILE,

@@ -32,7 +32,7 @@ def test_snippet_runs_and_prints_what_it_says(page, snippet, workdir, monkeypatc
     monkeypatch.chdir(workdir)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(snippet, str(page), "exec"), {"__name__": "docs"})
+        exec(compile(snippet, str(page), "exec"), {"__name__": "__main__"})
     for claim in re.findall(r"# prints: (.*)", snippet):
         assert claim.strip() in out.getvalue(), (claim, out.getvalue())
 

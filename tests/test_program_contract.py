@@ -237,3 +237,110 @@ def test_a_program_that_cannot_broadcast_over_particles_gets_a_note_naming_rule_
     assert main(["report", str(tmp_path / "run"), "--device", "cpu", "--iw-samples", "5"]) == 0
     skipped = json.loads((tmp_path / "run" / "report" / "posterior_diagnostics.json").read_text())["skipped"]
     assert "rule 6" in skipped
+
+
+@pytest.mark.parametrize(
+    "name, replacements, rule",
+    [
+        # the plate written with no fallback: evaluation, called without size, would get Pyro's size -1
+        ("plate_without_size", [(PLATE, 'pyro.plate("data", size, subsample=index)', 2)], "without index and size"),
+        (
+            "no_defaults",
+            [("def forward(self, x, y=None, index=None, size=None):", "def forward(self, x, y, index, size):", 2)],
+            "must accept (x, y=None, index=None, size=None)",
+        ),
+        (
+            "not_a_module",
+            [
+                ("class Guide(nn.Module):", "class Guide:", 1),
+                ("        super().__init__()\n        pixels", "        pixels", 1),
+            ],
+            "must be an nn.Module",
+        ),
+        ("typo", [("logits = self.net(code)", "logits = self.nett(code)", 1)], "AttributeError"),
+        (
+            "import_error",
+            [("from torch import nn\n", "from torch import nn\n\nWIDTH = undefined_name\n", 1)],
+            "failed to import at line",
+        ),
+        (
+            "collision",
+            [("    width: int = 32\n", "    width: int = 32\n    seed: int = 1\n", 1)],
+            "would be the flag --seed, which pyroib train already has",
+        ),
+    ],
+)
+def test_more_mistakes_are_refused_in_one_line(tmp_path, capsys, name, replacements, rule):
+    program = _variant(tmp_path, name, *replacements)
+    code, err = _train(capsys, program, tmp_path / "run")
+    assert code == 2 and rule in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_anchors_for_every_site_are_checked_against_each_site_before_anything_is_written(tmp_path, capsys):
+    code, err = _train(capsys, PROGRAMS / "two_level.py", tmp_path / "run", "--anchors", "1,1,2,2")
+    assert code == 2 and "4 anchor weights given but latent site 'z2' has 2 dimensions" in err
+    assert "Trace Shapes" not in err and not (tmp_path / "run").exists()
+    code, err = _train(capsys, PROGRAMS / "two_level.py", tmp_path / "ok", "--anchors", "z1=1,1,2,2")
+    assert code == 0, err
+
+
+def test_config_flags_take_the_fields_types_and_defaults(tmp_path, capsys):
+    program = _variant(
+        tmp_path,
+        "typed",
+        (
+            "    width: int = 32\n",
+            "    width: int = 32\n    dropout: float | None = None\n"
+            "    sizes: tuple = field(default_factory=lambda: (4, 5))\n    flag: bool = False\n",
+            1,
+        ),
+        ("from dataclasses import dataclass", "from dataclasses import dataclass, field", 1),
+    )
+    from pyroib.cli.train import spec_from_args
+
+    spec, _ = spec_from_args(["--model", str(program), "--dropout", "0.25", "--flag", "true", "--out", "x"])
+    assert spec.model_config["dropout"] == 0.25 and spec.model_config["sizes"] == [4, 5]
+    assert spec.model_config["flag"] is True
+    with pytest.raises(SystemExit):
+        spec_from_args(["--model", str(program), "--flag", "flase"])
+    assert "expected true or false" in capsys.readouterr().err
+
+
+def test_resume_names_the_model_it_needs(tmp_path, capsys):
+    code, err = _train(capsys, PROGRAMS / "code_vae.py", tmp_path / "run")
+    assert code == 0, err
+    argv = ["train", *TINY, "--epochs", "2", "--resume", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2  # no --model: the default vae is not the file the run was trained from
+    assert f"pass --model {tmp_path / 'run' / 'program.py'}" in capsys.readouterr().err
+
+
+def test_a_sweep_over_a_users_file_reruns_from_a_relative_path(tmp_path, capsys, monkeypatch):
+    shutil.copy(PROGRAMS / "code_vae.py", tmp_path / "mine.py")
+    monkeypatch.chdir(tmp_path)
+    argv = ["sweep", "--model", "mine.py", "--beta", "1:2:2", *TINY, "--out", "sweep"]
+    assert main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "skipped (finished earlier)" in (tmp_path / "sweep" / "sweep.md").read_text()
+
+
+def test_another_prior_on_a_program_with_two_sites_asks_for_the_site_before_fitting(tmp_path, capsys):
+    program = _variant(
+        tmp_path,
+        "two_encoded",
+        (
+            "class Guide(nn.Module):",
+            "class Guide(nn.Module):\n    def encode(self, x):\n"
+            "        loc, raw = self.bottom(self.body(x)).chunk(2, -1)\n"
+            "        return loc, nn.functional.softplus(raw) + 1e-3\n",
+            1,
+        ),
+        source="two_level.py",
+    )
+    code, err = _train(capsys, program, tmp_path / "run")
+    assert code == 0, err
+    assert main(["evaluate", str(tmp_path / "run"), "--prior", "aggregate", "--device", "cpu"]) == 2
+    assert "Model.latent_site" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "aggregate_prior.pt").exists()

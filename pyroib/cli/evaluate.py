@@ -8,7 +8,7 @@ import json
 
 def evaluate(argv: list[str]) -> None:
     from ..aggregate_prior import SAMPLE_PRIORS, check_prior_name, prior_by_name
-    from ..evaluate import evaluate_run
+    from ..evaluate import evaluate_run, load_splits, prior_site
     from ..full_data import FULL_DATA_MAX_POINTS
     from ..run import load_run
 
@@ -53,9 +53,13 @@ def evaluate(argv: list[str]) -> None:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     swap = check_prior_name(args.prior) != "standard"
     run = load_run(args.run, args.device, args.checkpoint)
+    splits = load_splits(run)
+    if swap:  # the site the other prior stands at must be known before its fitting costs anything
+        prior_site(run, *splits.split(args.split))
     result = evaluate_run(
         run,
         args.split,
+        splits=splits,
         iw_samples=args.iw_samples,
         batch_size=args.batch_size,
         seed=args.seed,

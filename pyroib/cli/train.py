@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import typing
 
 # prior options: flag -> (priors it applies to, option name or a function of the prior's name)
 PRIOR_FLAGS = {
@@ -71,15 +72,53 @@ def parse_anchors(texts: list[str] | None) -> list[float] | dict[str, list[float
     return per_site
 
 
-def flag_type(default):
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _sequence_parser(kind):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
+
+    return parse
+
+
+def flag_type(default, annotation=None):
+    """The parser of a flag: from the field's type annotation where it names one (``float | None`` -> float,
+    ``tuple[int, ...]`` -> comma-separated ints), else from the default's type."""
+    if annotation is not None:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        origin = typing.get_origin(annotation)
+        if origin in (tuple, list) and args:
+            return _sequence_parser(args[0] if args[0] is not Ellipsis else int)
+        if origin is not None and len(args) == 1:  # Optional[X], X | None
+            return flag_type(default, args[0])
+        if annotation is bool:
+            return parse_bool
+        if annotation in (int, float, str):
+            return annotation
     if isinstance(default, bool):
-        return lambda s: s.lower() in ("1", "true", "yes", "on")
-    if isinstance(default, tuple):
-        kind = type(default[0]) if default else int
-        return lambda s: tuple(kind(v) for v in s.split(",") if v.strip())
+        return parse_bool
+    if isinstance(default, tuple | list):
+        return _sequence_parser(type(default[0]) if default else int)
     if default is None:
         return str
     return type(default)
+
+
+def _field_annotations(cls) -> dict:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation that does not resolve (a forward reference): fall back to the defaults
+        return {}
 
 
 _SPECIAL_TYPES = {"beta": parse_beta, "anchors": str, "sites": lambda s: [v.strip() for v in s.split(",") if v]}
@@ -120,6 +159,19 @@ def parameter_docs(cls) -> dict[str, str]:
     return docs
 
 
+def _own_flag(name: str, taken: set[str], what: str) -> str:
+    """``--name`` for a program's or objective's field, refused when pyroib train already has that flag."""
+    flag = name.replace("_", "-")
+    if flag in taken:
+        from ..program import ProgramError
+
+        raise ProgramError(
+            f"{what} {name!r} would be the flag --{flag}, which pyroib train already has: rename the field"
+        )
+    taken.add(flag)
+    return "--" + flag
+
+
 def train_parser(program=None, architecture=None, add_help: bool = True) -> argparse.ArgumentParser:
     """The parser of ``pyroib train``: RunSpec's flags, then the program's Config and the objective's options."""
     p = argparse.ArgumentParser(
@@ -157,24 +209,35 @@ def train_parser(program=None, architecture=None, add_help: bool = True) -> argp
     run.add_argument("--resume", action="store_true", help="continue the run in --out")
     run.add_argument("--validate", action="store_true", help="keep Pyro's validation checks on (slower)")
     run.add_argument("--no-progress", action="store_true")
+    taken = {option.lstrip("-") for action in p._actions for option in action.option_strings}
     if program is not None:
         group = p.add_argument_group(f"model config ({program.name})")
+        annotations = _field_annotations(program.Config)
         for f in dataclasses.fields(program.Config):
             if f.name in DATA_FIELDS:
                 continue
-            default = f.default if f.default is not dataclasses.MISSING else None
+            flag = _own_flag(f.name, taken, f"{program.name}'s Config field")
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = None
             group.add_argument(
-                "--" + f.name.replace("_", "-"),
+                flag,
                 dest=f"config__{f.name}",
-                type=flag_type(default),
+                type=flag_type(default, annotations.get(f.name)),
                 default=default,
+                required=required,
                 metavar=f.name.upper(),
-                help=f"default {default}",
+                help="required" if required else f"default {default}",
             )
     if architecture is not None and architecture.options:
         group = p.add_argument_group(f"objective ({architecture.objective.__name__})")
         documented = parameter_docs(architecture.objective)
         for name, default in architecture.options.items():
+            _own_flag(name, taken, f"the objective option of {architecture.program}")
             group.add_argument(
                 "--" + name.replace("_", "-"),
                 dest=f"option__{name}",

@@ -81,7 +81,14 @@ def dataset_size(trace) -> int:
             continue
         for frame in site["cond_indep_stack"]:
             if frame.name == DATA_PLATE:
-                return int(frame.full_size or frame.size)
+                size = int(frame.full_size or frame.size)
+                if size < 1:
+                    raise ValueError(
+                        f"plate {DATA_PLATE!r} has size {size}: it was built without a size (pyro.plate(name, None)); "
+                        f"give it the data set's size, or the batch's when none is passed: "
+                        f"pyro.plate({DATA_PLATE!r}, size or x.shape[0], subsample=index)"
+                    )
+                return size
     return 1
 
 
