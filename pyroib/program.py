@@ -6,8 +6,8 @@ more, by tracing, before a run's first step.
 1. ``Config``: a frozen dataclass of sizes. Fields named ``data_shape`` and ``n_classes``, where the story has
    them, are filled from the data set; every other field becomes a ``pyroib train`` flag.
 2. ``Model(config)`` and ``Guide(config)``: ``nn.Module`` (or ``PyroModule``) subclasses whose ``forward(x,
-   y=None, index=None, size=None)`` is the program. ``index`` holds the minibatch's data-set indices and ``size`` the data
-   set's size N; evaluation calls with neither.
+   y=None, index=None, size=None)`` is the program. ``index`` holds the minibatch's data-set indices and ``size``
+   the data set's size N; evaluation calls with neither.
 3. **The data plate**: every sample site lies inside ``pyro.plate("data", size or x.shape[0], subsample=index)``
    (:func:`pyroib.plates.data_plate`), so that each site is scaled by N/B and batch-level estimators know N, and an
    evaluation call without ``index`` and ``size`` covers its batch.
