@@ -98,3 +98,15 @@ def test_every_public_name_resolves_to_its_module():
         assert getattr(pyroib, name) is getattr(importlib.import_module(f"pyroib.{module}"), attribute or name), name
     assert pyroib.fit is importlib.import_module("pyroib.train").train
     assert "fit" in dir(pyroib)
+
+
+def test_every_subpackage_is_in_the_wheel():
+    """setuptools installs only the packages pyproject.toml lists; an editable install would hide a missing one."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    present = {
+        ".".join(("pyroib", *init.parent.relative_to(ROOT / "pyroib").parts)).rstrip(".")
+        for init in (ROOT / "pyroib").rglob("__init__.py")
+    }
+    assert present - listed == set()
