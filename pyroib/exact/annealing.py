@@ -14,7 +14,10 @@ next β, reuses the previous encoder after
 2. dealing the |T| available slots out among the merged clusters, every slot a copy of its cluster,
 3. perturbing the copies multiplicatively so that an unstable cluster can split,
 
-and iterates the IB equations. ``restarts`` different perturbations are tried per β and the lowest Lagrangian kept.
+and iterates the IB equations. ``restarts`` different perturbations are tried per β, with two other kinds of start:
+births (one letter moved into a new cluster of its own, which no perturbation of existing clusters proposes) and
+cold random encoders; the lowest Lagrangian is kept. Checked against many-restart ``iterative_ib`` at every β of
+dense grids (tests/test_exact_global.py).
 
 Effective cardinality counts clusters with mass above ``mass_tol`` whose decoders p(y|t) differ by at least
 ``merge_tol`` in total variation. Just above a bifurcation the two halves of a split cluster differ by only
@@ -85,18 +88,26 @@ def ib_curve(
     max_iter: int = 5_000,
     mass_tol: float = 1e-6,
     merge_tol: float = 1e-4,
+    births: int = 16,
+    cold_starts: int | None = None,
 ) -> IBCurve:
     """Trace the IB curve (I(X;T), I(T;Y)) over a strictly increasing grid of ``betas`` by annealing.
 
     ``n_clusters`` = |T| defaults to the number of letters x with p(x) > 0, enough to reach the end point
     (H(X), I(X;Y)) at large β. ``perturbation`` is the relative size of the multiplicative noise that lets a
     cluster split; ``tol`` and ``max_iter`` control each run of the IB equations; ``mass_tol`` and ``merge_tol``
-    define effectively distinct clusters (see ``effective_clusters``).
+    define effectively distinct clusters (see ``effective_clusters``). ``births`` is how many letters per β are
+    also tried as a new cluster of their own (all of them when |X| is at most that): a split only perturbs copies of
+    existing clusters, and never proposes a cluster that is born holding a single letter. ``cold_starts`` random
+    encoders per β (default: ``restarts``) join the candidates too, so that the path cannot stay in a basin that a
+    larger β no longer favours; the lowest Lagrangian over all candidates is kept.
     """
     problem = prepare(p_xy)
     betas = _check_increasing_betas(betas)
     n_clusters = check_cardinality(problem.p_x.size if n_clusters is None else n_clusters)
     restarts = check_count(restarts, "restarts")
+    births = check_count(births, "births", minimum=0)
+    cold_starts = restarts if cold_starts is None else check_count(cold_starts, "cold_starts", minimum=0)
     perturbation = check_positive(perturbation, "perturbation")
     tol, max_iter = check_iteration_controls(tol, max_iter)
     rng = np.random.default_rng(seed)
@@ -106,8 +117,11 @@ def ib_curve(
     solutions, cardinalities, transitions = [], [], []
     for beta in betas:
         best = None
-        for _ in range(restarts):
-            start = _split(merged, n_clusters, perturbation, rng)
+        starts = [_split(merged, n_clusters, perturbation, rng) for _ in range(restarts)]
+        starts += [_split(born, n_clusters, perturbation, rng) for born in _births(merged, n_clusters, births, rng)]
+        # cold starts too: a greedy path can settle in a basin that a later β no longer favours
+        starts += [rng.dirichlet(np.ones(n_clusters), size=problem.p_x.size) for _ in range(cold_starts)]
+        for start in starts:
             encoder, converged, iterations = iterate_ib(problem, start, beta, tol, max_iter)
             candidate = summarise(problem, encoder, beta, False, converged, iterations)
             if best is None or candidate.lagrangian < best.lagrangian:
@@ -146,6 +160,23 @@ def _merge(encoder: np.ndarray, p_y_given_t: np.ndarray, labels: np.ndarray) -> 
     merged = np.zeros((encoder.shape[0], representatives.shape[0]))
     np.add.at(merged.T, labels, encoder.T)
     return merged / merged.sum(axis=1, keepdims=True)
+
+
+def _births(merged: np.ndarray, n_clusters: int, births: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Encoders with one letter moved into a new cluster of its own, for up to ``births`` letters (random ones when
+    there are more), while there is a free slot for it."""
+    if merged.shape[1] >= n_clusters or births == 0:
+        return []
+    letters = np.arange(merged.shape[0])
+    if letters.size > births:
+        letters = rng.choice(letters, size=births, replace=False)
+    out = []
+    for x in letters:
+        born = np.concatenate([merged, np.zeros((merged.shape[0], 1))], axis=1)
+        born[x] = 0.0
+        born[x, -1] = 1.0
+        out.append(born)
+    return out
 
 
 def _split(merged: np.ndarray, n_clusters: int, perturbation: float, rng: np.random.Generator) -> np.ndarray:

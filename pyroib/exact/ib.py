@@ -191,14 +191,65 @@ def iterative_ib(
     return best
 
 
+def _cluster_costs(joint: np.ndarray, beta: float) -> np.ndarray:
+    """Each cluster's share of H(T) - β I(T;Y) up to a constant: (β - 1) φ(p_t) - β Σ_y φ(p(t, y)), φ(u) = u log u
+    (the Lagrangian is a sum of these over clusters plus β Σ_y φ(p(y)))."""
+    mass = joint.sum(axis=-1)
+    return (beta - 1.0) * -entr(mass) - beta * -entr(joint).sum(axis=-1)
+
+
+def _move_single_letters(problem: _Problem, assignment: np.ndarray, beta: float, n_clusters: int) -> bool:
+    """Move letters one at a time to whichever cluster (an empty one too: a new cluster of one letter) lowers
+    H(T) - β I(T;Y) most, until no single move lowers it; ``assignment`` is changed in place. Returns whether any
+    letter moved. Each candidate move changes two clusters' costs, so one letter costs O(|T| |Y|)."""
+    joint = np.zeros((n_clusters, problem.p_y.size))
+    np.add.at(joint, assignment, problem.p_xy_support)
+    moved = False
+    improved = True
+    while improved:
+        improved = False
+        for x in range(assignment.size):
+            row, here = problem.p_xy_support[x], assignment[x]
+            without = np.maximum(joint[here] - row, 0.0)  # rounding may leave -1e-17 where x was alone
+            gain_here = _cluster_costs(joint[here], beta) - _cluster_costs(without, beta)
+            costs_now = _cluster_costs(joint, beta)
+            costs_with = _cluster_costs(joint + row, beta)
+            change = costs_with - costs_now - gain_here
+            change[here] = 0.0
+            target = int(change.argmin())
+            if change[target] < -1e-12:
+                joint[here] = without
+                joint[target] += row
+                assignment[x] = target
+                improved = moved = True
+    return moved
+
+
+def _random_partition(rng: np.random.Generator, n_letters: int, n_clusters: int, all_clusters: bool) -> np.ndarray:
+    """A random hard assignment of ``n_letters`` letters to clusters, every used cluster non-empty.
+
+    The first start uses k = min(|X|, |T|) clusters; later ones draw k uniformly from 1..min(|X|, |T|). Empty
+    clusters never refill under the DIB update, so k bounds what a start can reach; and with one fixed k = |X| every
+    start would be the same partition up to relabelling (one letter per cluster), which the iteration leaves only
+    for a nearby local optimum. k distinct random letters seed the k clusters, the rest join them uniformly.
+    """
+    most = min(n_letters, n_clusters)
+    k = most if all_clusters else int(rng.integers(1, most + 1))
+    clusters = rng.permutation(n_clusters)[:k]
+    assignment = clusters[rng.integers(k, size=n_letters)]
+    assignment[rng.permutation(n_letters)[:k]] = clusters
+    return assignment
+
+
 def deterministic_ib(
     p_xy, beta: float, n_clusters: int, *, restarts: int = 5, seed: int | None = 0, max_iter: int = 1_000
 ) -> IBSolution:
     """Minimise H(T) - β I(T;Y) over hard assignments t = f(x) with at most ``n_clusters`` clusters.
 
-    Each start puts min(|X|, ``n_clusters``) random letters into distinct clusters and every other letter into a
-    uniformly random cluster (seeded by ``seed``); iteration stops when no
-    assignment changes (``converged``) or after ``max_iter`` sweeps. Clusters that empty stay empty, so the
+    Each start is a random partition (seeded by ``seed``): the first into min(|X|, ``n_clusters``) clusters, the
+    others into a number of clusters drawn uniformly from 1 to that, so that starts differ even when |T| >= |X|
+    (Strouse & Schwab also start from random assignments); iteration stops when no assignment changes
+    (``converged``) or after ``max_iter`` sweeps. Clusters that empty stay empty, so the
     result may use fewer than ``n_clusters`` clusters. The lowest H(T) - β I(T;Y) over the starts is returned.
     """
     problem = prepare(p_xy)
@@ -209,19 +260,22 @@ def deterministic_ib(
     rng = np.random.default_rng(seed)
     one_hot = np.eye(n_clusters)
     best = None
-    for _ in range(restarts):
-        # Empty clusters never refill, so every start fills min(|X|, |T|) clusters with one random letter each.
-        assignment = rng.integers(n_clusters, size=problem.p_x.size)
-        order = rng.permutation(problem.p_x.size)[:n_clusters]
-        assignment[order] = np.arange(order.size)
+    n_letters = problem.p_x.size
+    for restart in range(restarts):
+        assignment = _random_partition(rng, n_letters, n_clusters, all_clusters=restart == 0)
         converged, iteration = False, 0
-        for iteration in range(1, max_iter + 1):
+        while iteration < max_iter:
+            iteration += 1
             p_t, _, p_y_given_t = cluster_statistics(problem, one_hot[assignment])
             updated = _assignment_logits(problem, beta, p_t, p_y_given_t).argmax(axis=1)
-            if np.array_equal(updated, assignment):
+            if not np.array_equal(updated, assignment):
+                assignment = updated
+                continue
+            # a fixed point of the update: polish it by moving single letters, new clusters included, and go on
+            # iterating only if that found something better
+            if not _move_single_letters(problem, assignment, beta, n_clusters):
                 converged = True
                 break
-            assignment = updated
         candidate = summarise(problem, one_hot[assignment], beta, True, converged, iteration)
         if best is None or candidate.lagrangian < best.lagrangian:
             best = candidate

@@ -105,12 +105,12 @@ def check_positive(value, name: str, allow_zero: bool = False) -> float:
     return value
 
 
-def check_count(value, name: str, meaning: str = "") -> int:
-    """Check that ``value`` is an integer >= 1 (a cardinality, a number of restarts)."""
+def check_count(value, name: str, meaning: str = "", minimum: int = 1) -> int:
+    """Check that ``value`` is an integer >= ``minimum`` (a cardinality, a number of restarts)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name}{meaning} must be >= 1, got {value}")
+    if value < minimum:
+        raise ValueError(f"{name}{meaning} must be >= {minimum}, got {value}")
     return int(value)
 
 
