@@ -33,6 +33,7 @@ component alone contributes q(z_i|x_i)/M to the mixture.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -89,8 +90,8 @@ def _check_codes(z: Tensor, loc: Tensor, scale: Tensor) -> None:
 def _check_method_and_sizes(method: str, batch_size: int, dataset_size: int) -> None:
     if method not in ESTIMATOR_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {ESTIMATOR_METHODS}")
-    if isinstance(dataset_size, bool) or not isinstance(dataset_size, int):
-        raise TypeError(f"dataset_size must be an int, got {type(dataset_size).__name__}")
+    if isinstance(dataset_size, bool) or not isinstance(dataset_size, numbers.Integral):
+        raise TypeError(f"dataset_size must be a whole number, got {type(dataset_size).__name__}")
     if method == "mss" and batch_size < 2:
         raise ValueError(
             f"minibatch stratified sampling needs a batch of at least 2 codes, got {batch_size}; "
@@ -170,6 +171,13 @@ class _MixtureLogDensity(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_joint, g_per_dim):
+        if getattr(ctx, "used", False):
+            raise RuntimeError(
+                "a second backward through the minibatch aggregate-posterior terms (TC, MI, marginal KL): their "
+                "backward reuses its saved buffers in place for speed, so the graph serves one backward. Recompute "
+                "the terms for another one"
+            )
+        ctx.used = True
         u, inv_scale, weights, total, joint_weights = ctx.saved_tensors
         if g_per_dim is None:
             g_per_dim = torch.zeros_like(u[:, :, 0])
@@ -248,16 +256,16 @@ def rate_decomposition(
     loc: Tensor,
     scale: Tensor,
     dataset_size: int,
-    prior_log_prob_per_dim: PriorLogProb | None = None,
+    prior_log_prob: PriorLogProb | None = None,
     method: str = "mss",
 ) -> dict[str, Tensor]:
     """Minibatch estimate of rate = index-code MI + TC + dimension-wise KL (nats per point).
 
-    ``prior_log_prob_per_dim`` maps codes (B, D) to log p_j(z_ij) (B, D); the default is the
+    ``prior_log_prob`` maps codes (B, D) to log p_j(z_ij) (B, D); the default is the
     standard normal. See :func:`information_terms` for the keys. Differentiable in all inputs.
     """
     log_qz, log_qz_per_dim = log_qz_estimates(z, loc, scale, dataset_size, method)
-    log_pz = _evaluate_prior(prior_log_prob_per_dim, z)
+    log_pz = _evaluate_prior(prior_log_prob, z)
     if log_pz.dim() != 2:
         raise ValueError(
             "rate_decomposition needs per-dimension prior log densities of shape (batch, "
@@ -298,8 +306,9 @@ def exact_log_qz(z: Tensor, dataset_loc: Tensor, dataset_scale: Tensor, chunk_si
         )
     if z.dim() != 2 or z.shape[1] != dataset_loc.shape[1]:
         raise ValueError(f"z must have shape (num_codes, {dataset_loc.shape[1]}), got {tuple(z.shape)}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    chunk_size = int(chunk_size)  # numpy integers too; torch's split wants a Python int
     log_n = math.log(dataset_loc.shape[0])
     # Components sit on the last, contiguous axis of each (query, D, component) block: the
     # reductions over components run several times faster than over a middle axis.
@@ -327,7 +336,7 @@ def full_data_terms(
     encode_scale: Tensor,
     n_samples_per_point: int = 1,
     chunk_size: int = 512,
-    prior: PriorLogProb | None = None,
+    prior_log_prob: PriorLogProb | None = None,
     generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
     """Rate decomposition over a whole split, with the exact aggregate of all N encodings.
@@ -336,7 +345,7 @@ def full_data_terms(
     log q_j(z_j) as the exact N-component mixture (:func:`exact_log_qz`) and returns the keys
     of :func:`information_terms`, averaged over all N * S codes. The only randomness is the
     draw of codes, so rate = MI + TC + dimension-wise KL holds up to rounding and MI <= log N.
-    ``prior`` is as in :func:`marginal_kl` (default standard normal). Cost O(S N^2 D): 3.6e10
+    ``prior_log_prob`` is as in :func:`marginal_kl` (default standard normal). Cost O(S N^2 D): 3.6e10
     Gaussian log densities for N = 60,000 and D = 10, which one CPU core evaluated in 103 s
     (benchmarks/results/full_data_terms.md); the inputs' device is used throughout. Not
     differentiable (an evaluation metric).
@@ -348,15 +357,20 @@ def full_data_terms(
         )
     if not bool((encode_scale > 0).all()):
         raise ValueError("encode_scale must be strictly positive everywhere")
-    if isinstance(n_samples_per_point, bool) or not isinstance(n_samples_per_point, int) or n_samples_per_point < 1:
+    if (
+        isinstance(n_samples_per_point, bool)
+        or not isinstance(n_samples_per_point, numbers.Integral)
+        or n_samples_per_point < 1
+    ):
         raise ValueError(f"n_samples_per_point must be a positive int, got {n_samples_per_point!r}")
+    n_samples_per_point = int(n_samples_per_point)
     loc = encode_loc.repeat(n_samples_per_point, 1)
     scale = encode_scale.repeat(n_samples_per_point, 1)
     noise = torch.randn(loc.shape, generator=generator, dtype=loc.dtype, device=loc.device)
     z = loc + scale * noise
     log_qz, log_qz_per_dim = exact_log_qz(z, encode_loc, encode_scale, chunk_size)
     return information_terms(
-        gaussian_log_prob_per_dim(z, loc, scale), log_qz, log_qz_per_dim, _evaluate_prior(prior, z)
+        gaussian_log_prob_per_dim(z, loc, scale), log_qz, log_qz_per_dim, _evaluate_prior(prior_log_prob, z)
     )
 
 

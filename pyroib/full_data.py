@@ -59,7 +59,7 @@ def full_data_evaluation(
         scale,
         chunk_size=chunk_size,
         generator=generator,
-        prior=None if prior is None else _chunked_prior_log_prob(prior, batch_size),
+        prior_log_prob=None if prior is None else _chunked_prior_log_prob(prior, batch_size),
     )
     result = {
         "mutual_information": float(terms["index_code_mi"]),

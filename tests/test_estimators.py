@@ -194,11 +194,11 @@ def test_joint_prior_is_accepted_where_it_can_be():
 
     per_dim = marginal_kl(z, loc, scale, 100)
     assert torch.allclose(marginal_kl(z, loc, scale, 100, prior_log_prob=joint_standard_normal), per_dim)
-    terms = full_data_terms(loc, scale, prior=joint_standard_normal, generator=gen)
+    terms = full_data_terms(loc, scale, prior_log_prob=joint_standard_normal, generator=gen)
     assert "dimwise_kl" not in terms
     assert torch.allclose(terms["marginal_kl"] + terms["index_code_mi"], terms["rate"])
     with pytest.raises(ValueError, match="per-dimension prior"):
-        rate_decomposition(z, loc, scale, 100, prior_log_prob_per_dim=joint_standard_normal)
+        rate_decomposition(z, loc, scale, 100, prior_log_prob=joint_standard_normal)
 
 
 def test_minibatch_terms_are_differentiable():
@@ -282,7 +282,7 @@ def _codes(b=8, d=3):
         (lambda: log_qz_estimates(*_codes(8), 100, "exact"), "unknown method"),
         (lambda: log_qz_estimates(torch.randn(8), torch.randn(8), torch.ones(8), 100), "shape"),
         (lambda: log_qz_estimates(torch.randn(8, 3), torch.randn(8, 2), torch.ones(8, 3), 100), "share the shape"),
-        (lambda: rate_decomposition(*_codes(), 100, prior_log_prob_per_dim=lambda z: z[:, :1]), "prior log density"),
+        (lambda: rate_decomposition(*_codes(), 100, prior_log_prob=lambda z: z[:, :1]), "prior log density"),
         (lambda: full_data_terms(torch.zeros(5, 2), torch.zeros(5, 2)), "strictly positive"),
         (lambda: full_data_terms(torch.zeros(5, 2), torch.ones(5, 2), n_samples_per_point=0), "n_samples_per_point"),
         (lambda: exact_log_qz(torch.randn(4, 3), torch.zeros(5, 2), torch.ones(5, 2)), "num_codes"),
@@ -300,7 +300,7 @@ def test_bad_input_raises_value_error_naming_the_problem(call, message):
 
 def test_bad_types_raise_type_error():
     z, loc, scale = _codes()
-    with pytest.raises(TypeError, match="dataset_size must be an int"):
+    with pytest.raises(TypeError, match="dataset_size must be a whole number"):
         log_qz_estimates(z, loc, scale, 100.0)
     with pytest.raises(TypeError, match="floating-point"):
         log_qz_estimates(z.long(), loc, scale, 100)
@@ -362,3 +362,29 @@ def test_floored_logsumexp_matches_torch_within_its_bound():
     ours = logsumexp_floored(x, -1)
     assert torch.allclose(ours, torch.logsumexp(x, -1), rtol=0.0, atol=200 * math.exp(-60.0) + 1e-12)
     assert torch.allclose(logsumexp_floored(x, 1), torch.logsumexp(x, 1), atol=1e-12)
+
+
+def test_numpy_integer_sizes_are_accepted_like_ints():
+    import numpy as np
+
+    gen = torch.Generator().manual_seed(3)
+    loc, scale = torch.randn(16, 3, generator=gen), torch.rand(16, 3, generator=gen) + 0.5
+    z = loc + scale * torch.randn(16, 3, generator=gen)
+    assert torch.equal(marginal_kl(z, loc, scale, np.int64(1000)), marginal_kl(z, loc, scale, 1000))
+    assert torch.equal(
+        full_data_terms(
+            loc, scale, n_samples_per_point=np.int64(2), chunk_size=np.int32(8), generator=gen.manual_seed(1)
+        )["rate"],
+        full_data_terms(loc, scale, n_samples_per_point=2, chunk_size=8, generator=gen.manual_seed(1))["rate"],
+    )
+
+
+def test_a_second_backward_through_the_fused_mixture_says_why_it_is_refused():
+    gen = torch.Generator().manual_seed(4)
+    loc = torch.randn(8, 2, generator=gen, requires_grad=True)
+    scale = (torch.rand(8, 2, generator=gen) + 0.5).requires_grad_()
+    z = loc + scale * torch.randn(8, 2, generator=gen)
+    tc = rate_decomposition(z, loc, scale, 100)["total_correlation"]
+    tc.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="serves one backward"):
+        tc.backward()

@@ -155,7 +155,7 @@ def parameter_docs(cls) -> dict[str, str]:
     for klass in reversed(cls.__mro__):
         text = " ".join((klass.__doc__ or "").split())
         for name, body in re.findall(r":param (\w+): (.*?)(?=:param |$)", text):
-            docs[name] = body.split(". ")[0].rstrip(". ")
+            docs[name] = body.split(". ")[0].rstrip(". ").replace("%", "%%")  # argparse formats help with %
     return docs
 
 

@@ -117,8 +117,9 @@ class TotalCorrelationELBO(InfoELBO):
         experiments).
     :param gamma: weight γ of the dimension-wise KL E[Σ_j log q(z_j) − log p_j(z_j)]; needs a factorised prior
         unless γ = 1.
-    :param estimator: ``"mss"`` (minibatch stratified sampling, nearly unbiased) or ``"mws"`` (minibatch weighted
-        sampling, reads (D − 1)·log N too high; for reproducing published numbers).
+    :param estimator: ``"mss"`` (minibatch stratified sampling: q(z) unbiased, its logarithm not; TC reads 69% low
+        at batch 64 in benchmarks/results/estimator_bias.md) or ``"mws"`` (minibatch weighted sampling, reads
+        (D − 1)·log N too high; for reproducing published numbers). Report the full-data terms of ``evaluate``.
     At α = β_TC = γ = 1 the loss equals InfoELBO's. All three terms are logged (``index_code_mi``,
     ``total_correlation``, ``dimwise_kl``) with ``marginal_kl`` = TC + dimKL at weight 0.
     """
