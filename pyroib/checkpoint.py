@@ -8,8 +8,10 @@ containers only, and loading one cannot run code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -44,6 +46,46 @@ def atomic_write_bytes(path: str | Path, write) -> None:
     _fsync_dir(path.parent)
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def save_figure(fig, path: str | Path, **kwargs) -> None:
+    """A matplotlib figure written atomically (PNG by the path's suffix)."""
+    path = Path(path)
+    atomic_write_bytes(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", **kwargs))
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder`` (``.NAME.tmp-PID``, never read); returns them.
+    Only the process that owns a run writes in it, so any such file there is stale when that process starts."""
+    stale = [p for p in Path(folder).glob(".*.tmp-*") if p.is_file()]
+    for p in stale:
+        p.unlink()
+    return stale
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path):
+    """Yield a temporary sibling folder to fill; on success it replaces ``path`` whole. A kill leaves the old folder
+    (or, between the two renames, a complete old copy and a complete new one beside it), never a half-written one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(path.parent)
+
+
 def save_checkpoint(state: dict, path: str | Path) -> None:
     atomic_write_bytes(path, lambda f: torch.save(state, f))
 
@@ -62,8 +104,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 
 
 def write_json(path: str | Path, obj) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def append_jsonl(path: str | Path, row: dict) -> None:

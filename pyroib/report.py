@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import read_jsonl
+from .checkpoint import atomic_directory, read_jsonl
 from .evaluate import evaluate_run, load_splits
 from .run import METRICS_FILE, load_run
 
@@ -49,9 +49,15 @@ def _plot(path: Path, draw) -> None:
 
 
 def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
+    """Write ``run_dir/report/`` whole: it is built in a temporary folder that replaces the old report at the end, so
+    a kill never leaves a report with some of its files."""
     run = load_run(run_dir, device)
-    out = Path(run_dir) / "report"
-    out.mkdir(exist_ok=True)
+    with atomic_directory(Path(run_dir) / "report") as out:
+        _write_report(run, run_dir, out, iw_samples)
+    return Path(run_dir) / "report"
+
+
+def _write_report(run, run_dir, out: Path, iw_samples: int) -> None:
     splits = load_splits(run)
     result = evaluate_run(run, "test", iw_samples=iw_samples, splits=splits)
     (out / "evaluation.json").write_text(json.dumps(result, indent=2))
@@ -162,7 +168,6 @@ def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
     for title, file in figures.items():
         lines += [f"## {title}", "", f"![{title}]({file})", ""]
     (out / "report.md").write_text("\n".join(lines))
-    return out
 
 
 def _extra_sections():

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -101,8 +103,47 @@ class RunSpec:
 
     @classmethod
     def from_json(cls, obj: dict) -> "RunSpec":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in obj.items() if k in known})
+        """The spec of a ``config.json`` object, every field checked against its type (ValueError naming it)."""
+        if not isinstance(obj, dict):
+            raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in obj:
+                if not matches_type(obj[f.name], hints[f.name]):
+                    raise ValueError(f"field {f.name} is {obj[f.name]!r}, which is not a {_type_name(hints[f.name])}")
+                values[f.name] = obj[f.name]
+        return cls(**values)
+
+
+def matches_type(value, annotation) -> bool:
+    """Whether a JSON value fits a field's annotation (int, float, str, bool, dict, list, tuple, their unions with
+    None); an annotation it does not know is taken to fit."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(matches_type(value, a) for a in args)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if annotation is dict or origin is dict:
+        return isinstance(value, dict)
+    if annotation in (list, tuple) or origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        element = [a for a in args if a is not Ellipsis]
+        return len(element) != 1 or all(matches_type(v, element[0]) for v in value)
+    return True
+
+
+def _type_name(annotation) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -121,13 +162,27 @@ def make_config(config_cls, values: dict):
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"{config_cls.__module__}.Config has no field(s) {', '.join(unknown)}")
+    hints = typing.get_type_hints(config_cls) if _resolvable(config_cls) else {}
     kwargs = {}
     for name, value in values.items():
+        if name in hints and not matches_type(value, hints[name]):
+            raise ValueError(
+                f"model_config field {name} is {value!r}, which is not a {_type_name(hints[name])} as "
+                f"{config_cls.__name__}.{name} declares"
+            )
         default = fields[name].default
         if isinstance(value, list) and (isinstance(default, tuple) or default is dataclasses.MISSING):
             value = tuple(value)
         kwargs[name] = value
     return config_cls(**kwargs)
+
+
+def _resolvable(cls) -> bool:
+    try:
+        typing.get_type_hints(cls)
+    except Exception:  # a forward reference that does not resolve: skip the check rather than fail
+        return False
+    return True
 
 
 def program_of(spec: RunSpec, run_dir: str | Path | None = None) -> Program:
@@ -274,6 +329,26 @@ def warm_start(built: SimpleNamespace, source: str | Path) -> dict[str, list[str
     return summary
 
 
+def restore_weights(built: SimpleNamespace, state: dict, path: Path, keys=("model", "guide", "objective")) -> None:
+    """Load a checkpoint's weights into a built run; a checkpoint that does not fit (edited, truncated, from another
+    run) is refused in one line naming the file and the first mismatch."""
+    try:
+        for key in keys:
+            if key == "objective":
+                if state.get("objective"):
+                    built.objective.load_state_dict(state["objective"])
+            else:
+                getattr(built, key).load_state_dict(state[key])
+        if not isinstance(state.get("epoch"), int):
+            raise KeyError("epoch")
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as error:
+        detail = " ".join(str(error).split())[:300]
+        raise ValueError(
+            f"{path} does not fit this run ({type(error).__name__}: {detail}); it was edited or comes from another "
+            "run. Restore it, or retrain"
+        ) from None
+
+
 def read_spec(run_dir: str | Path) -> RunSpec:
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
@@ -285,7 +360,7 @@ def read_spec(run_dir: str | Path) -> RunSpec:
         )
     try:
         return RunSpec.from_json(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as error:
+    except (json.JSONDecodeError, TypeError, ValueError) as error:
         raise ValueError(f"{path} is damaged ({error}); it cannot be read as a pyroib run configuration") from None
 
 
@@ -302,7 +377,13 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint
         )
     spec = read_spec(run_dir)
     device = resolve_device(device) if isinstance(device, str) else device
-    built = build(spec, device, program_of(spec, run_dir))
+    program = program_of(spec, run_dir)
+    try:
+        config = make_config(program.Config, spec.model_config)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{run_dir / CONFIG_FILE}: {error}") from None
+    del config  # checked here to name the file; build makes its own
+    built = build(spec, device, program)
     path = run_dir / CHECKPOINTS[checkpoint]
     if checkpoint == "best" and not path.is_file() and (run_dir / CHECKPOINT_FILE).is_file():
         raise FileNotFoundError(
@@ -310,10 +391,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint
             "checkpoint, or resume training for an epoch to write it"
         )
     state = load_checkpoint(path, map_location=device)
-    built.model.load_state_dict(state["model"])
-    built.guide.load_state_dict(state["guide"])
-    if state.get("objective"):
-        built.objective.load_state_dict(state["objective"])
+    restore_weights(built, state, path)
     built.model.eval()
     built.guide.eval()
     built.epoch = state["epoch"]

@@ -20,6 +20,7 @@ sweep continues where it stopped. ``--workers W`` trains W runs at a time in spa
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -27,6 +28,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+
+from .checkpoint import save_figure, write_text_atomic
 
 TABLE_COLUMNS = (
     "epoch",
@@ -217,17 +220,18 @@ def write_table(rows: list[dict], out: Path) -> tuple[Path, Path]:
     """``sweep.csv`` (every column) and ``sweep.md`` (numbers to 4 significant digits)."""
     columns = _columns(rows)
     csv_path, md_path = out / "sweep.csv", out / "sweep.md"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(csv_path, table.getvalue())
 
     def cell(value):
         return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    md_path.write_text("Test split, nats per data point.\n\n" + "\n".join(lines) + "\n")
+    write_text_atomic(md_path, "Test split, nats per data point.\n\n" + "\n".join(lines) + "\n")
     return csv_path, md_path
 
 
@@ -275,6 +279,6 @@ def plot_sweep(rows: list[dict], path: Path, title: str | None = None) -> Path |
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path

@@ -25,7 +25,15 @@ import torch
 from tqdm import tqdm
 
 from .architectures import resolve
-from .checkpoint import append_jsonl, load_checkpoint, read_jsonl, save_checkpoint, truncate_jsonl, write_json
+from .checkpoint import (
+    append_jsonl,
+    load_checkpoint,
+    read_jsonl,
+    remove_stale_temporaries,
+    save_checkpoint,
+    truncate_jsonl,
+    write_json,
+)
 from .data import BatchIterator, DataSplits
 from .evaluate import split_terms
 from .handlers import bottleneck, validate_weights
@@ -42,6 +50,7 @@ from .run import (
     program_of,
     read_spec,
     resolve_device,
+    restore_weights,
     warm_start,
 )
 from .schedules import Schedule
@@ -280,18 +289,19 @@ def train(
     parameters = _parameters(model, guide)
     optimizer = torch.optim.Adam(parameters, lr=spec.lr, **({"fused": True} if device.type == "cuda" else {}))
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # a killed run's half-written temporaries; the files they replace are whole
     epoch = step = 0
     explosion_limit = None
     best_elbo = -math.inf
     if resume:
         state = load_checkpoint(out / CHECKPOINT_FILE, map_location=device)
-        model.load_state_dict(state["model"])
-        guide.load_state_dict(state["guide"])
-        optimizer.load_state_dict(state["optimizer"])
+        restore_weights(built, state, out / CHECKPOINT_FILE)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise ValueError(f"{out / CHECKPOINT_FILE}: its optimiser state does not fit this run ({error})") from None
         for group in optimizer.param_groups:
             group["lr"] = spec.lr
-        if state.get("objective"):
-            objective.load_state_dict(state["objective"])
         epoch, step = state["epoch"], state["step"]
         if state.get("explosion_limit") is not None:  # the first step's bound, kept so a resume judges alike
             explosion_limit = torch.tensor(state["explosion_limit"], device=device)

@@ -64,6 +64,8 @@ def sample(argv: list[str]) -> None:
     nrow = args.nrow or math.ceil(math.sqrt(args.n))
     if nrow < 1:
         raise ValueError(f"--nrow must be at least 1, got {nrow}")
+    if not Path(args.out).parent.is_dir():
+        raise FileNotFoundError(f"--out {args.out}: the folder {Path(args.out).parent} does not exist; create it first")
     run = load_run(args.run, args.device, args.checkpoint)
     run.capabilities.require("decode", "sampling images")
     images = decode_prior_draws(run, prior_by_name(run, args.prior), args.n, args.seed)
