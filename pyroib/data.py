@@ -29,6 +29,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
+from .decoded_cache import cached_array
+
 BINARIZE_MODES = ("none", "static", "dynamic")
 SPLIT_NAMES = ("train", "val", "test")
 FASHION_MNIST_FILES = {
@@ -141,8 +143,9 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
 
 @lru_cache(maxsize=8)
 def _read_idx_cached(path: str, magic: int, mtime_ns: int, size: int) -> np.ndarray:
-    # mtime and size in the key: a replaced file is read again, an unchanged one once per process.
-    return read_idx(path, magic)
+    # mtime and size in the key: a replaced file is read again, an unchanged one once per process, and from the
+    # on-disk cache of decoded arrays across processes (pyroib.decoded_cache)
+    return cached_array(path, lambda: read_idx(path, magic))
 
 
 def _read_checked(folder: Path, key: str, n_classes: int) -> np.ndarray:

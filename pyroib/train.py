@@ -2,8 +2,8 @@
 
 Why not ``pyro.infer.SVI``: it builds one optimiser per tensor, trains only parameters registered in Pyro's global
 parameter store, and syncs host and device per site each step (``torch_item`` in pyro/infer/trace_elbo.py). Here
-one optimiser (fused Adam on CUDA) sees every parameter of the model, guide and prior; the objective's loss stays on
-the device between logging points.
+one optimiser (fused Adam, on the CPU and on CUDA) sees every parameter of the model, guide and prior; the
+objective's loss stays on the device between logging points.
 
 Each epoch: one pass over the training split in random minibatches (the data plate gets the dataset indices), an
 evaluation on the validation split with β = 1, then an atomic checkpoint holding model, guide, optimiser, objective
@@ -66,6 +66,9 @@ RESUMABLE_CHANGES = {"epochs", "device"} | OPTIMISER_SETTINGS
 # optimiser that blows the loss up by four orders of magnitude is not recovering, and a finite loss of 1e30 nats
 # would otherwise train on and overwrite the checkpoint with weights that are useless
 EXPLOSION_FACTOR = 1e4
+
+
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
 class TrainingDiverged(RuntimeError):
@@ -287,7 +290,9 @@ def train(
     latent_sites = preflight(built, splits, spec, anchors)
     betas = site_betas(spec, latent_sites)
     parameters = _parameters(model, guide)
-    optimizer = torch.optim.Adam(parameters, lr=spec.lr, **({"fused": True} if device.type == "cuda" else {}))
+    # fused Adam updates all parameters in one kernel: on the CPU too since torch 2.4 (a 5.0 against 6.5 ms step
+    # measured for a 784-400-20 VAE at batch 128), with the same state_dict, so checkpoints and resume are unchanged
+    optimizer = torch.optim.Adam(parameters, lr=spec.lr, fused=device.type in FUSED_ADAM_DEVICES)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # a killed run's half-written temporaries; the files they replace are whole
     epoch = step = 0

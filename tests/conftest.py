@@ -8,6 +8,14 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Decoded data sets are cached in a folder of the test session's, not the user's home."""
+    os.environ["PYROIB_CACHE_DIR"] = str(tmp_path_factory.mktemp("decoded-cache"))
+    yield
+    os.environ.pop("PYROIB_CACHE_DIR", None)
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """The tests use small networks: one intra-op thread is faster, and on shared cores much faster."""
     threads = torch.get_num_threads()
