@@ -85,8 +85,9 @@ def main() -> None:
     lines += [
         "",
         "The minibatch stratified estimate of q(z) is unbiased, but each term takes its logarithm, and the log of an "
-        "unbiased estimate is biased low (Jensen): where log q(z) enters with a plus sign (TC, marginal KL) the "
-        "estimate reads low, where with a minus sign (I(x; z)) high. The bias shrinks as the batch grows, here by "
+        "unbiased estimate is biased low (Jensen): I(x; z) subtracts log q(z) and reads high, the marginal KL adds it "
+        "and reads low, TC adds it and subtracts the one-dimensional log q(z_j), less biased, and reads low. The "
+        "bias shrinks as the batch grows, here by "
         "about 0.6 per doubling; minibatch weighted sampling is off by about (D − 1) log N in TC at any batch. Train "
         "with the minibatch estimates (their gradients are what the objectives need); report the full-data terms of "
         "`pyroib evaluate`.",

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .estimators import logsumexp_floored
 from .evaluate import load_splits
 from .priors import AggregatePosterior
@@ -86,6 +86,7 @@ def fit_and_save(run, max_components: int | None = DEFAULT_MAX_COMPONENTS, seed:
         "epoch": run.epoch,
         "variance": aggregate_variance(loc, scale).cpu(),
     }
+    remove_stale_temporaries(run.run_dir)  # what a killed fit left behind
     save_checkpoint(stored, Path(run.run_dir) / AGGREGATE_FILE)
     return {**forms, "n_encodings": int(loc.shape[0]), "variance": stored["variance"]}
 

@@ -56,12 +56,30 @@ def save_figure(fig, path: str | Path, **kwargs) -> None:
     atomic_write_bytes(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", **kwargs))
 
 
+def _writer_is_gone(path: Path) -> bool:
+    """Whether the process whose id ends a temporary's name (``.NAME.tmp-PID``) no longer runs."""
+    try:
+        pid = int(path.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    return False
+
+
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporary files a killed writer left in ``folder`` (``.NAME.tmp-PID``, never read); returns them.
-    Only the process that owns a run writes in it, so any such file there is stale when that process starts."""
-    stale = [p for p in Path(folder).glob(".*.tmp-*") if p.is_file()]
+    """Delete what killed writers left in ``folder``: temporary files and folders (``.NAME.tmp-PID``) and the old
+    copies of replaced folders (``.NAME.old-PID``) of processes that no longer run; returns them. A live process's
+    temporaries are left alone."""
+    stale = [p for pattern in (".*.tmp-*", ".*.old-*") for p in Path(folder).glob(pattern) if _writer_is_gone(p)]
     for p in stale:
-        p.unlink()
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
     return stale
 
 
@@ -70,19 +88,27 @@ def atomic_directory(path: str | Path):
     """Yield a temporary sibling folder to fill; on success it replaces ``path`` whole. A kill leaves the old folder
     (or, between the two renames, a complete old copy and a complete new one beside it), never a half-written one."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a writer killed between its two renames left the old copy aside and no folder: put the old copy back
+    for old in path.parent.glob(f".{path.name}.old-*"):
+        if not path.exists() and _writer_is_gone(old):
+            os.replace(old, path)
+    remove_stale_temporaries(path.parent)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp.mkdir()
     try:
         yield tmp
-    except BaseException:
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+        if old.exists() and not path.exists():  # the second rename failed: keep the old folder where it was
+            os.replace(old, path)
+        shutil.rmtree(old, ignore_errors=True)
     _fsync_dir(path.parent)
 
 

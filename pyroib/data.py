@@ -145,7 +145,7 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
 def _read_idx_cached(path: str, magic: int, mtime_ns: int, size: int) -> np.ndarray:
     # mtime and size in the key: a replaced file is read again, an unchanged one once per process, and from the
     # on-disk cache of decoded arrays across processes (pyroib.decoded_cache)
-    return cached_array(path, lambda: read_idx(path, magic))
+    return cached_array(path, lambda: read_idx(path, magic), decoder=f"idx-{magic}")
 
 
 def _read_checked(folder: Path, key: str, n_classes: int) -> np.ndarray:

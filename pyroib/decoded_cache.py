@@ -32,9 +32,9 @@ def cache_dir() -> Path:
     return base / "pyroib" / "decoded"
 
 
-def _entry(source: Path) -> tuple[Path, Path, dict]:
+def _entry(source: Path, decoder: str) -> tuple[Path, Path, dict]:
     info = source.stat()
-    key_text = f"{CACHE_VERSION}:{source.resolve()}:{info.st_size}:{info.st_mtime_ns}"
+    key_text = f"{CACHE_VERSION}:{decoder}:{source.resolve()}:{info.st_size}:{info.st_mtime_ns}"
     key = hashlib.sha256(key_text.encode()).hexdigest()[:20]
     stem = cache_dir() / f"{source.name.split('.')[0]}-{key}"
     return stem.with_suffix(".npy"), stem.with_suffix(".json"), {"version": CACHE_VERSION, "source": key_text}
@@ -50,7 +50,7 @@ def _read(array_path: Path, meta_path: Path, expected: dict) -> np.ndarray | Non
         if {k: meta.get(k) for k in expected} != expected:
             return None
         array = np.load(array_path, allow_pickle=False)
-    except (OSError, ValueError, json.JSONDecodeError):
+    except Exception:  # any damage (empty, truncated, not an array): decode again
         return None
     if list(array.shape) != meta.get("shape") or str(array.dtype) != meta.get("dtype"):
         return None
@@ -60,10 +60,12 @@ def _read(array_path: Path, meta_path: Path, expected: dict) -> np.ndarray | Non
     return array
 
 
-def cached_array(source: str | os.PathLike, decode: Callable[[], np.ndarray]) -> np.ndarray:
-    """``decode()`` for ``source``, read from the cache when a whole, current entry exists, else decoded and cached."""
+def cached_array(source: str | os.PathLike, decode: Callable[[], np.ndarray], decoder: str = "") -> np.ndarray:
+    """``decode()`` for ``source``, read from the cache when a whole, current entry exists, else decoded and cached.
+    ``decoder`` names how the file is decoded (an idx magic, say): part of the key, so another reading of the same
+    file is not served this one's array."""
     source = Path(source)
-    array_path, meta_path, expected = _entry(source)
+    array_path, meta_path, expected = _entry(source, decoder)
     array = _read(array_path, meta_path, expected)
     if array is not None:
         return array

@@ -205,6 +205,7 @@ def log_qz_estimates(
     _check_codes(z, loc, scale)
     batch_size = z.shape[0]
     _check_method_and_sizes(method, batch_size, dataset_size)
+    dataset_size = int(dataset_size)  # numpy integers overflow in the weights' arithmetic
     if method == "mss":
         log_w = mss_log_weight_matrix(batch_size, dataset_size, dtype=z.dtype, device=z.device)
     else:

@@ -10,9 +10,13 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     """Decoded data sets are cached in a folder of the test session's, not the user's home."""
+    previous = os.environ.get("PYROIB_CACHE_DIR")
     os.environ["PYROIB_CACHE_DIR"] = str(tmp_path_factory.mktemp("decoded-cache"))
     yield
-    os.environ.pop("PYROIB_CACHE_DIR", None)
+    if previous is None:
+        os.environ.pop("PYROIB_CACHE_DIR", None)
+    else:
+        os.environ["PYROIB_CACHE_DIR"] = previous
 
 
 @pytest.fixture(autouse=True, scope="session")

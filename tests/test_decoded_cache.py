@@ -71,3 +71,18 @@ def test_a_corrupt_source_is_still_refused(source):
     path.write_bytes(b"not gzip at all")
     with pytest.raises(data.DataError, match="corrupt"):
         cached_array(path, lambda: decode(path))
+
+
+def test_an_empty_entry_is_rebuilt(source):
+    path, images = source
+    cached_array(path, lambda: decode(path))
+    (entry,) = cache_dir().glob("*.npy")
+    entry.write_bytes(b"")
+    assert np.array_equal(cached_array(path, lambda: decode(path)), images)
+
+
+def test_another_decoding_of_the_same_file_is_not_served_this_ones_array(source):
+    path, images = source
+    cached_array(path, lambda: decode(path), decoder="idx-images")
+    other = cached_array(path, lambda: np.zeros(3, dtype=np.uint8), decoder="something-else")
+    assert np.array_equal(other, np.zeros(3))

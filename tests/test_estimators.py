@@ -388,3 +388,11 @@ def test_a_second_backward_through_the_fused_mixture_says_why_it_is_refused():
     tc.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="serves one backward"):
         tc.backward()
+
+
+def test_large_numpy_sizes_do_not_overflow():
+    import numpy as np
+
+    z, loc, scale = _codes()
+    exact = marginal_kl(z, loc, scale, 50_000_000, method="mws")
+    assert torch.equal(marginal_kl(z, loc, scale, np.int32(50_000_000), method="mws"), exact)

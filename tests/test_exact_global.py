@@ -57,6 +57,19 @@ def test_deterministic_ib_is_global_below_at_and_above_the_size_of_x(seed, n_x):
         assert dib_lagrangian(p_xy, found.assignment, beta) == pytest.approx(found.lagrangian, abs=1e-9)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_deterministic_ib_is_global_at_any_beta(seed):
+    """β drawn from a continuous range, sparse and dense joints: where fixed points that merging two clusters would
+    improve are common."""
+    rng = np.random.default_rng(1000 + seed)
+    for _ in range(6):
+        n_x, n_y = int(rng.integers(3, 7)), int(rng.integers(2, 5))
+        p_xy = rng.dirichlet(np.full(n_x * n_y, float(rng.choice([0.3, 1.0])))).reshape(n_x, n_y)
+        beta, n_clusters = float(rng.uniform(0.5, 6.0)), int(rng.choice([max(1, n_x - 1), n_x, n_x + 2]))
+        best = min(dib_lagrangian(p_xy, f, beta) for f in partitions(n_x, n_clusters))
+        assert deterministic_ib(p_xy, beta, n_clusters).lagrangian == pytest.approx(best, abs=1e-9)
+
+
 # a letter (the last) whose label is certain and whose mass is small: from β ≈ 3 the optimum puts it in a cluster of
 # its own, a cluster born holding a single letter, which splitting copies of the one cluster never proposes
 ONE_LETTER_CLUSTER = np.array([[0.608, 0.138], [0.094, 0.029], [0.04, 0.021], [0.0, 0.07]])

@@ -7,6 +7,8 @@ import json
 import random
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from pyroib.run import read_spec
 
 TRAIN = ["train", "--model", "vae", "--dataset", "digits", "--latent-dim", "2", "--hidden", "16", "--batch-size", "64"]
 TRAIN += ["--seed", "5", "--device", "cpu", "--no-progress"]
-EPOCHS = 80
+EPOCHS = 60
 PNG = b"\x89PNG\r\n\x1a\n"
 
 # run the CLI in a child process; with KILL_ON_WRITE=k it writes half of its k-th atomic file and kills itself there
@@ -46,21 +48,30 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def run_child(argv, cwd, *, kill_after=None, kill_on_write=0) -> str:
-    """'finished', 'failed: ...', or 'killed' (by the timer or by the injected write fault)."""
+def run_child(argv, cwd, *, kill_when=None, delay=0.0, kill_on_write=0) -> str:
+    """'finished', 'failed: ...', or 'killed': by SIGKILL ``delay`` seconds after ``kill_when()`` first holds (polled
+    every 10 ms, so kills land at points of the run's progress, whatever the machine's speed), or by the injected
+    write fault."""
     env = {"KILL_ON_WRITE": str(kill_on_write), "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg", "HOME": str(cwd)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, *argv], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        _, err = proc.communicate(timeout=kill_after)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        return "killed"
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, *argv], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err
+        )
+        while kill_when is not None and proc.poll() is None and not kill_when():
+            time.sleep(0.01)
+        if kill_when is not None and proc.poll() is None:
+            time.sleep(delay)
+            proc.kill()
+        proc.wait()
+        err.seek(0)
+        message = err.read().decode().strip()[-300:]
     if proc.returncode == -9:
         return "killed"
-    return "finished" if proc.returncode == 0 else f"failed: {err.decode().strip()[-300:]}"
+    return "finished" if proc.returncode == 0 else f"failed: {message}"
+
+
+def reached_epoch(run: Path, epoch: int):
+    return lambda: bool(read_jsonl(run / "metrics.jsonl")) and read_jsonl(run / "metrics.jsonl")[-1]["epoch"] >= epoch
 
 
 def assert_whole(run: Path) -> None:
@@ -90,15 +101,19 @@ def test_training_killed_at_random_moments_and_mid_write_resumes_to_the_uninterr
     rng = random.Random(1)
     run = tmp_path / "part"
     # timed kills land anywhere (start-up, a step, validation, a checkpoint write); write faults land in a write
-    # write faults first (each stops the run within its first three epochs, deterministically), then timed kills
-    faults = [("write", rng.randint(1, 6)) for _ in range(4)] + [("timer", rng.uniform(1.5, 3.5)) for _ in range(6)]
+    # write faults (each stops the run within its first three epochs) and kills within a random epoch a few epochs
+    # on: together they reach at most 4 * 3 + 6 * 7 < EPOCHS epochs, so every fault interrupts the run
+    faults = [("write", rng.randint(1, 6)) for _ in range(4)] + [("epoch", rng.randint(1, 6)) for _ in range(6)]
+    rng.shuffle(faults)
     outcomes = []
     for kind, value in faults:
         resume = ["--resume"] if (run / "checkpoint.pt").exists() else []
+        done = read_jsonl(run / "metrics.jsonl")[-1]["epoch"] if read_jsonl(run / "metrics.jsonl") else 0
         outcome = run_child(
             [*argv, "--out", "part", *resume],
             tmp_path,
-            kill_after=value if kind == "timer" else None,
+            kill_when=reached_epoch(run, done + value) if kind == "epoch" else None,
+            delay=rng.uniform(0.0, 0.1),
             kill_on_write=value if kind == "write" else 0,
         )
         assert outcome in ("killed", "finished"), outcome
@@ -108,7 +123,7 @@ def test_training_killed_at_random_moments_and_mid_write_resumes_to_the_uninterr
             break
     resume = ["--resume"] if (run / "checkpoint.pt").exists() else []
     assert run_child([*argv, "--out", "part", *resume], tmp_path) == "finished"
-    assert outcomes.count("killed") >= 6  # the faults did interrupt it
+    assert outcomes.count("killed") == len(faults)  # every fault interrupted it
     full, part = weights(tmp_path / "full"), weights(run)
     assert all(torch.equal(full[k], part[k]) for k in full)
     assert metric_rows(run) == metric_rows(tmp_path / "full")
@@ -143,22 +158,32 @@ def test_a_killed_sweep_continues_and_never_retrains_a_finished_point(tmp_path):
 
 def test_a_killed_report_or_fit_prior_leaves_no_half_written_output(tmp_path):
     assert main([*TRAIN, "--epochs", "2", "--out", str(tmp_path / "run")]) == 0
-    rng = random.Random(3)
-    for command in (
-        ["report", "run", "--device", "cpu", "--iw-samples", "20"],
-        ["fit-prior", "run", "--device", "cpu"],
-    ):
-        for kill in [rng.uniform(2.0, 8.0) for _ in range(3)] + [None]:
-            run_child(command, tmp_path, kill_after=kill)
-            assert_whole(tmp_path / "run")
-            report = tmp_path / "run" / "report"
-            if report.exists():  # all of a report, or none of it
-                text = (report / "report.md").read_text()
-                for image in [line.split("(")[-1].rstrip(")") for line in text.splitlines() if line.startswith("![")]:
-                    assert (report / image).read_bytes()[:8] == PNG
-                json.loads((report / "evaluation.json").read_text())
-    assert (tmp_path / "run" / "report" / "report.md").exists()
-    assert (tmp_path / "run" / "aggregate_prior.pt").exists()
+    run, rng, outcomes = tmp_path / "run", random.Random(3), []
+    report_command = ["report", "run", "--device", "cpu", "--iw-samples", "20"]
+    for _ in range(3):  # killed while the new report is being written, a random moment after it started
+        building = lambda: any(run.glob(".report.tmp-*"))  # noqa: E731
+        outcomes.append(run_child(report_command, tmp_path, kill_when=building, delay=rng.uniform(0.0, 1.0)))
+        assert_report_whole(run)
+    outcomes.append(run_child(["fit-prior", "run", "--device", "cpu"], tmp_path, kill_on_write=1))  # mid-write
+    assert_whole(run)
+    assert "killed" in outcomes[:3] and outcomes[3] == "killed"
+    assert run_child(report_command, tmp_path) == "finished"
+    assert run_child(["fit-prior", "run", "--device", "cpu"], tmp_path) == "finished"
+    assert_report_whole(run)
+    assert_whole(run)
+    assert (run / "report" / "report.md").exists() and (run / "aggregate_prior.pt").exists()
+    assert not [p.name for p in run.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def assert_report_whole(run: Path) -> None:
+    """All of a report or none of it: every figure report.md shows is a whole PNG, the evaluation JSON parses."""
+    report = run / "report"
+    if not report.exists():
+        return
+    text = (report / "report.md").read_text()
+    for image in [line.split("(")[-1].rstrip(")") for line in text.splitlines() if line.startswith("![")]:
+        assert (report / image).read_bytes()[:8] == PNG
+    json.loads((report / "evaluation.json").read_text())
 
 
 class NotATensor:
@@ -211,3 +236,22 @@ def test_sampling_into_a_missing_folder_is_refused(tmp_path, capsys):
     assert main([*TRAIN, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
     assert main(["sample", str(tmp_path / "run"), "--out", str(tmp_path / "no" / "s.png"), "--device", "cpu"]) == 2
     assert "does not exist; create it first" in capsys.readouterr().err
+
+
+def test_a_folder_replaced_whole_survives_errors_and_a_kill_between_its_renames(tmp_path):
+    from pyroib.checkpoint import atomic_directory
+
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_directory(report) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("the report failed")
+    assert (report / "a.txt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+    # a writer killed between moving the old folder aside and moving the new one in (pid 2**22 + 1 runs nowhere)
+    report.rename(tmp_path / f".report.old-{2**22 + 1}")
+    (tmp_path / f".report.tmp-{2**22 + 1}").mkdir()
+    with atomic_directory(report) as tmp:
+        assert (report / "a.txt").read_text() == "old"  # restored before the new one is written
+        (tmp / "a.txt").write_text("new")
+    assert (report / "a.txt").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["report"]

@@ -5,10 +5,11 @@ I(T;Y) <= I(X;T). The trivial encoder stays a stable fixed point of the IB equat
 Hirschfeld–Gebelein–Rényi maximal correlation of X and Y (the second singular value of
 p(x,y) / sqrt(p(x) p(y))); for jointly Gaussian and doubly symmetric binary pairs it is also the global optimum up
 to there. In general the global optimum may leave it earlier, at β = 1 / s* with s* >= ρ_m² the strong
-data-processing (hypercontractivity) constant of p(x,y), through a jump that annealing, which follows one local
-branch, does not see. As β grows the optimum goes through bifurcations where a cluster becomes unstable and splits
-(Tishby, Pereira & Bialek 1999). Annealing follows this path: it starts from one cluster at the smallest β and, at each
-next β, reuses the previous encoder after
+data-processing (hypercontractivity) constant of p(x,y), through a jump that following one local branch does not
+see; the births and cold starts below find such jumps (on the benchmark joint of benchmarks/ib_plane.py the first
+transition is at β = 3.31, below 1 / ρ_m² = 3.55). As β grows the optimum goes through bifurcations where a
+cluster becomes unstable and splits (Tishby, Pereira & Bialek 1999). Annealing follows this path: it starts from
+one cluster at the smallest β and, at each next β, reuses the previous encoder after
 
 1. merging clusters that are the same in effect (equal p(y|t): merging them changes neither information term),
 2. dealing the |T| available slots out among the merged clusters, every slot a copy of its cluster,

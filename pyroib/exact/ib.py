@@ -198,16 +198,18 @@ def _cluster_costs(joint: np.ndarray, beta: float) -> np.ndarray:
     return (beta - 1.0) * -entr(mass) - beta * -entr(joint).sum(axis=-1)
 
 
-def _move_single_letters(problem: _Problem, assignment: np.ndarray, beta: float, n_clusters: int) -> bool:
+def _polish(problem: _Problem, assignment: np.ndarray, beta: float, n_clusters: int) -> bool:
     """Move letters one at a time to whichever cluster (an empty one too: a new cluster of one letter) lowers
-    H(T) - β I(T;Y) most, until no single move lowers it; ``assignment`` is changed in place. Returns whether any
-    letter moved. Each candidate move changes two clusters' costs, so one letter costs O(|T| |Y|)."""
+    H(T) - β I(T;Y) most, and merge the pair of clusters whose merger lowers it most, until neither lowers it;
+    ``assignment`` is changed in place. Returns whether anything changed. A move changes two clusters' costs, so one
+    letter costs O(|T| |Y|) and the mergers O(|T|² |Y|)."""
     joint = np.zeros((n_clusters, problem.p_y.size))
     np.add.at(joint, assignment, problem.p_xy_support)
     moved = False
     improved = True
     while improved:
-        improved = False
+        improved = _merge_best_pair(joint, assignment, beta)
+        moved |= improved
         for x in range(assignment.size):
             row, here = problem.p_xy_support[x], assignment[x]
             without = np.maximum(joint[here] - row, 0.0)  # rounding may leave -1e-17 where x was alone
@@ -225,13 +227,33 @@ def _move_single_letters(problem: _Problem, assignment: np.ndarray, beta: float,
     return moved
 
 
+def _merge_best_pair(joint: np.ndarray, assignment: np.ndarray, beta: float) -> bool:
+    """Merge the two clusters whose union lowers H(T) - β I(T;Y) most, if any pair does (a fixed point of single
+    moves can still be improved by moving a whole cluster)."""
+    used = np.flatnonzero(joint.sum(axis=1) > 0)
+    if used.size < 2:
+        return False
+    costs = _cluster_costs(joint[used], beta)
+    merged = _cluster_costs(joint[used][:, None, :] + joint[used][None, :, :], beta)
+    change = merged - costs[:, None] - costs[None, :]
+    change[np.tril_indices(used.size)] = np.inf
+    a, b = np.unravel_index(int(change.argmin()), change.shape)
+    if change[a, b] >= -1e-12:
+        return False
+    keep, gone = used[a], used[b]
+    joint[keep] += joint[gone]
+    joint[gone] = 0.0
+    assignment[assignment == gone] = keep
+    return True
+
+
 def _random_partition(rng: np.random.Generator, n_letters: int, n_clusters: int, all_clusters: bool) -> np.ndarray:
     """A random hard assignment of ``n_letters`` letters to clusters, every used cluster non-empty.
 
-    The first start uses k = min(|X|, |T|) clusters; later ones draw k uniformly from 1..min(|X|, |T|). Empty
-    clusters never refill under the DIB update, so k bounds what a start can reach; and with one fixed k = |X| every
-    start would be the same partition up to relabelling (one letter per cluster), which the iteration leaves only
-    for a nearby local optimum. k distinct random letters seed the k clusters, the rest join them uniformly.
+    The first start uses k = min(|X|, |T|) clusters; later ones draw k uniformly from 1..min(|X|, |T|). With one
+    fixed k = |X| every start would be the same partition up to relabelling (one letter per cluster), which the
+    iteration leaves only for a nearby local optimum. k distinct random letters seed the k clusters, the rest join
+    them uniformly.
     """
     most = min(n_letters, n_clusters)
     k = most if all_clusters else int(rng.integers(1, most + 1))
@@ -249,7 +271,8 @@ def deterministic_ib(
     Each start is a random partition (seeded by ``seed``): the first into min(|X|, ``n_clusters``) clusters, the
     others into a number of clusters drawn uniformly from 1 to that, so that starts differ even when |T| >= |X|
     (Strouse & Schwab also start from random assignments); iteration stops when no assignment changes
-    (``converged``) or after ``max_iter`` sweeps. Clusters that empty stay empty, so the
+    (``converged``) or after ``max_iter`` sweeps. The update never refills an empty cluster; the polish between
+    fixed points may (a letter moved into a cluster of its own), and may merge two, so the
     result may use fewer than ``n_clusters`` clusters. The lowest H(T) - β I(T;Y) over the starts is returned.
     """
     problem = prepare(p_xy)
@@ -273,7 +296,7 @@ def deterministic_ib(
                 continue
             # a fixed point of the update: polish it by moving single letters, new clusters included, and go on
             # iterating only if that found something better
-            if not _move_single_letters(problem, assignment, beta, n_clusters):
+            if not _polish(problem, assignment, beta, n_clusters):
                 converged = True
                 break
         candidate = summarise(problem, one_hot[assignment], beta, True, converged, iteration)
