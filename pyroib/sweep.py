@@ -78,9 +78,9 @@ def run_name(beta: float) -> str:
 
 def _state(spec, out: Path) -> str:
     """ "new", "partial" (resume it) or "finished"; a run trained with other settings raises ValueError."""
-    from .checkpoint import read_jsonl
+    from .checkpoint import load_checkpoint
     from .program import file_sha256
-    from .run import CHECKPOINT_FILE, METRICS_FILE, read_spec
+    from .run import CHECKPOINT_FILE, read_spec
     from .train import OPTIMISER_SETTINGS, RESUMABLE_CHANGES
 
     if not (out / CHECKPOINT_FILE).is_file():
@@ -101,8 +101,9 @@ def _state(spec, out: Path) -> str:
             f"{out} holds a run trained with other settings ({', '.join(changed)}); rerun the sweep "
             "with its original flags or choose another --out"
         )
-    epochs = [row.get("epoch", 0) for row in read_jsonl(out / METRICS_FILE)]
-    return "finished" if epochs and max(epochs) >= spec.epochs else "partial"
+    # the checkpoint, not the log, says how far a run got: the log is written first, and a kill between the two
+    # leaves it one epoch ahead
+    return "finished" if load_checkpoint(out / CHECKPOINT_FILE)["epoch"] >= spec.epochs else "partial"
 
 
 def run_one(

@@ -6,10 +6,11 @@ one optimiser (fused Adam, on the CPU and on CUDA) sees every parameter of the m
 objective's loss stays on the device between logging points.
 
 Each epoch: one pass over the training split in random minibatches (the data plate gets the dataset indices), an
-evaluation on the validation split with β = 1, then an atomic checkpoint holding model, guide, optimiser, objective
-(critics and their optimisers), step, epoch, the batch order's generator and the torch RNG states, and then one line
-of ``metrics.jsonl``. Resuming restores all of it, so on the CPU a resumed run equals the uninterrupted one bit for
-bit. A non-finite loss stops training with a message; the last good checkpoint stays untouched.
+evaluation on the validation split with β = 1, then one line of ``metrics.jsonl`` and an atomic checkpoint holding
+model, guide, optimiser, objective (critics and their optimisers), step, epoch, the batch order's generator and the
+torch RNG states. Resuming restores all of it (and drops log lines past the checkpoint's epoch), so on the CPU a
+resumed run equals the uninterrupted one bit for bit. A non-finite loss stops training with a message; the last good
+checkpoint stays untouched.
 """
 
 from __future__ import annotations
@@ -425,6 +426,10 @@ def train(
         if row["val_elbo"] > best_elbo:
             best_elbo = row["val_elbo"]
             save_checkpoint({**trained, "val_elbo": best_elbo}, out / BEST_FILE)
+        # the row goes to the log before the checkpoint: a kill between the two then leaves a row the resumed run
+        # drops and writes again (it redoes that epoch), where the other order lost the row for good (found by
+        # tests/test_faults.py)
+        append_jsonl(out / METRICS_FILE, row)
         save_checkpoint(
             {
                 **trained,
@@ -436,7 +441,6 @@ def train(
             },
             out / CHECKPOINT_FILE,
         )
-        append_jsonl(out / METRICS_FILE, row)
         if progress:
             tqdm.write(
                 f"epoch {epoch}: train loss {row['train_loss']:.3f}  val ELBO {row['val_elbo']:.3f}  "

@@ -691,3 +691,30 @@ def test_every_prior_trains_the_vae_and_the_beta_vae_from_the_cli(tmp_path, caps
         result = json.loads(capsys.readouterr().out)
         # the importance-sampled NLL is a tighter bound than the ELBO's
         assert math.isfinite(result["elbo"]) and result["nll_iw"] <= -result["elbo"] + 0.5
+
+
+def test_a_crash_between_the_log_and_the_checkpoint_leaves_a_log_the_resume_repairs(tmp_path, monkeypatch):
+    """The epoch's row is logged before its checkpoint is written; a crash in between is redone on resume, and the
+    log ends equal to the uninterrupted run's (a crash after the checkpoint but before the row once lost the row)."""
+    import pyroib.train as training
+
+    train(spec(epochs=3), tmp_path / "full", progress=False)
+    original, calls = training.save_checkpoint, []
+
+    def crash_on_the_second_epochs_checkpoint(state, path):
+        calls.append(path.name)
+        if path.name == "checkpoint.pt" and state["epoch"] == 2:
+            raise KeyboardInterrupt  # as a kill would, after the row of epoch 2 was logged
+        return original(state, path)
+
+    monkeypatch.setattr(training, "save_checkpoint", crash_on_the_second_epochs_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train(spec(epochs=3), tmp_path / "part", progress=False)
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "part" / "metrics.jsonl")] == [1, 2]
+    assert load_checkpoint(tmp_path / "part" / "checkpoint.pt")["epoch"] == 1
+    monkeypatch.setattr(training, "save_checkpoint", original)
+    rows = train(spec(epochs=3), tmp_path / "part", resume=True, progress=False)
+    expected = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in rows] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in expected
+    ]
