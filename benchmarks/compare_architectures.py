@@ -123,7 +123,6 @@ def write_record(args, rows, total):
     }
     lines += ["", f"Objective-specific terms on the test split: `{json.dumps(extra, ensure_ascii=False)}`", ""]
     harness.write_results(args, "compare_architectures.md", "\n".join(lines))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -99,7 +99,6 @@ def main() -> None:
             "",
         ]
     )
-    print(report)
     harness.write_results(args, "discrete_ib_speed.md", report)
 
 

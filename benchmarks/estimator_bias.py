@@ -94,7 +94,6 @@ def main() -> None:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
     harness.write_results(args, "estimator_bias.md", text)
 
 

@@ -153,7 +153,6 @@ def main():
             "",
         ]
     harness.write_results(args, "full_data_terms.md", "\n".join(lines))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -67,7 +67,6 @@ def main() -> None:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
     harness.write_results(args, "fused_adam.md", text)
 
 

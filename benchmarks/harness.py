@@ -48,7 +48,8 @@ def results_path(args: argparse.Namespace, filename: str) -> Path:
 
 
 def write_results(args: argparse.Namespace, filename: str, text: str) -> Path:
-    """Write ``text`` atomically (a kill leaves the old file whole) and say where."""
+    """Print ``text``, write it atomically (a kill leaves the old file whole) and say where."""
+    print(text)
     path = results_path(args, filename)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)

@@ -73,7 +73,6 @@ def main(argv=None) -> None:
         )
     rows += ["", "![information plane](ib_plane.png)", ""]
     harness.write_results(args, "ib_plane.md", "\n".join(rows))
-    print("\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -132,7 +132,6 @@ def main():
     ]
     text = "\n".join(lines)
     harness.write_results(args, "mixture_log_prob.md", text)
-    print(text)
 
 
 if __name__ == "__main__":

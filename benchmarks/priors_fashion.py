@@ -258,7 +258,6 @@ def main(argv: list[str] | None = None) -> None:
         return
     text = write_results(results, args, command)
     harness.write_results(args, "priors_fashion.md", text)
-    print(text)
 
 
 if __name__ == "__main__":

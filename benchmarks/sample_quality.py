@@ -149,7 +149,6 @@ def main(argv: list[str] | None = None) -> None:
         results = list(pool.map(score, run_dirs, [args] * len(run_dirs)))
     text = write_results(results, args, command, (time.perf_counter() - started) / 60)
     harness.write_results(args, "sample_quality.md", text)
-    print(text)
 
 
 if __name__ == "__main__":

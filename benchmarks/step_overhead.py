@@ -109,7 +109,6 @@ def main():
         "",
     ]
     text = "\n".join(lines)
-    print(text)
     harness.write_results(args, "step_overhead.md", text)
 
 

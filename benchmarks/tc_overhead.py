@@ -110,7 +110,6 @@ def main():
         "O(B · 784 · 400).",
         "",
     ]
-    print("\n".join(lines))
     harness.write_results(args, "tc_overhead.md", "\n".join(lines))
 
 
