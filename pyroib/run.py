@@ -379,11 +379,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint
     device = resolve_device(device) if isinstance(device, str) else device
     program = program_of(spec, run_dir)
     try:
-        config = make_config(program.Config, spec.model_config)
-    except (TypeError, ValueError) as error:
+        built = build(spec, device, program)
+    except (TypeError, ValueError) as error:  # everything build reads comes from the run's config.json: name it
         raise ValueError(f"{run_dir / CONFIG_FILE}: {error}") from None
-    del config  # checked here to name the file; build makes its own
-    built = build(spec, device, program)
     path = run_dir / CHECKPOINTS[checkpoint]
     if checkpoint == "best" and not path.is_file() and (run_dir / CHECKPOINT_FILE).is_file():
         raise FileNotFoundError(

@@ -498,35 +498,9 @@ def test_vamp_pseudo_inputs_start_at_training_images(tmp_path, capsys):
     expected = images[chosen].clamp(1e-3, 1 - 1e-3)
     assert torch.allclose(built.model.prior.pseudo_inputs, expected, atol=1e-6)
     # and training starts there: the CLI flag, refused for a prior without pseudo-inputs
-    assert (
-        cli.main(
-            [
-                "train",
-                "--dataset",
-                "digits",
-                "--latent-dim",
-                "3",
-                "--hidden",
-                "32",
-                "--epochs",
-                "1",
-                "--prior",
-                "vamp",
-                "--prior-components",
-                "7",
-                "--prior-init",
-                "data",
-                "--no-progress",
-                "--device",
-                "cpu",
-                "--seed",
-                "3",
-                "--out",
-                str(tmp_path / "vamp"),
-            ]
-        )
-        == 0
-    )
+    vamp = ["train", "--dataset", "digits", "--latent-dim", "3", "--hidden", "32", "--epochs", "1", "--prior", "vamp"]
+    vamp += ["--prior-components", "7", "--prior-init", "data", "--no-progress", "--device", "cpu", "--seed", "3"]
+    assert cli.main([*vamp, "--out", str(tmp_path / "vamp")]) == 0
     stored = json.loads((tmp_path / "vamp" / "config.json").read_text())
     assert stored["prior_options"] == {"n_pseudo_inputs": 7, "init": "data"}
     for flag in (["--prior-init", "data"], ["--prior-range-map", "clamp"]):
@@ -535,37 +509,7 @@ def test_vamp_pseudo_inputs_start_at_training_images(tmp_path, capsys):
             == 2
         )
         assert f"{flag[0]}" in capsys.readouterr().err and not (tmp_path / "std").exists()
-    assert (
-        cli.main(
-            [
-                "train",
-                "--dataset",
-                "digits",
-                "--latent-dim",
-                "3",
-                "--hidden",
-                "32",
-                "--epochs",
-                "1",
-                "--prior",
-                "vamp",
-                "--prior-components",
-                "7",
-                "--prior-init",
-                "data",
-                "--prior-range-map",
-                "clamp",
-                "--no-progress",
-                "--device",
-                "cpu",
-                "--seed",
-                "3",
-                "--out",
-                str(tmp_path / "clamp"),
-            ]
-        )
-        == 0
-    )
+    assert cli.main([*vamp, "--prior-range-map", "clamp", "--out", str(tmp_path / "clamp")]) == 0
     from pyroib.run import load_run
 
     assert load_run(tmp_path / "clamp").model.prior.range_map == "clamp"
