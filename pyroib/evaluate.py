@@ -19,12 +19,14 @@ import math
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 
+from .clustering import cluster_evaluation
 from .full_data import FULL_DATA_MAX_POINTS, full_data_evaluation
 from .objectives.core import InfoELBO, choose_site, latent_site_names
-from .plates import DATA_PLATE
+from .plates import DATA_PLATE, max_plate_nesting
 from .program import not_broadcasting
 
 PARTICLE_PLATE = "importance_particles"
@@ -68,23 +70,17 @@ def split_terms(
 
 def max_plate_nesting_of(model, guide, x, y) -> int:
     """How many plate dimensions the program uses (so a particle plate can go to their left)."""
-    y2 = None if y is None else y[:2]
-    with torch.no_grad():
-        guide_trace = poutine.trace(guide).get_trace(x[:2], y2)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x[:2], y2)
-    dims = [
-        -f.dim
-        for trace in (guide_trace, model_trace)
-        for site in trace.nodes.values()
-        if site["type"] == "sample"
-        for f in site["cond_indep_stack"]
-        if f.vectorized
-    ]
-    return max(dims, default=0)
+    return max_plate_nesting(model, guide, x[:2], None if y is None else y[:2])
 
 
 def _per_point_log_prob(trace, particle_dim: int) -> torch.Tensor:
-    """Σ over sites of log densities, reduced to shape (K, B): every dim but the particle and data dims summed."""
+    """Σ over sites of log densities, reduced to shape (K, B): every dim but the particle and data dims summed, and
+    the values of sites enumerated in the model summed out (log-sum-exp) after their sites are added up."""
+    enum_dims = {
+        site["infer"]["_enumerate_dim"]
+        for site in trace.nodes.values()
+        if site["type"] == "sample" and site["infer"].get("_enumerate_dim") is not None
+    }
     total = 0.0
     for name, site in trace.nodes.items():
         if site["type"] != "sample":
@@ -95,11 +91,18 @@ def _per_point_log_prob(trace, particle_dim: int) -> torch.Tensor:
                 f"site {name!r} lies outside the data plate: importance-weighted NLL needs every latent "
                 "and observed site to be local to a data point"
             )
+        data_dim = data_frames[0].dim
+        keep = {particle_dim, data_dim, *enum_dims}
         # the particle plate broadcasts every site, so log_p has both the particle and the data dimension
         log_p = site["fn"].log_prob(site["value"])
-        moved = log_p.movedim((particle_dim, data_frames[0].dim), (0, 1))
-        total = total + moved.reshape(moved.shape[0], moved.shape[1], -1).sum(-1)
-    return total
+        rank = max(-min(keep), log_p.dim())
+        log_p = log_p.reshape((1,) * (rank - log_p.dim()) + log_p.shape)
+        others = [d for d in range(-rank, 0) if d not in keep]
+        total = total + (log_p.sum(others, keepdim=True) if others else log_p)
+    if enum_dims:
+        total = torch.logsumexp(total, sorted(enum_dims), keepdim=True)
+    moved = total.movedim((particle_dim, data_dim), (0, 1))
+    return moved.reshape(moved.shape[0], moved.shape[1], -1).sum(-1)
 
 
 def importance_log_weights(model, guide, x, y=None, particles: int = 100, max_plate_nesting: int | None = None):
@@ -115,7 +118,10 @@ def importance_log_weights(model, guide, x, y=None, particles: int = 100, max_pl
     plate = pyro.plate(PARTICLE_PLATE, particles, dim=particle_dim)
     with torch.no_grad():
         guide_trace = poutine.trace(plate(guide)).get_trace(x, y)
-        model_trace = poutine.trace(poutine.replay(plate(model), trace=guide_trace)).get_trace(x, y)
+        # sites the model enumerates (absent from the guide) are summed out, left of the particles; the guide's are
+        # sampled from q like any other site, a proposal as valid as another
+        enumerated = EnumMessenger(first_available_dim=particle_dim - 1)
+        model_trace = poutine.trace(enumerated(poutine.replay(plate(model), trace=guide_trace))).get_trace(x, y)
         guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
         return _per_point_log_prob(model_trace, particle_dim) - _per_point_log_prob(guide_trace, particle_dim)
 
@@ -278,6 +284,8 @@ def evaluate_run(
         result.update(full_data_evaluation(run, x, seed=seed, max_points=full_data_points, prior=prior))
     if capabilities.metrics:
         result.update(run.model.metrics(run.guide, x, y))
+    if y is not None and y.dim() == 1 and not y.is_floating_point():
+        result.update(cluster_evaluation(model, guide, x, y))
     return result
 
 

@@ -76,6 +76,9 @@ def full_data_evaluation(
         result.update(marginal_kl=float(terms["marginal_kl"]), full_data_rate=float(terms["rate"]))
         if "dimwise_kl" in terms:
             result["dimwise_kl"] = float(terms["dimwise_kl"])
+    note = getattr(run.guide, "encode_note", None)  # a guide whose q(z|x) is not the Gaussian encode returns
+    if note:
+        result["full_data_note"] = " ".join(filter(None, [result.get("full_data_note"), note]))
     result.update(full_data_points=int(x.shape[0]), full_data_subsampled=subsampled)
     return result
 

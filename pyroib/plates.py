@@ -21,3 +21,23 @@ def data_plate(x: torch.Tensor, index: torch.Tensor | None = None, size: int | N
     if index.shape[0] != x.shape[0]:
         raise ValueError(f"data_plate: {index.shape[0]} indices for a batch of {x.shape[0]} data points")
     return pyro.plate(DATA_PLATE, size, subsample=index, dim=-1)
+
+
+def max_plate_nesting(model, guide, *args, **kwargs) -> int:
+    """How many plate dimensions a program uses (one plain trace of guide and model, no gradient), so that particle
+    or enumeration dimensions can go to their left. Pyro's own guess (``ELBO._guess_max_plate_nesting``) logs each
+    time it runs; this one is quiet."""
+    from pyro import poutine
+
+    with torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    dims = [
+        -f.dim
+        for trace in (guide_trace, model_trace)
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for f in site["cond_indep_stack"]
+        if f.vectorized
+    ]
+    return max(dims, default=0)

@@ -12,8 +12,9 @@ more, by tracing, before a run's first step.
    (:func:`pyroib.plates.data_plate`), so that each site is scaled by N/B and batch-level estimators know N, and an
    evaluation call without ``index`` and ``size`` covers its batch.
 4. **Matching latent sites**: the guide samples exactly the model's unobserved sites, by name.
-5. **No enumeration annotations** (``config_enumerate``, ``infer={"enumerate": ...}``): the objective samples
-   every site, and would silently ignore them.
+5. **Enumeration** (``config_enumerate``, ``infer={"enumerate": "parallel"}``) sums a discrete site out exactly
+   (:mod:`pyroib.objectives.enumeration`): in the guide (weighted by q) or in the model only (marginalised inside
+   log p; the one kind of model latent the guide may lack). Sequential enumeration is for guide sites.
 6. Sites broadcast over leading dimensions left of the data plate: importance-weighted evaluation adds a plate of
    particles there.
 
@@ -281,15 +282,21 @@ def check_traces(
     model_sites, guide_sites = _sample_sites(model_trace), _sample_sites(guide_trace)
     for role, sites in (("model", model_sites), ("guide", guide_sites)):
         for name, site in sites.items():
-            if site["infer"].get("enumerate"):
-                raise ProgramError(
-                    f"{role} site {name!r} is marked for enumeration (config_enumerate or infer={{'enumerate': "
-                    f"...}}), which pyroib's objective does not perform: it would sample the site instead (rule 5). "
-                    "Remove the annotation to train it by sampling with score-function gradients"
-                )
             _check_plate(role, name, site, x.shape[0], size)
     observed = [n for n, s in model_sites.items() if s["is_observed"]]
-    latent = [n for n, s in model_sites.items() if not s["is_observed"]]
+    # a site enumerated in the model alone is summed out there: not a latent the guide must sample
+    summed = [
+        n
+        for n, s in model_sites.items()
+        if n not in guide_sites and s["infer"].get("enumerate") and not s["is_observed"]
+    ]
+    for name in summed:
+        if model_sites[name]["infer"]["enumerate"] != "parallel":
+            raise ProgramError(
+                f"model site {name!r} is marked for sequential enumeration but the guide has no site of that name; a "
+                "site summed out in the model must be marked infer={'enumerate': 'parallel'} (rule 5)"
+            )
+    latent = [n for n, s in model_sites.items() if not s["is_observed"] and n not in summed]
     if not observed:
         raise ProgramError(
             "the model observes nothing (no pyro.sample(..., obs=...) site): there is no distortion "
@@ -312,6 +319,13 @@ def check_traces(
         raise ProgramError(
             f"latent site(s) {', '.join(map(repr, missing))} of the model have no site in the guide "
             "(rule 4): they would be drawn from the prior and never inferred. Add them to the guide"
+        )
+    marginalised = sorted(set(weighted_sites) & set(summed))
+    if marginalised:
+        raise ProgramError(
+            f"site(s) {', '.join(map(repr, marginalised))} named in the run's settings are summed out in the model "
+            "(enumerated there, absent from the guide, rule 5): they have no rate of their own. Weight the sites that "
+            "depend on them, or enumerate them in the guide too"
         )
     unknown = sorted(set(weighted_sites) - set(latent))
     if unknown:

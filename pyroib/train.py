@@ -38,7 +38,8 @@ from .checkpoint import (
 from .data import BatchIterator, DataSplits
 from .evaluate import split_terms
 from .handlers import bottleneck, validate_weights
-from .program import check_traces, file_sha256, trace_pair
+from .objectives.enumeration import is_annotated
+from .program import ProgramError, check_traces, file_sha256, trace_pair
 from .run import (
     BEST_FILE,
     CHECKPOINT_FILE,
@@ -228,6 +229,16 @@ def preflight(built, splits: DataSplits, spec: RunSpec, anchors=None) -> list[st
     )
     if anchors is not None:  # one weight per dimension of every site they reach: checked before the first step
         trace_pair(*bottleneck(built.model, built.guide, 1.0, anchors), x, y, index=index, size=splits.train.shape[0])
+    if is_annotated(*trace_pair(built.model, built.guide, x, y, index=index, size=splits.train.shape[0])):
+        # what enumeration cannot combine with (plates, score-function sites, anchors on a marginal) shows only
+        # when the objective expands the sites: once here, before anything is written
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), torch.no_grad():
+            try:
+                built.objective.terms(
+                    *bottleneck(built.model, built.guide, 1.0, anchors), x, y, index=index, size=splits.train.shape[0]
+                )
+            except ValueError as error:
+                raise ProgramError(f"{error} (rule 5 of the program contract)") from None
     return latent
 
 

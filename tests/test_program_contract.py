@@ -82,11 +82,25 @@ def test_help_lists_the_programs_and_objectives_flags(capsys):
             "'noise' of the model have no site in the guide",
         ),
         (
-            "enumerated",
+            "sequential_in_model",
+            [
+                (
+                    "            logits = self.net(code)",
+                    '            pyro.sample("kind", dist.Categorical(logits=x.new_zeros(3)),'
+                    ' infer={"enumerate": "sequential"})\n'
+                    "            logits = self.net(code)",
+                    1,
+                )
+            ],
+            "marked for sequential enumeration but the guide has no site of that name",
+        ),
+        (
+            "score_function_beside_enumeration",
             [
                 (
                     "            logits = self.net(code)",
                     '            pyro.sample("kind", dist.Categorical(logits=x.new_zeros(3)))\n'
+                    '            pyro.sample("flag", dist.Bernoulli(0.5 * x.new_ones(x.shape[0])))\n'
                     "            logits = self.net(code)",
                     1,
                 ),
@@ -94,11 +108,12 @@ def test_help_lists_the_programs_and_objectives_flags(capsys):
                     '            pyro.sample("code", dist.Normal(loc, scale).to_event(1))',
                     '            pyro.sample("code", dist.Normal(loc, scale).to_event(1))\n'
                     '            pyro.sample("kind", dist.Categorical(logits=x.new_zeros(3)),'
-                    ' infer={"enumerate": "parallel"})',
+                    ' infer={"enumerate": "parallel"})\n'
+                    '            pyro.sample("flag", dist.Bernoulli(0.5 * x.new_ones(x.shape[0])))',
                     1,
                 ),
             ],
-            "marked for enumeration",
+            "guide site 'flag' is sampled without reparameterisation in a program that enumerates 'kind'",
         ),
         ("observes_nothing", [(", obs=x)", ")", 1)], "observes nothing"),
     ],

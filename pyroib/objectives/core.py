@@ -25,6 +25,7 @@ host-device synchronisation per site.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -37,6 +38,7 @@ from torch.distributions import kl_divergence
 
 from ..handlers import BOTTLENECK_SCALE, CAPACITY, AnchorWeighted, per_dimension
 from ..plates import DATA_PLATE
+from .enumeration import Enumerated, enumerated_traces, is_annotated, model_only_sites
 
 
 @dataclass
@@ -157,6 +159,32 @@ def surrogate_elbo(model_trace, guide_trace, closed_form_kl: Mapping[str, torch.
     return _as_tensor(surrogate)
 
 
+class Summed:
+    """One sampled trace pair's log densities, summed: what :class:`Enumerated` reduces to without enumeration."""
+
+    marginal: dict = {}
+
+    @staticmethod
+    def expect(tensor, site):
+        return tensor.sum()
+
+    @staticmethod
+    def expect_per_dim(elementwise, site):
+        return elementwise.reshape(-1, elementwise.shape[-1]).sum(0)
+
+    @staticmethod
+    def log_prob(name, site, unscaled=False):
+        return site["unscaled_log_prob"] if unscaled else site["log_prob"]
+
+    @staticmethod
+    def total(name, site):
+        return site["log_prob_sum"]
+
+    @staticmethod
+    def surrogate(model_trace, guide_trace, closed_form):
+        return surrogate_elbo(model_trace, guide_trace, closed_form)
+
+
 def _analytic_kl(guide_site, model_site):
     try:
         return kl_divergence(guide_site["fn"], model_site["fn"])
@@ -186,6 +214,7 @@ class InfoELBO(Trace_ELBO):
         if latent_site is not None and not isinstance(latent_site, str):
             raise TypeError(f"latent_site must be a site name, got {latent_site!r}")
         self.latent_site = latent_site
+        self._enumerating = False
 
     def latent_site_of(self, model_trace, guide_trace) -> str:
         return choose_site(latent_site_names(model_trace, guide_trace), self.latent_site, "latent", "--latent-site")
@@ -222,28 +251,33 @@ class InfoELBO(Trace_ELBO):
     def _particle(self, model_trace, guide_trace, context, want_per_dim=True):
         size = dataset_size(model_trace)
         latents = set(latent_site_names(model_trace, guide_trace))
+        # how log densities become totals: plain sums, or expectations over enumerated values
+        densities = Enumerated(model_trace, guide_trace) if is_annotated(model_trace, guide_trace) else Summed()
         closed_form = {}
         if self.analytic_kl:
-            for name in latents:
+            for name in latents - set(densities.marginal):
                 guide_site, model_site = guide_trace.nodes[name], model_trace.nodes[name]
                 kl = _analytic_kl(guide_site, model_site) if guide_site["fn"].has_rsample else None
                 if kl is not None:
-                    closed_form[name] = scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
-        surrogate = -surrogate_elbo(model_trace, guide_trace, closed_form)
+                    closed_form[name] = densities.expect(
+                        scale_and_mask(kl, guide_site["scale"], guide_site["mask"]), guide_site
+                    )
+        surrogate = -densities.surrogate(model_trace, guide_trace, closed_form)
 
         # the numbers: distortion over observed sites, the β-weighted rate as the loss has it, then per-site rates
         # without β
+        summed_out = set(model_only_sites(model_trace, guide_trace)) if isinstance(densities, Enumerated) else set()
         distortion = weighted_rate = 0.0
         for name, site in model_trace.nodes.items():
-            if site["type"] != "sample" or name in closed_form:
+            if site["type"] != "sample" or name in closed_form or name in summed_out:
                 continue
             if site["is_observed"]:
-                distortion = distortion - site["log_prob_sum"]
+                distortion = distortion - densities.total(name, site)
             else:
-                weighted_rate = weighted_rate - site["log_prob_sum"]
+                weighted_rate = weighted_rate - densities.total(name, site)
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample" and name not in closed_form:
-                weighted_rate = weighted_rate + site["log_prob_sum"]
+                weighted_rate = weighted_rate + densities.expect(site["log_prob"], site)
         weighted_rate = weighted_rate + sum(closed_form.values())
 
         values: dict[str, torch.Tensor] = {}
@@ -251,7 +285,13 @@ class InfoELBO(Trace_ELBO):
         rate = 0.0
         for name in sorted(latents):
             site_rate, per_dim = self._unweighted_rate(
-                model_trace.nodes[name], guide_trace.nodes[name], name in closed_form, size, want_per_dim
+                name,
+                model_trace.nodes[name],
+                guide_trace.nodes[name],
+                name in closed_form,
+                size,
+                densities,
+                want_per_dim,
             )
             rate = rate + site_rate
             values[f"rate/{name}"] = site_rate
@@ -266,6 +306,14 @@ class InfoELBO(Trace_ELBO):
             correction = gamma * (weighted_rate - target * size).abs() - weighted_rate
             loss = loss + correction
             surrogate = surrogate + correction
+        if isinstance(densities, Enumerated) and type(self).information_terms is not InfoELBO.information_terms:
+            site = guide_trace.nodes[self.latent_site_of(model_trace, guide_trace)]
+            if densities.depends_on_enumeration(site, self.max_plate_nesting):
+                raise ValueError(
+                    f"{type(self).__name__} reads latent site {site['name']!r}, which the guide draws once per "
+                    "value of an enumerated site: batch-level terms need one draw per data point. Name a site drawn "
+                    "before the enumerated ones with --latent-site"
+                )
         for name, (weight, value) in self.information_terms(model_trace, guide_trace, size, context).items():
             values[name] = value.detach()
             if weight != 0:
@@ -279,7 +327,7 @@ class InfoELBO(Trace_ELBO):
         return surrogate, _as_tensor(loss).detach(), values, kl_per_dim
 
     @staticmethod
-    def _unweighted_rate(model_site, guide_site, analytic, size, want_per_dim=True):
+    def _unweighted_rate(name, model_site, guide_site, analytic, size, densities, want_per_dim=True):
         """E[log q - log p] for one latent site per data point, without the bottleneck's β and anchor weights.
 
         Every other factor of the site's scale stays: the subsample factor N / B of the data plate and any
@@ -288,11 +336,13 @@ class InfoELBO(Trace_ELBO):
         ignored (β = 0 is a mask, and its rate is still reported).
         """
         weight = guide_site["scale"] / guide_site["infer"].get(BOTTLENECK_SCALE, 1.0) / size
+        marginal = name in densities.marginal
         q_dim, p_dim = per_dimension(guide_site["fn"]), per_dimension(model_site["fn"])
         # anchored sites weight their log densities, so the unweighted rate needs the per-dimension densities
         anchored = isinstance(guide_site["fn"], AnchorWeighted)
         if (
             (want_per_dim or anchored)
+            and not marginal
             and q_dim is not None
             and p_dim is not None
             and q_dim.batch_shape == p_dim.batch_shape
@@ -302,14 +352,30 @@ class InfoELBO(Trace_ELBO):
                 elementwise = kl_divergence(q_dim, p_dim)
             else:
                 elementwise = q_dim.log_prob(z) - p_dim.log_prob(z)
-            elementwise = elementwise.detach() * _per_point(weight)
-            per_dim = elementwise.reshape(-1, elementwise.shape[-1]).sum(0)
+            per_dim = densities.expect_per_dim(elementwise.detach() * _per_point(weight), guide_site).detach()
             return per_dim.sum(), per_dim if want_per_dim else None
         if analytic:
             diff = kl_divergence(guide_site["fn"], model_site["fn"])
         else:
-            diff = guide_site["unscaled_log_prob"] - model_site["unscaled_log_prob"]
-        return (diff.detach() * weight).sum(), None
+            diff = guide_site["unscaled_log_prob"] - densities.log_prob(name, model_site, unscaled=True)
+        return densities.expect(diff.detach() * weight, guide_site).detach(), None
+
+    def _traces(self, model, guide, args, kwargs):
+        """The particles' trace pairs: sampled as ``Trace_ELBO`` samples them, or with the sites a program marks for
+        enumeration expanded (:mod:`.enumeration`). An objective switches to the latter the first time it sees an
+        annotated site, and stays there (on a program without annotations both give the same traces)."""
+        if not self._enumerating:
+            with warnings.catch_warnings():
+                # Pyro's validation warns about annotated (or model-only enumerated) sites in a sampled trace;
+                # this pass only looks for them
+                warnings.filterwarnings(
+                    "ignore", message="(?s).*(enumerate|vars in model but not guide)", category=UserWarning
+                )
+                traces = list(self._get_traces(model, guide, args, kwargs))
+            if not is_annotated(*traces[0]):
+                return traces
+            self._enumerating = True
+        return list(enumerated_traces(self, model, guide, args, kwargs))
 
     def terms(self, model, guide, *args, per_dimension: bool = True, **kwargs) -> Terms:
         """Evaluate the objective on ``model`` and ``guide`` (as wrapped by the bottleneck handlers, which carry β,
@@ -320,7 +386,7 @@ class InfoELBO(Trace_ELBO):
         kl_per_dim: dict[str, torch.Tensor] = {}
         model, guide = self.prepare(model, guide)
         context = TermContext(model, guide, args, kwargs)
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+        for model_trace, guide_trace in self._traces(model, guide, args, kwargs):
             s, total, v, k = self._particle(model_trace, guide_trace, context, per_dimension)
             surrogate = surrogate + s / self.num_particles
             loss = loss + total / self.num_particles
