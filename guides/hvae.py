@@ -24,7 +24,7 @@ class Guide(nn.Module):
         self.encoder = GaussianEncoder(config.data_shape, config.hidden, config.layer_sizes[0], config.network)
         # upward[l] is q(z^(l+2) | z^(l+1))
         self.upward = nn.ModuleList(
-            ConditionalLayer(lower, upper, config.layer_hidden)
+            ConditionalLayer(lower, upper, config.layer_hidden, config.network)
             for lower, upper in zip(self.layers[:-1], self.layers[1:])
         )
 

@@ -52,7 +52,7 @@ class Model(nn.Module):
         self.layers = layers_of(config.layer_sizes, config.layer_types)
         # generative[l] is p(z^(l+1) | z^(l+2)) for l = 0 .. L-2 (index 0: p(z1 | z2))
         self.generative = nn.ModuleList(
-            ConditionalLayer(upper, lower, tuple(reversed(config.layer_hidden)))
+            ConditionalLayer(upper, lower, tuple(reversed(config.layer_hidden)), config.network)
             for lower, upper in zip(self.layers[:-1], self.layers[1:])
         )
         self.likelihood = make_likelihood(config.likelihood, config.data_shape)

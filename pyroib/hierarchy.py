@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .networks import _mlp
+
 LAYER_TYPES = ("gaussian", "categorical")
 ENUMERATE = {"enumerate": "parallel"}
 
@@ -60,15 +62,6 @@ def as_input(value: torch.Tensor, layer: Layer) -> torch.Tensor:
     return F.one_hot(value.long(), layer.size).to(torch.get_default_dtype()) if layer.categorical else value
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    modules: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        modules.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            modules.append(nn.Softplus())
-    return nn.Sequential(*modules)
-
-
 class ConditionalLayer(nn.Module):
     """p(z^(target) | z^(source)) or q(z^(target) | z^(source)): a network from the source's value to the target's
     distribution (a diagonal Gaussian, or a categorical over the target's values).
@@ -78,11 +71,11 @@ class ConditionalLayer(nn.Module):
     (measured: with Gao et al.'s 10-16-16-32-32-64 generative network the 10-way layer stayed unused, q(z2 | z1)
     uniform, in every 30-epoch run on digits)."""
 
-    def __init__(self, source: Layer, target: Layer, hidden: tuple[int, ...]):
+    def __init__(self, source: Layer, target: Layer, hidden: tuple[int, ...], network: str = "mlp"):
         super().__init__()
         self.source, self.target = source, target
         out = target.size if target.categorical else 2 * target.size
-        self.net = _mlp([source.size, *(() if source.categorical else hidden), out])
+        self.net = _mlp([source.size, *(() if source.categorical else hidden), out], gated=network == "gated")
 
     def forward(self, value: torch.Tensor) -> dist.Distribution:
         out = self.net(as_input(value, self.source))

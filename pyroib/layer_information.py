@@ -99,4 +99,68 @@ def layer_information(model, guide, x: torch.Tensor, y=None, max_points: int = 2
     return out
 
 
-__all__ = ["layer_information"]
+def _means_down(model, top_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, scale) of z1 under the generative chain from a top-layer value, each layer at its conditional's mean
+    (a categorical layer in between at its most probable value)."""
+    value = top_value
+    for level in range(len(model.layers) - 1, 0, -1):
+        conditional = model.conditional(level, value)
+        if model.layers[level - 1].categorical:
+            value = conditional.probs.argmax(-1)
+        else:
+            value, scale = conditional.base_dist.loc, conditional.base_dist.scale
+    return value, scale
+
+
+def report_section(run, splits, out) -> dict:
+    """The traversal figure of a hierarchy whose top layer is categorical: one row per top value, the two z1
+    dimensions with the largest I(x; z1_i) moved from -2 to 2 standard deviations of p(z1 | top) around its mean,
+    the others held at that mean; and the per-layer terms as bars. {} for other programs."""
+    import json
+
+    from .figures import plot, save_grid
+
+    model = run.model
+    layers = getattr(model, "layers", None)
+    if not layers or not run.capabilities.decode or len(splits.data_shape) != 3:
+        return {}
+    result = json.loads((out / "evaluation.json").read_text())
+    figures = {}
+    top = layers[-1]
+    if top.categorical and len(layers) > 1 and "top_dims/z1" in result:
+        dims = result["top_dims/z1"]
+        steps = torch.linspace(-2, 2, 7)
+        rows = []
+        with torch.no_grad():
+            for k in range(top.size):
+                mean, scale = _means_down(model, torch.tensor([k]))
+                for j in dims:
+                    codes = mean.repeat(len(steps), 1)
+                    codes[:, j] = mean[0, j] + steps * scale[0, j]
+                    rows.append(model.decode(codes))
+        save_grid(
+            torch.cat(rows),
+            out / "layer_traversals.png",
+            nrow=len(steps) * len(dims),
+            title=f"one row per value of {site_name(len(layers))}; z1 dims {dims} (largest I(x; z1_i)) from -2 to 2 sd",
+        )
+        figures["Traversals per value of the top layer"] = "layer_traversals.png"
+    names = [site_name(i + 1) for i in range(len(layers))]
+    kinds = [("layer_mi/", "I(layer below; layer)"), ("layer_tc/", "TC(layer)"), ("rate/", "rate")]
+
+    def bars(ax):
+        width = 0.8 / len(kinds)
+        for i, (prefix, label) in enumerate(kinds):
+            values = [result.get(prefix + name, float("nan")) for name in names]
+            ax.bar([p + i * width for p in range(len(names))], values, width, label=label)
+        ax.set_xticks([p + width for p in range(len(names))], names)
+        ax.set_ylabel("nats per data point")
+        ax.set_title("per-layer information on the test split (layer 1 next to x)")
+        ax.legend(fontsize=8)
+
+    plot(out / "layer_information.png", bars)
+    figures["Per-layer information"] = "layer_information.png"
+    return figures
+
+
+__all__ = ["layer_information", "report_section"]

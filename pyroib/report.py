@@ -15,37 +15,8 @@ import torch
 
 from .checkpoint import atomic_directory, read_jsonl
 from .evaluate import evaluate_run, load_splits
+from .figures import plot, save_grid
 from .run import METRICS_FILE, load_run
-
-
-def _save_grid(images: torch.Tensor, path: Path, nrow: int, title: str | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from torchvision.utils import make_grid
-
-    grid = make_grid(images.detach().cpu().clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)
-    fig, ax = plt.subplots(figsize=(max(3, nrow * 0.6), max(3, grid.shape[1] / grid.shape[2] * nrow * 0.6)))
-    ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", interpolation="nearest")
-    ax.axis("off")
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _plot(path: Path, draw) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    draw(ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
@@ -74,7 +45,7 @@ def _write_report(run, run_dir, out: Path, iw_samples: int) -> None:
             loc, _ = guide.encode(originals)
             recon = model.decode(loc)
             pairs = torch.stack([originals, recon], 1).reshape(-1, *splits.data_shape)
-            _save_grid(
+            save_grid(
                 pairs,
                 out / "reconstructions.png",
                 nrow=16,
@@ -83,7 +54,7 @@ def _write_report(run, run_dir, out: Path, iw_samples: int) -> None:
             figures["Reconstructions"] = "reconstructions.png"
             if capabilities.takes_prior:
                 z = model.prior(64).sample()
-                _save_grid(model.decode(z), out / "samples.png", nrow=8, title="samples, z ~ prior")
+                save_grid(model.decode(z), out / "samples.png", nrow=8, title="samples, z ~ prior")
                 figures["Samples from the prior"] = "samples.png"
             # rank the encoded site's dimensions: by their KL when the program has that one site, else by how much
             # the posterior mean varies across the split (both describe what encode returns)
@@ -98,7 +69,7 @@ def _write_report(run, run_dir, out: Path, iw_samples: int) -> None:
                 zz = base.clone()
                 zz[:, j] = steps
                 rows_img.append(model.decode(zz))
-            _save_grid(
+            save_grid(
                 torch.cat(rows_img),
                 out / "traversals.png",
                 nrow=len(steps),
@@ -115,7 +86,7 @@ def _write_report(run, run_dir, out: Path, iw_samples: int) -> None:
             ax.set_ylabel("nats per data point")
             ax.legend(fontsize=8)
 
-        _plot(out / "training_curves.png", curves)
+        plot(out / "training_curves.png", curves)
         figures["Training curves"] = "training_curves.png"
 
         def rate_distortion(ax):
@@ -128,7 +99,7 @@ def _write_report(run, run_dir, out: Path, iw_samples: int) -> None:
             ax.set_ylabel("nats per data point")
             ax.legend(fontsize=8, loc="upper left")
 
-        _plot(out / "rate_distortion.png", rate_distortion)
+        plot(out / "rate_distortion.png", rate_distortion)
         figures["Rate and distortion"] = "rate_distortion.png"
     by_site = result.get("kl_per_dim_by_site")
     if result["kl_per_dim"]:
@@ -145,7 +116,7 @@ def _write_report(run, run_dir, out: Path, iw_samples: int) -> None:
             ax.set_ylabel("KL (nats per data point)")
             ax.set_title(f"per-dimension KL on the test split; {result.get('active_units', '?')} active units")
 
-        _plot(out / "kl_per_dim.png", kl_bars)
+        plot(out / "kl_per_dim.png", kl_bars)
         figures["Per-dimension KL"] = "kl_per_dim.png"
     for extra in _extra_sections():
         figures.update(extra(run, splits, out) or {})
@@ -175,7 +146,7 @@ def _extra_sections():
     import importlib
 
     sections = []
-    for name in ("pyroib.diagnostics", "pyroib.aggregate_prior"):
+    for name in ("pyroib.diagnostics", "pyroib.aggregate_prior", "pyroib.layer_information"):
         try:
             sections.append(importlib.import_module(name).report_section)
         except ModuleNotFoundError as error:

@@ -1,0 +1,148 @@
+"""The hierarchical VAE and the Gaussian-mixture VAE: enumerated top layers equal to TraceEnum_ELBO, stacks of any
+layer types from flags, per-layer β, per-layer information and clustering scores in ``evaluate --json``, and the
+clustering scores themselves against brute force."""
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from pyro.infer import TraceEnum_ELBO
+
+from pyroib.checkpoint import read_jsonl
+from pyroib.cli import main
+from pyroib.clustering import clustering_scores, hungarian_accuracy
+from pyroib.models.hvae import Config, Model
+from pyroib.objectives import InfoELBO
+
+TINY = ["--dataset", "digits", "--epochs", "1", "--device", "cpu", "--no-progress", "--batch-size", "64"]
+SMALL = ["--hidden", "32", "--layer-hidden", "16"]
+
+
+def _brute_force_accuracy(labels, clusters):
+    """The best accuracy over every one-to-one map of cluster values onto label values."""
+    label_values, cluster_values = sorted(set(labels)), sorted(set(clusters))
+    best = 0
+    for image in itertools.permutations(label_values + [None] * len(cluster_values), len(cluster_values)):
+        mapping = dict(zip(cluster_values, image))
+        best = max(best, sum(mapping[c] == y for c, y in zip(clusters, labels)))
+    return best / len(labels)
+
+
+def test_hungarian_accuracy_is_the_best_one_to_one_map():
+    rng = np.random.default_rng(0)
+    for clusters_count in (3, 4, 5):
+        labels = rng.integers(0, 4, 40).tolist()
+        noisy = [int(rng.integers(clusters_count)) for _ in labels]
+        clusters = [(y + 1) % clusters_count if rng.random() < 0.7 else n for y, n in zip(labels, noisy)]
+        assert hungarian_accuracy(labels, clusters) == pytest.approx(_brute_force_accuracy(labels, clusters))
+
+
+def test_renamed_clusters_score_perfectly_and_a_single_cluster_scores_chance():
+    labels = torch.arange(10).repeat(20)
+    renamed = (labels * 7 + 3) % 10
+    assert clustering_scores(labels, renamed) == pytest.approx({"cluster_accuracy": 1.0, "nmi": 1.0, "ari": 1.0})
+    one = clustering_scores(labels, torch.zeros_like(labels))
+    assert one["cluster_accuracy"] == pytest.approx(0.1) and one["nmi"] == pytest.approx(0.0)
+    assert one["ari"] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    "sizes, kinds",
+    [((6, 3), ("gaussian", "categorical")), ((6, 4, 3), ("gaussian", "gaussian", "categorical"))],
+)
+def test_hierarchy_objective_is_trace_enum_elbo_at_beta_one(sizes, kinds):
+    from pyroib.guides.hvae import Guide
+
+    torch.manual_seed(0)
+    config = Config(data_shape=(1, 4, 4), layer_sizes=sizes, layer_types=kinds, hidden=(8,), layer_hidden=(5,))
+    model, guide = Model(config), Guide(config)
+    x = torch.rand(7, 1, 4, 4)
+    objective = InfoELBO()
+    objective.terms(model, guide, x)
+    torch.manual_seed(1)
+    ours = objective.terms(model, guide, x)
+    torch.manual_seed(1)
+    theirs = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(model, guide, x)
+    assert float(ours.loss) == pytest.approx(float(theirs.detach()), rel=1e-5)
+    params = [*model.parameters(), *guide.parameters()]
+    for a, b in zip(torch.autograd.grad(ours.surrogate, params), torch.autograd.grad(theirs, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert set(ours.values) >= {f"rate/z{i + 1}" for i in range(len(sizes))}
+
+
+def test_layer_flags_are_checked_in_one_line(capsys, tmp_path):
+    for flags, message in [
+        (["--layer-sizes", "8,4", "--layer-types", "gaussian"], "one type per layer"),
+        (["--layer-types", "categorical,gaussian"], "the first layer (next to x) must be gaussian"),
+        (["--layer-types", "gaussian,binary"], "unknown layer type 'binary'"),
+    ]:
+        assert main(["train", "--model", "hvae", *TINY, *flags, "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "run").exists()
+
+
+def test_three_layer_hvae_trains_with_per_layer_beta_and_reports_each_layer(capsys, tmp_path):
+    run = tmp_path / "run"
+    flags = ["--layer-sizes", "8,4,5", "--layer-types", "gaussian,gaussian,categorical", "--beta", "z1=1,z2=2,z3=0.5"]
+    assert main(["train", "--model", "hvae", *TINY, *SMALL, *flags, "--out", str(run)]) == 0, capsys.readouterr().err
+    row = read_jsonl(run / "metrics.jsonl")[-1]
+    assert (row["beta/z1"], row["beta/z2"], row["beta/z3"]) == (1.0, 2.0, 0.5)
+    # the logged loss is the β-weighted sum of the logged terms
+    weighted = row["train_distortion"] + row["train_rate/z1"] + 2 * row["train_rate/z2"] + 0.5 * row["train_rate/z3"]
+    assert row["train_loss"] == pytest.approx(weighted, rel=1e-4)
+    capsys.readouterr()
+    argv = ["evaluate", str(run), "--json", "--device", "cpu", "--iw-samples", "5", "--full-data-points", "200"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"rate/z1", "rate/z2", "rate/z3", "layer_tc/z1", "layer_tc/z2", "layer_mi/z3"} <= set(result)
+    assert result["cluster_site"] == "z3" and 0 <= result["cluster_accuracy"] <= 1
+    assert result["layer_mi/z1"] <= math.log(200) + 1e-6 and 0 <= result["layer_mi/z3"] <= math.log(5) + 1e-6
+    assert len(result["top_dims/z1"]) == 2 and result["top_mi/z1"][0] >= result["top_mi/z1"][1]
+    assert math.isfinite(result["nll_iw"])
+
+
+@pytest.mark.parametrize("summed_in", ["guide", "model"])
+def test_gaussian_mixture_vae_in_both_placements(capsys, tmp_path, summed_in):
+    run = tmp_path / summed_in
+    argv = ["train", "--model", "gmvae", *TINY, "--hidden", "32", "--summed-in", summed_in, "--out", str(run)]
+    assert main(argv) == 0, capsys.readouterr().err
+    row = read_jsonl(run / "metrics.jsonl")[-1]
+    # the cluster has a rate of its own only where the guide infers it
+    assert ("train_rate/z2" in row) == (summed_in == "guide")
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json", "--device", "cpu", "--iw-samples", "5"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["cluster_site"] == "z2" and {"nmi", "ari", "clusters_used"} <= set(result)
+    assert ("moment-matched" in result.get("full_data_note", "")) == (summed_in == "guide")
+
+
+def test_a_weight_on_a_site_summed_out_in_the_model_is_refused(capsys, tmp_path):
+    argv = ["train", "--model", "gmvae", *TINY, "--summed-in", "model", "--beta", "z2=2", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "'z2'" in err and "summed out in the model" in err and not (tmp_path / "r").exists()
+
+
+def test_anchors_on_a_prior_marginalised_over_the_cluster_are_refused():
+    from pyroib.guides.gmvae import Guide
+    from pyroib.handlers import bottleneck
+    from pyroib.models.gmvae import Config as MixtureConfig
+
+    config = MixtureConfig(data_shape=(1, 4, 4), layer_sizes=(3, 4), hidden=(8,), summed_in="model")
+    model, guide = bottleneck(Model(config), Guide(config), anchors={"z1": torch.ones(3)})
+    with pytest.raises(ValueError, match="anchor weights on latent site 'z1'"):
+        InfoELBO().terms(model, guide, torch.rand(5, 1, 4, 4))
+
+
+def test_report_has_the_top_layer_traversals_and_per_layer_terms(capsys, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "hvae", *TINY, *SMALL, "--layer-sizes", "6,3", "--out", str(run)]) == 0
+    assert main(["report", str(run), "--device", "cpu", "--iw-samples", "2"]) == 0, capsys.readouterr().err
+    report = (run / "report" / "report.md").read_text()
+    for figure in ("layer_traversals.png", "layer_information.png"):
+        assert (run / "report" / figure).stat().st_size > 0 and f"({figure})" in report
+    assert "| cluster_accuracy |" in report and "| layer_mi/z2 |" in report
