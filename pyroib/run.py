@@ -102,6 +102,14 @@ class RunSpec:
         return dataclasses.asdict(self)
 
     @classmethod
+    def for_model(cls, model: str, **fields) -> "RunSpec":
+        """The spec ``pyroib train --model MODEL`` starts from: the architecture's own defaults (β = 4 for
+        ``beta-vae``, grey levels and batch 32 for ``hvae``, ...) under the fields given. ``RunSpec(model=...)``
+        takes the plain defaults of every field instead."""
+        architecture = ARCHITECTURES.get(model)
+        return cls(model=model, **{**(architecture.defaults if architecture else {}), **fields})
+
+    @classmethod
     def from_json(cls, obj: dict) -> "RunSpec":
         """The spec of a ``config.json`` object, every field checked against its type (ValueError naming it)."""
         if not isinstance(obj, dict):

@@ -181,3 +181,15 @@ def test_anchor_weights_on_a_code_drawn_per_cluster_value_are_the_hand_written_s
             expected += float((cluster[:, k : k + 1] * (weights - 1) * kl_divergence(q_z1, p_z1)).sum())
     assert float(anchored.loss - plain.loss) == pytest.approx(expected, rel=1e-4)
     assert float(anchored.values["rate/z1"]) == pytest.approx(float(plain.values["rate/z1"]), rel=1e-6)
+
+
+def test_python_specs_start_from_the_architecture_defaults_the_command_uses():
+    from pyroib.cli.train import spec_from_args
+    from pyroib.run import RunSpec
+
+    for model in ("hvae", "beta-vae", "vae"):
+        from_python = RunSpec.for_model(model, dataset="digits", epochs=3)
+        from_cli, _ = spec_from_args(["--model", model, "--dataset", "digits", "--epochs", "3", "--out", "x"])
+        for name in ("beta", "binarize", "batch_size", "lr", "epochs"):
+            assert getattr(from_python, name) == getattr(from_cli, name), (model, name)
+    assert RunSpec.for_model("hvae", batch_size=64).batch_size == 64

@@ -82,7 +82,8 @@ class Enumerated:
         model_sites, guide_sites = _sample_sites(model_trace), _sample_sites(guide_trace)
         enumerated = {name: site for name, site in {**model_sites, **guide_sites}.items() if _enumerated(site)}
         plates = {name: _plates(site) for name, site in enumerated.items()}
-        self.plates = next(iter(plates.values()))
+        # annotated but nothing expanded (an annotation on an observed site, say): plain sums
+        self.plates = next(iter(plates.values()), frozenset())
         if any(p != self.plates for p in plates.values()):
             listed = "; ".join(f"{name} in {sorted(p) or 'no plate'}" for name, p in plates.items())
             raise ValueError(

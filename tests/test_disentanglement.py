@@ -1,0 +1,189 @@
+"""Disentanglement metrics against answers derived here: codes that are the ground truth (as given, permuted and
+rescaled), constant codes, noise, each factor in two codes, and one code for two factors."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pyroib import disentanglement as metrics
+
+SIZES = (3, 6, 8, 5)
+
+
+class Grid:
+    """A ground truth whose observations are its factor values."""
+
+    factor_sizes = SIZES
+
+    def sample_factors(self, n, rng):
+        return np.stack([rng.integers(0, size, n) for size in SIZES], 1)
+
+    def observations(self, factors):
+        return torch.as_tensor(factors, dtype=torch.float64)
+
+
+def identity(x):
+    return x.numpy()
+
+
+PERMUTATION, SCALES = [2, 0, 3, 1], np.array([0.5, -3.0, 10.0, 0.01])
+
+
+def permuted_rescaled(x):
+    return x.numpy()[:, PERMUTATION] * SCALES + 7.0
+
+
+def constant(x):
+    return np.zeros((x.shape[0], 4))
+
+
+_noise = np.random.default_rng(123)
+
+
+def noise(x):
+    return _noise.standard_normal((x.shape[0], 4))
+
+
+def duplicated(x):
+    return np.concatenate([x.numpy(), x.numpy()], 1)
+
+
+def one_code_for_two(x):
+    """Code 0 holds factors 1 and 2 together (a distinct value per pair); codes 1 and 2 hold factors 0 and 3."""
+    f = x.numpy()
+    return np.stack([f[:, 1] * SIZES[2] + f[:, 2], f[:, 0], f[:, 3]], 1)
+
+
+def _rng():
+    return np.random.default_rng(0)
+
+
+GROUND_TRUTH = Grid()
+
+
+@pytest.mark.parametrize("represent", [identity, permuted_rescaled], ids=["identity", "permuted"])
+def test_the_ground_truth_itself_scores_at_the_top(represent):
+    assert metrics.mig(GROUND_TRUTH, represent, _rng(), num_train=4000)["mig"] > 0.98
+    beta = metrics.beta_vae_score(GROUND_TRUTH, represent, _rng(), batch_size=32, num_train=300, num_eval=200)
+    assert beta["eval_accuracy"] == 1.0
+    factor = metrics.factor_vae_score(
+        GROUND_TRUTH, represent, _rng(), batch_size=32, num_train=300, num_eval=2000, num_variance_estimate=2000
+    )
+    if represent is identity:
+        # every factor has a code of zero variance when it is held fixed, so every vote is right
+        assert factor["eval_accuracy"] == 1.0 and factor["num_active_dims"] == 4
+    else:
+        # the code of factor 1 is scaled by 0.01: variance 1e-4 · 35/12 < 0.05, pruned before normalising (as
+        # disentanglement_lib does), so the quarter of the votes that hold factor 1 fixed cannot be right
+        assert factor["num_active_dims"] == 3
+        assert factor["eval_accuracy"] == pytest.approx(0.75, abs=0.03)
+    scores = metrics.modularity_and_explicitness(GROUND_TRUTH, represent, _rng(), num_train=3000, num_test=1000)
+    assert scores["modularity"] > 0.99 and scores["explicitness_test"] > 0.95
+
+
+def test_dci_of_the_ground_truth_constant_codes_and_duplicates():
+    truth = metrics.dci(GROUND_TRUTH, permuted_rescaled, _rng(), num_train=1000, num_test=500)
+    assert truth["disentanglement"] > 0.95 and truth["completeness"] > 0.95
+    assert truth["informativeness_test"] == 1.0
+    flat = metrics.dci(GROUND_TRUTH, constant, _rng(), num_train=1000, num_test=500)
+    assert flat["disentanglement"] == pytest.approx(0.0, abs=1e-6)
+    assert flat["completeness"] == pytest.approx(0.0, abs=1e-6)
+    # each factor's importance splits over its two copies: completeness 1 - log 2 / log 8 at best (8 codes)
+    twice = metrics.dci(GROUND_TRUTH, duplicated, _rng(), num_train=1000, num_test=500)
+    assert twice["disentanglement"] > 0.95
+    assert twice["completeness"] <= 1 - math.log(2) / math.log(8) + 0.05
+
+
+def test_dci_from_importance_matches_the_formula_on_a_hand_computed_matrix():
+    importance = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 0.0]])
+    result = metrics._dci_from_importance(importance)
+    # code 0: entropy 0 (weight 1/2); code 1: entropy 1 in base 2 (weight 1/2); code 2 carries no weight
+    assert result["disentanglement"] == pytest.approx(0.5, abs=1e-6)
+    # factor 0: (2/3, 1/3, 0) in base 3, weight 3/4; factor 1: (0, 1, 0), entropy 0, weight 1/4
+    h0 = -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3)) / math.log(3)
+    assert result["completeness"] == pytest.approx(0.75 * (1 - h0) + 0.25, abs=1e-6)
+
+
+def test_constant_codes_score_nothing():
+    assert metrics.mig(GROUND_TRUTH, constant, _rng(), num_train=2000)["mig"] == pytest.approx(0.0, abs=1e-9)
+    beta = metrics.beta_vae_score(GROUND_TRUTH, constant, _rng(), batch_size=16, num_train=400, num_eval=400)
+    assert beta["eval_accuracy"] < 1 / 4 + 0.1  # chance: four factors drawn uniformly
+    factor = metrics.factor_vae_score(GROUND_TRUTH, constant, _rng(), num_variance_estimate=500)
+    assert factor == {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0}
+    assert metrics.sap(GROUND_TRUTH, constant, _rng(), num_train=500, num_test=500)["sap"] == 0.0
+    scores = metrics.modularity_and_explicitness(GROUND_TRUTH, constant, _rng(), num_train=500, num_test=500)
+    assert scores["modularity"] == 0.0 and scores["explicitness_test"] == pytest.approx(0.5)
+
+
+def test_noise_scores_near_chance():
+    assert metrics.mig(GROUND_TRUTH, noise, _rng(), num_train=4000)["mig"] < 0.03
+    beta = metrics.beta_vae_score(GROUND_TRUTH, noise, _rng(), batch_size=16, num_train=400, num_eval=400)
+    assert beta["eval_accuracy"] < 1 / 4 + 0.1
+    assert metrics.sap(GROUND_TRUTH, noise, _rng(), num_train=1000, num_test=1000)["sap"] < 0.05
+    scores = metrics.modularity_and_explicitness(GROUND_TRUTH, noise, _rng(), num_train=2000, num_test=1000)
+    assert scores["explicitness_test"] < 0.6
+
+
+def test_a_factor_in_two_codes_has_no_gap():
+    # the two copies have the same plug-in information and the same single-code accuracy: both gaps are 0
+    assert metrics.mig(GROUND_TRUTH, duplicated, _rng(), num_train=2000)["mig"] == pytest.approx(0.0, abs=1e-12)
+    assert metrics.sap(GROUND_TRUTH, duplicated, _rng(), num_train=500, num_test=500)["sap"] == pytest.approx(0.0)
+    scores = metrics.modularity_and_explicitness(GROUND_TRUTH, duplicated, _rng(), num_train=3000, num_test=500)
+    assert scores["modularity"] > 0.99  # each code still holds one factor
+
+
+def test_one_code_for_two_factors_loses_modularity_as_derived():
+    scores = metrics.modularity_and_explicitness(GROUND_TRUTH, one_code_for_two, _rng(), num_train=6000, num_test=500)
+    # code 0 holds H(v1) = log 6 and H(v2) = log 8 (20 bins do not separate 48 values, so measure them); codes 1, 2
+    # hold one factor each
+    rng = _rng()
+    factors = GROUND_TRUTH.sample_factors(6000, rng)
+    codes = one_code_for_two(GROUND_TRUTH.observations(factors))
+    information = metrics.discrete_mutual_information(metrics.histogram_discretize(codes), factors)
+    expected = metrics.modularity(information)
+    assert scores["modularity"] == pytest.approx(expected, abs=0.02)
+    first = np.sort(information[0] ** 2)
+    assert expected < 1 - 0.9 * first[-2] / (first[-1] * 3) / 3  # the mixed code pulls the mean below 1
+    # the MIG of factors 1 and 2 is carried by the same code and measured by histogram: below the ground truth's
+    assert metrics.mig(GROUND_TRUTH, one_code_for_two, _rng(), num_train=4000)["mig"] < 0.9
+
+
+def test_modularity_of_a_hand_written_information_matrix():
+    information = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    # code 0: 1; code 1: 1 - 1 / (1 · 2) = 0.5; code 2: no information, 0
+    assert metrics.modularity(information) == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+def test_chen_mig_of_encoders_with_known_information():
+    """An encoder whose code j is factor j plus Gaussian noise of sd σ: at σ → 0 every factor is recovered, so
+    I(z_j; v_j) → H(v_j) and MIG → 1; an encoder that ignores the factors (noise only) has MIG 0 up to estimation
+    noise. Chen's estimator and the histogram one are different numbers for the same codes."""
+
+    def encoder(sd):
+        def encode(x):
+            return x.double(), torch.full_like(x.double(), sd)
+
+        return encode
+
+    sharp = metrics.mig_chen(GROUND_TRUTH, encoder(0.05), _rng(), num_points=3000)["mig_chen"]
+    assert sharp > 0.98
+
+    def blind(x):
+        return torch.zeros(x.shape[0], 4, dtype=torch.float64), torch.ones(x.shape[0], 4, dtype=torch.float64)
+
+    assert abs(metrics.mig_chen(GROUND_TRUTH, blind, _rng(), num_points=3000)["mig_chen"]) < 0.02
+    wide = metrics.mig_chen(GROUND_TRUTH, encoder(1.0), _rng(), num_points=3000)["mig_chen"]
+    assert 0.05 < wide < sharp  # noise of sd 1 on integer factors hides part of each
+
+
+def test_representation_of_a_guide_gives_means_or_draws():
+    class Guide:
+        def encode(self, x):
+            return x.sum(1, keepdim=True).repeat(1, 2), torch.ones(x.shape[0], 2)
+
+    x = torch.ones(5, 3)
+    np.testing.assert_allclose(metrics.representation(Guide())(x), np.full((5, 2), 3.0))
+    drawn = metrics.representation(Guide(), sample=True, seed=1)(x)
+    assert drawn.shape == (5, 2) and not np.allclose(drawn, 3.0)
