@@ -40,6 +40,11 @@ _EXPORTS = {
     "AggregatePosterior": "priors",
     # data
     "load_dataset": "data",
+    "DSprites": "dsprites",
+    # discrete and hierarchical latents (disentanglement metrics: the module pyroib.disentanglement)
+    "cluster_evaluation": "clustering",
+    "clustering_scores": "clustering",
+    "layer_information": "layer_information",
     # posterior inspection
     "from_run": "arviz_bridge",
     "importance_diagnostics": "diagnostics",

@@ -34,9 +34,13 @@ def cache_dir() -> Path:
 
 def _entry(source: Path, decoder: str) -> tuple[Path, Path, dict]:
     info = source.stat()
-    key_text = f"{CACHE_VERSION}:{decoder}:{source.resolve()}:{info.st_size}:{info.st_mtime_ns}"
+    return _keyed(source.name.split(".")[0], f"{decoder}:{source.resolve()}:{info.st_size}:{info.st_mtime_ns}")
+
+
+def _keyed(name: str, key_text: str) -> tuple[Path, Path, dict]:
+    key_text = f"{CACHE_VERSION}:{key_text}"
     key = hashlib.sha256(key_text.encode()).hexdigest()[:20]
-    stem = cache_dir() / f"{source.name.split('.')[0]}-{key}"
+    stem = cache_dir() / f"{name}-{key}"
     return stem.with_suffix(".npy"), stem.with_suffix(".json"), {"version": CACHE_VERSION, "source": key_text}
 
 
@@ -64,16 +68,26 @@ def cached_array(source: str | os.PathLike, decode: Callable[[], np.ndarray], de
     """``decode()`` for ``source``, read from the cache when a whole, current entry exists, else decoded and cached.
     ``decoder`` names how the file is decoded (an idx magic, say): part of the key, so another reading of the same
     file is not served this one's array."""
-    source = Path(source)
-    array_path, meta_path, expected = _entry(source, decoder)
+    return _cached(*_entry(Path(source), decoder), decode)
+
+
+def cached_generated(name: str, key: str, generate: Callable[[], np.ndarray]) -> np.ndarray:
+    """``generate()``'s array, cached under ``name`` with ``key`` (a generator's name and version) instead of a
+    source file's identity; the entry also records the array's SHA-256."""
+    return _cached(*_keyed(name, key), generate, content_hash=True)
+
+
+def _cached(array_path: Path, meta_path: Path, expected: dict, produce, content_hash: bool = False) -> np.ndarray:
     array = _read(array_path, meta_path, expected)
     if array is not None:
         return array
-    array = decode()
+    array = produce()
     try:
         array_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(array_path, lambda f: np.save(f, array, allow_pickle=False))
         meta = {**expected, "shape": list(array.shape), "dtype": str(array.dtype), "crc32": _checksum(array)}
+        if content_hash:
+            meta["sha256"] = hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
         write_text_atomic(meta_path, json.dumps(meta) + "\n")
     except OSError:  # a read-only or full cache folder: decoding each time is slower, not wrong
         pass

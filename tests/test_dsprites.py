@@ -1,0 +1,99 @@
+"""dSprites regenerated: the official order, the sprites' geometry (sizes, areas, positions, rotation sense, the
+heart's notch), and the packed, cached full set."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pyroib import dsprites
+from pyroib.decoded_cache import cache_dir
+
+
+def _one(shape, scale, orientation, x, y):
+    return dsprites.render(np.array([[shape, scale, orientation, x, y]]))[0]
+
+
+def _bounding_box(image):
+    rows, cols = image.any(1).nonzero().flatten(), image.any(0).nonzero().flatten()
+    return int(cols.max() - cols.min() + 1), int(rows.max() - rows.min() + 1)
+
+
+def test_official_order_position_y_fastest():
+    assert dsprites.IMAGES == 737_280
+    corners = np.array([[0, 0, 0, 0, 1], [0, 0, 0, 1, 0], [0, 0, 1, 0, 0], [2, 5, 39, 31, 31]])
+    assert dsprites.index_of(corners).tolist() == [1, 32, 1024, 737_279]
+    index = np.random.default_rng(0).integers(0, dsprites.IMAGES, 500)
+    assert (dsprites.index_of(dsprites.factors_of(index)) == index).all()
+
+
+@pytest.mark.parametrize("scale", range(6))
+def test_a_square_of_side_l_covers_l_squared_to_l_plus_one_squared_pixels(scale):
+    side = 20 * dsprites.factor_values()[1][scale]
+    for x, y in [(0, 0), (13, 7), (31, 20)]:
+        count = int(_one(0, scale, 0, x, y).sum())
+        assert round(side) ** 2 <= count <= (round(side) + 1) ** 2
+
+
+def test_ellipse_area_axes_and_rotation_sense():
+    for scale in (0, 5):
+        s = dsprites.factor_values()[1][scale]
+        image = _one(1, scale, 0, 16, 16)
+        a, b = 12.9 * s, 7.2 * s
+        # a pixel-centre count differs from the area by less than the perimeter
+        assert abs(int(image.sum()) - math.pi * a * b) < 2 * math.pi * a
+        width, height = _bounding_box(image)
+        assert abs(width - 2 * a) <= 1.5 and abs(height - 2 * b) <= 1.5
+    # at about 46 degrees counter-clockwise on screen the long axis rises to the right: columns grow as rows shrink
+    rows, cols = _one(1, 5, 5, 16, 16).nonzero(as_tuple=True)
+    assert np.corrcoef(cols.numpy(), rows.numpy())[0, 1] < -0.5
+    # a quarter turn (10 of 39 steps of 2π, 92 degrees) swaps the axes
+    width, height = _bounding_box(_one(1, 5, 10, 16, 16))
+    assert abs(height - 2 * 12.9) <= 2 and abs(width - 2 * 7.2) <= 2
+
+
+def test_heart_box_notch_up_and_tip_down():
+    image = _one(2, 5, 0, 16, 16)
+    assert _bounding_box(image) in {(20, 17), (21, 17), (20, 18), (21, 18)}
+    rows = image.any(1).nonzero().flatten()
+    top, bottom = image[rows.min()], image[rows.max()]
+    # the top row meets two lobes (two runs of pixels); the bottom row is the tip
+    runs = int((top[1:] & ~top[:-1]).sum() + top[0])
+    assert runs == 2 and int(bottom.sum()) <= 3
+
+
+def test_position_and_a_full_turn():
+    values = dsprites.factor_values()
+    for x, y in [(0, 0), (31, 31), (10, 25)]:
+        rows, cols = _one(0, 5, 0, x, y).nonzero(as_tuple=True)
+        # the pixel centres at column + 1/2 average to the sprite's centre 16 + 32 · position
+        assert abs(float(cols.double().mean()) + 0.5 - (16 + 32 * values[3][x])) <= 0.5
+        assert abs(float(rows.double().mean()) + 0.5 - (16 + 32 * values[4][y])) <= 0.5
+    for shape in range(3):
+        assert int((_one(shape, 3, 0, 12, 18) ^ _one(shape, 3, 39, 12, 18)).sum()) <= 2
+
+
+def test_ground_truth_draws_and_renders():
+    truth = dsprites.DSprites()
+    factors = truth.sample_factors(20, np.random.default_rng(1))
+    assert factors.shape == (20, 5) and (factors < np.array(dsprites.FACTOR_SIZES)).all()
+    images = truth.observations(factors)
+    assert images.shape == (20, 1, 64, 64) and images.dtype == torch.get_default_dtype()
+    assert set(images.unique().tolist()) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="out of range"):
+        dsprites.render(np.array([[3, 0, 0, 0, 0]]))
+
+
+def test_packed_set_is_the_rendered_images_and_is_cached_with_its_hash(monkeypatch):
+    monkeypatch.setattr(dsprites, "IMAGES", 300)
+    packed = dsprites.all_images()
+    assert packed.shape == (300, 512)
+    unpacked = np.unpackbits(packed, axis=1).reshape(300, 64, 64).astype(bool)
+    np.testing.assert_array_equal(unpacked, dsprites.render(dsprites.factors_of(np.arange(300))).numpy())
+    (meta,) = [json.loads(p.read_text()) for p in cache_dir().glob("dsprites-*.json")]
+    assert meta["sha256"] == dsprites.content_sha256(packed)
+    # a second call reads the cache instead of drawing again
+    monkeypatch.setattr(dsprites, "render", None)
+    np.testing.assert_array_equal(dsprites.all_images(), packed)
