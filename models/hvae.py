@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from pyroib.hierarchy import ENUMERATE, ConditionalLayer, layers_of, site_name, top_prior
-from pyroib.likelihoods import make_likelihood
-from pyroib.networks import Decoder
+from pyroib.likelihoods import likelihood_and_decoder
 from pyroib.plates import data_plate
 
 
@@ -55,14 +54,7 @@ class Model(nn.Module):
             ConditionalLayer(upper, lower, tuple(reversed(config.layer_hidden)), config.network)
             for lower, upper in zip(self.layers[:-1], self.layers[1:])
         )
-        self.likelihood = make_likelihood(config.likelihood, config.data_shape)
-        self.decoder = Decoder(
-            config.layer_sizes[0],
-            config.hidden,
-            config.data_shape,
-            config.network,
-            out_factor=self.likelihood.params_per_pixel,
-        )
+        self.likelihood, self.decoder = likelihood_and_decoder(config.layer_sizes[0], config)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, index=None, size=None):
         with data_plate(x, index, size):

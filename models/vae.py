@@ -17,8 +17,7 @@ import pyro
 import torch
 from torch import nn
 
-from pyroib.likelihoods import make_likelihood
-from pyroib.networks import Decoder
+from pyroib.likelihoods import likelihood_and_decoder
 from pyroib.plates import data_plate
 from pyroib.priors import StandardNormal
 
@@ -45,14 +44,7 @@ class Model(nn.Module):
         super().__init__()
         self.config = config
         self.prior = prior if prior is not None else StandardNormal(config.latent_dim)
-        self.likelihood = make_likelihood(config.likelihood, config.data_shape)
-        self.decoder = Decoder(
-            config.latent_dim,
-            config.hidden,
-            config.data_shape,
-            config.network,
-            out_factor=self.likelihood.params_per_pixel,
-        )
+        self.likelihood, self.decoder = likelihood_and_decoder(config.latent_dim, config)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, index=None, size=None):
         with data_plate(x, index, size):

@@ -93,3 +93,15 @@ def make_likelihood(name: str, data_shape: tuple[int, ...]) -> Likelihood:
     if name not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {name!r}: choose one of {', '.join(LIKELIHOODS)}")
     return LIKELIHOODS[name](data_shape)
+
+
+def likelihood_and_decoder(latent_dim: int, config) -> tuple[Likelihood, nn.Module]:
+    """p(x | z) of a program: the likelihood its config names, and the decoder from a ``latent_dim`` code to that
+    likelihood's parameters (``config.hidden``, ``config.network``, ``config.data_shape``)."""
+    from .networks import Decoder
+
+    likelihood = make_likelihood(config.likelihood, config.data_shape)
+    decoder = Decoder(
+        latent_dim, config.hidden, config.data_shape, config.network, out_factor=likelihood.params_per_pixel
+    )
+    return likelihood, decoder
