@@ -187,4 +187,61 @@ def test_refusals_name_what_enumeration_cannot_be_combined_with():
     assert "anchor weights on latent site 'z'" in message and "enumerate them in the guide" in message.lower()
     model, guide = _program("parallel")
     message = _refusal(model, guide, x, objective=TotalCorrelationELBO(latent_site="z"))
-    assert "draws once per value of an enumerated site" in message
+    assert "whose draw or prior varies with an enumerated site" in message
+
+
+class InnerPlateMixture(nn.Module):
+    """y summed out in the model; z's dimensions in a plate of their own inside the data plate."""
+
+    def __init__(self):
+        super().__init__()
+        self.logits = nn.Parameter(torch.randn(K))
+        self.means = nn.Parameter(2 * torch.randn(K, D))
+        self.decoder = nn.Linear(D, X)
+
+    def forward(self, x, y=None, index=None, size=None):
+        with pyro.plate("data", x.shape[0], dim=-1):
+            prior = dist.Categorical(logits=self.logits.expand(x.shape[0], K))
+            label = pyro.sample("y", prior, infer={"enumerate": "parallel"})
+            # enumerated, the label is (K, 1, 1): its size-1 "dims" dimension goes before the means' D is moved there
+            label = label[..., 0, :] if label.dim() > 1 else label
+            with pyro.plate("dims", D, dim=-2):
+                z = pyro.sample("z", dist.Normal(self.means[label].movedim(-1, -2), 1.0))
+            pyro.sample("x", dist.Normal(self.decoder(z.movedim(-2, -1)), 1.0).to_event(1), obs=x)
+
+
+class InnerPlateGuide(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Linear(X, 2 * D)
+
+    def forward(self, x, y=None, index=None, size=None):
+        with pyro.plate("data", x.shape[0], dim=-1):
+            h = self.encoder(x)
+            with pyro.plate("dims", D, dim=-2):
+                pyro.sample("z", dist.Normal(h[..., :D].T, nn.functional.softplus(h[..., D:]).T + 0.1))
+
+
+def test_a_dependent_site_in_an_inner_plate_gets_its_marginal_rate():
+    torch.manual_seed(0)
+    model, guide = InnerPlateMixture(), InnerPlateGuide()
+    x = torch.randn(5, X)
+    terms = _ours(model, guide, x, seed=3)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        site = pyro.poutine.trace(guide).get_trace(x).nodes["z"]
+        z = site["value"]  # (D, B)
+        per_component = [dist.Normal(model.means[k][:, None], 1.0).log_prob(z).sum(0) for k in range(K)]
+        log_prior = torch.logsumexp(torch.stack(per_component) + model.logits.log_softmax(0)[:, None], 0)
+        rate = site["fn"].log_prob(z).sum(0) - log_prior
+        distortion = -dist.Normal(model.decoder(z.T), 1.0).to_event(1).log_prob(x)
+    assert float(terms.values["rate/z"]) == pytest.approx(float(rate.mean()), rel=1e-5)
+    assert float(terms.values["elbo"]) == pytest.approx(-float((rate + distortion).mean()), rel=1e-5)
+
+
+def test_sequential_enumeration_refuses_batch_terms_and_capacity():
+    model, guide = _program("sequential")
+    x = torch.randn(6, X)
+    message = _refusal(model, guide, x, objective=TotalCorrelationELBO(latent_site="y"))
+    assert "enumerate in parallel" in message
+    assert "enumerate in parallel" in _refusal(model, guide, x, capacity=(10.0, 5.0))

@@ -100,8 +100,7 @@ def test_three_layer_hvae_trains_with_per_layer_beta_and_reports_each_layer(caps
     result = json.loads(capsys.readouterr().out)
     assert {"rate/z1", "rate/z2", "rate/z3", "layer_tc/z1", "layer_tc/z2", "layer_mi/z3"} <= set(result)
     assert result["cluster_site"] == "z3" and 0 <= result["cluster_accuracy"] <= 1
-    assert result["layer_mi/z1"] <= math.log(200) + 1e-6 and 0 <= result["layer_mi/z3"] <= math.log(5) + 1e-6
-    assert len(result["top_dims/z1"]) == 2 and result["top_mi/z1"][0] >= result["top_mi/z1"][1]
+    assert len(set(result["top_dims/z1"])) == 2 and set(result["top_dims/z1"]) <= set(range(8))
     assert math.isfinite(result["nll_iw"])
 
 
@@ -111,8 +110,10 @@ def test_gaussian_mixture_vae_in_both_placements(capsys, tmp_path, summed_in):
     argv = ["train", "--model", "gmvae", *TINY, "--hidden", "32", "--summed-in", summed_in, "--out", str(run)]
     assert main(argv) == 0, capsys.readouterr().err
     row = read_jsonl(run / "metrics.jsonl")[-1]
-    # the cluster has a rate of its own only where the guide infers it
+    # the cluster has a rate of its own only where the guide infers it; the loss is the sum of the logged terms
     assert ("train_rate/z2" in row) == (summed_in == "guide")
+    assert row["train_loss"] == pytest.approx(row["train_distortion"] + row["train_rate"], rel=1e-5)
+    assert row["train_rate"] == pytest.approx(row["train_rate/z1"] + row.get("train_rate/z2", 0.0), rel=1e-5)
     capsys.readouterr()
     assert main(["evaluate", str(run), "--json", "--device", "cpu", "--iw-samples", "5"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -193,3 +194,51 @@ def test_python_specs_start_from_the_architecture_defaults_the_command_uses():
         for name in ("beta", "binarize", "batch_size", "lr", "epochs"):
             assert getattr(from_python, name) == getattr(from_cli, name), (model, name)
     assert RunSpec.for_model("hvae", batch_size=64).batch_size == 64
+
+
+@pytest.mark.parametrize("model, flags", [("hvae", []), ("gmvae", ["--summed-in", "model"])])
+def test_batch_level_objectives_refuse_a_code_whose_prior_depends_on_the_cluster(capsys, tmp_path, model, flags):
+    argv = ["train", "--model", model, *TINY, *flags, "--objective", "beta-tcvae", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "whose draw or prior varies with an enumerated site" in err and len(err.strip().splitlines()) == 1
+
+
+class _Duplicated:
+    """Two binary pixels that are always equal (TC(x) = H(x_1) = log 2), a code z1 that copies the first pixel
+    ``copies`` times (sd 0.01), and a decoder that reads the pixel back exactly."""
+
+    def __init__(self, copies):
+        from pyroib.hierarchy import Layer
+
+        self.layers = [Layer(copies, "gaussian")]
+        self.copies = copies
+
+    def likelihood(self, logits):
+        import pyro.distributions as dist
+
+        return dist.Bernoulli(logits=logits).to_event(3)
+
+    def decoder(self, z):
+        return (40 * (z[:, :1] - 0.5)).expand(-1, 2).reshape(-1, 1, 1, 2)
+
+    def encode(self, x):
+        loc = x.reshape(-1, 2)[:, :1].expand(-1, self.copies)
+        return loc, torch.full_like(loc, 0.01)
+
+
+@pytest.mark.parametrize("copies", [1, 2])
+def test_corex_term_of_a_known_code(copies):
+    """One copy: Σ_i I(x_i; z) = 2 log 2 and Σ_j I(z_j; x) = log 2, so the term is TC(x) = log 2. Two copies of the
+    same code: Σ_j I(z_j; x) = 2 log 2 and the term is 0; subtracting the joint I(x; z) = log 2 instead would read
+    log 2 again, more than the layer explains."""
+    from pyroib.layer_information import layer_information
+
+    pixel = torch.bernoulli(torch.full((1000, 1), 0.5), generator=torch.Generator().manual_seed(0))
+    x = pixel.expand(-1, 2).reshape(-1, 1, 1, 2).contiguous()
+    program = _Duplicated(copies)
+    result = layer_information(program, program, x, max_points=1000)
+    expected = math.log(2) if copies == 1 else 0.0
+    assert result["corex_term/z1"] == pytest.approx(expected, abs=0.02)
+    assert result["layer_mi/z1"] == pytest.approx(math.log(2), abs=0.02)
+    assert result["corex_bound"] <= math.log(2) + 0.02

@@ -306,13 +306,22 @@ class InfoELBO(Trace_ELBO):
             correction = gamma * (weighted_rate - target * size).abs() - weighted_rate
             loss = loss + correction
             surrogate = surrogate + correction
-        if isinstance(densities, Enumerated) and type(self).information_terms is not InfoELBO.information_terms:
-            site = guide_trace.nodes[self.latent_site_of(model_trace, guide_trace)]
-            if densities.depends_on_enumeration(site, self.max_plate_nesting):
+        extra_terms = type(self).information_terms is not InfoELBO.information_terms
+        if isinstance(densities, Enumerated) and densities.sequential and (extra_terms or capacity is not None):
+            raise ValueError(
+                "sequential enumeration spreads each data point's values over several traces, so batch-level terms "
+                "and capacity control (which need the whole rate at once) cannot see them: enumerate in parallel"
+            )
+        if isinstance(densities, Enumerated) and extra_terms:
+            name = self.latent_site_of(model_trace, guide_trace)
+            site, prior = guide_trace.nodes[name], model_trace.nodes[name]
+            if densities.depends_on_enumeration(site, self.max_plate_nesting) or (
+                prior["unscaled_log_prob"].dim() > self.max_plate_nesting or name in densities.marginal
+            ):
                 raise ValueError(
-                    f"{type(self).__name__} reads latent site {site['name']!r}, which the guide draws once per "
-                    "value of an enumerated site: batch-level terms need one draw per data point. Name a site drawn "
-                    "before the enumerated ones with --latent-site"
+                    f"{type(self).__name__} reads latent site {name!r}, whose draw or prior varies with an enumerated "
+                    "site: batch-level terms need one draw and one prior per data point. Name a site drawn before "
+                    "the enumerated ones, with a prior that does not depend on them, with --latent-site"
                 )
         for name, (weight, value) in self.information_terms(model_trace, guide_trace, size, context).items():
             values[name] = value.detach()
@@ -356,8 +365,12 @@ class InfoELBO(Trace_ELBO):
             return per_dim.sum(), per_dim if want_per_dim else None
         if analytic:
             diff = kl_divergence(guide_site["fn"], model_site["fn"])
+        elif marginal:
+            # the chain-rule piece is one number per enumerated value and data point; the guide's density may have
+            # further plates: reduce it alike before the two meet
+            diff = densities.within_plates(guide_site["unscaled_log_prob"], guide_site) - densities.marginal[name]
         else:
-            diff = guide_site["unscaled_log_prob"] - densities.log_prob(name, model_site, unscaled=True)
+            diff = guide_site["unscaled_log_prob"] - model_site["unscaled_log_prob"]
         return densities.expect(diff.detach() * weight, guide_site).detach(), None
 
     def _traces(self, model, guide, args, kwargs):

@@ -103,6 +103,13 @@ class Enumerated:
             if _enumerated(site):
                 log_weight = site["unscaled_log_prob"] if log_weight is None else log_weight + site["unscaled_log_prob"]
         self.weight = None if log_weight is None else log_weight.exp()
+        self.guide_dims = [
+            site["infer"]["_enumerate_dim"]
+            for site in guide_sites.values()
+            if site["infer"].get("_enumerate_dim") is not None
+        ]
+        # sequential enumeration spreads one particle's values over several trace pairs
+        self.sequential = any("_enum_total" in site["infer"] for site in guide_sites.values())
         self.marginal = self._split_model_only(model_sites, guide_sites)
 
     def _split_model_only(self, model_sites, guide_sites) -> dict[str, torch.Tensor]:
@@ -122,11 +129,8 @@ class Enumerated:
             return any(tensor.dim() >= -d and tensor.shape[d] > 1 for d in dims)
 
         def masked(site):
-            log_p = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
             # plates the enumerated sites are not in are summed before the log-sum-exp: Σ_y Π_pixels, not Π Σ
-            extra = [f.dim for f in site["cond_indep_stack"] if f.vectorized and f.name not in self.plates]
-            extra = [d for d in extra if log_p.dim() >= -d]
-            return log_p.sum(extra, keepdim=True) if extra else log_p
+            return self.within_plates(scale_and_mask(site["unscaled_log_prob"], mask=site["mask"]), site)
 
         running = sum(masked(site) for site in summed.values())
         previous = torch.logsumexp(running, dims, keepdim=True)
@@ -153,6 +157,12 @@ class Enumerated:
             previous = current
         return pieces
 
+    def within_plates(self, tensor, site):
+        """A site's tensor summed over the plates the enumerated sites are not in (kept as size-1 dims)."""
+        extra = [f.dim for f in site["cond_indep_stack"] if f.vectorized and f.name not in self.plates]
+        extra = [d for d in extra if tensor.dim() >= -d]
+        return tensor.sum(extra, keepdim=True) if extra else tensor
+
     def depends_on_enumeration(self, site, max_plate_nesting: int) -> bool:
         """Whether a site's value was drawn once per enumerated value (its batch has dims left of the plates)."""
         value = site["value"]
@@ -160,7 +170,14 @@ class Enumerated:
 
     def expect(self, tensor, site) -> torch.Tensor:
         """Σ over the site's batch of E_q[tensor] over the enumerated values (q: the guide's enumerated sites)."""
-        if self.weight is None or not self.plates <= _plates(site):
+        if self.weight is None:
+            return tensor.sum()
+        if not self.plates <= _plates(site):
+            if any(torch.is_tensor(tensor) and tensor.dim() >= -d and tensor.shape[d] > 1 for d in self.guide_dims):
+                raise ValueError(
+                    f"site {site['name']!r} lies outside the plates of the enumerated sites but depends on their "
+                    "values; put it inside the same plates"
+                )
             return tensor.sum()
         return (self.weight * tensor).sum()
 
