@@ -269,16 +269,13 @@ def from_run(
     ``point`` coordinate. The model and guide are used without bottleneck weights: the posterior is that of the
     generative model itself, whatever β the run was trained with.
     """
-    from .data import load_dataset
+    from .data import load_spec_dataset
     from .run import load_run
 
     if not hasattr(run, "guide"):
         run = load_run(run, device)
     if splits is None:
-        spec = run.spec
-        splits = load_dataset(
-            spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size, device=run.device
-        )
+        splits = load_spec_dataset(run.spec, run.device)
     x, y = splits.split(split)
     if isinstance(points, (int, np.integer)) and not isinstance(points, bool):
         if points < 1:

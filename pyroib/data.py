@@ -47,7 +47,7 @@ IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 _IDX_UBYTE = 0x08
 # Distinct streams derived from one user seed, so e.g. the val size never shifts the binarisation.
-_STREAM = {"val": 1, "test": 2, "train": 3, "carve": 4, "digits-test": 5, "synthetic": 6}
+_STREAM = {"val": 1, "test": 2, "train": 3, "carve": 4, "digits-test": 5, "synthetic": 6, "train-size": 7}
 
 
 class DataError(ValueError):
@@ -316,6 +316,18 @@ def _as_int(value, what: str) -> int:
         raise TypeError(f"{what} must be an integer, got {value!r}") from None
 
 
+def load_spec_dataset(spec, device="cpu", binarize: str | None = None) -> DataSplits:
+    """The splits a run's spec names (its data set, files, binarisation, validation and training sizes)."""
+    return load_dataset(
+        spec.dataset,
+        data_dir=spec.data_dir,
+        binarize=spec.binarize if binarize is None else binarize,
+        val_size=spec.val_size,
+        train_size=spec.train_size,
+        device=device,
+    )
+
+
 def load_dataset(
     name: str,
     *,
@@ -324,12 +336,15 @@ def load_dataset(
     val_size: int | None = None,
     device="cpu",
     seed: int = 0,
+    train_size: int | None = None,
 ) -> DataSplits:
     """Load ``name`` and return its splits on ``device``.
 
     Validation images are the last ``val_size`` entries of a permutation of the training pool drawn
     from ``seed`` (kept in their original order); the default is the dataset's own (5,000 for
-    Fashion-MNIST, 10% of the pool otherwise). ``data_dir`` only matters for Fashion-MNIST.
+    Fashion-MNIST, 10% of the pool otherwise). ``train_size`` keeps that many of the remaining training images, a
+    seeded random subset in their original order, for quick runs (validation and test splits are unchanged).
+    ``data_dir`` only matters for Fashion-MNIST.
     """
     if name not in _LOADERS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(_LOADERS)}")
@@ -348,6 +363,15 @@ def load_dataset(
         )
     order = torch.randperm(n_pool, generator=_generator(seed, "carve"))
     index = {"train": order[: n_pool - val_size].sort().values, "val": order[n_pool - val_size :].sort().values}
+    if train_size is not None:
+        train_size = _as_int(train_size, "train_size")
+        if not 1 <= train_size <= len(index["train"]):
+            raise DataError(
+                f"train_size={train_size} does not fit {name}'s {len(index['train'])} training images (after the "
+                f"{val_size} validation images); pass a train_size from 1 to {len(index['train'])}"
+            )
+        keep = torch.randperm(len(index["train"]), generator=_generator(seed, "train-size"))[:train_size]
+        index["train"] = index["train"][keep.sort().values]
     images = {"train": raw.train_x[index["train"]], "val": raw.train_x[index["val"]], "test": raw.test_x}
     labels = {"train": raw.train_y[index["train"]], "val": raw.train_y[index["val"]], "test": raw.test_y}
     once = {"none": (), "static": SPLIT_NAMES, "dynamic": ("val", "test")}[binarize]

@@ -208,12 +208,9 @@ def prior_site(run, x: torch.Tensor, y=None) -> str:
 
 
 def load_splits(run):
-    from .data import load_dataset
+    from .data import load_spec_dataset
 
-    spec = run.spec
-    return load_dataset(
-        spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size, device=run.device
-    )
+    return load_spec_dataset(run.spec, run.device)
 
 
 def evaluate_run(

@@ -152,12 +152,9 @@ def sample_fid(
     prior = run.model.prior if prior is None else prior
     network = load_feature_network(run.device)
     if reference_features is None and reference is None:
-        from .data import load_dataset
+        from .data import load_spec_dataset
 
-        spec = run.spec
-        reference = load_dataset(
-            spec.dataset, data_dir=spec.data_dir, binarize="none", val_size=spec.val_size, device=run.device
-        ).test
+        reference = load_spec_dataset(run.spec, run.device, binarize="none").test
     if reference_features is None:
         reference_features = image_features(reference, network)
     torch.manual_seed(seed)

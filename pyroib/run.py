@@ -49,6 +49,9 @@ class RunSpec:
     data_dir: str | None = _option(None, "directory holding the dataset's files")
     binarize: str = _option("dynamic", "none, static or dynamic (resampled every pass)")
     val_size: int | None = _option(None, "validation points carved from the training split", type=int)
+    train_size: int | None = _option(
+        None, "train on a seeded random subset of this many training points (quick runs)", type=int
+    )
     prior: str = _option("standard", "standard, learned, mixture, vamp or flow")
     prior_options: dict = _option(dict, "the prior's options", cli=False)
     objective_options: dict = _option(dict, "the objective's options", cli=False)

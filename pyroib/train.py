@@ -264,11 +264,9 @@ def train(
         )
     device = resolve_device(spec.device)
     if splits is None:
-        from .data import load_dataset
+        from .data import load_spec_dataset
 
-        splits = load_dataset(
-            spec.dataset, data_dir=spec.data_dir, binarize=spec.binarize, val_size=spec.val_size, device=device
-        )
+        splits = load_spec_dataset(spec, device)
     program = program_of(read_spec(out), out) if resume else resolve(spec.model)
     if program.source is not None and not resume:
         spec = dataclasses.replace(spec, model=str(program.source), model_sha256=program.sha256)

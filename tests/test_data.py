@@ -320,3 +320,31 @@ def test_real_fashion_mnist_from_the_debian_package():
     assert torch.equal(pool.bincount(), torch.full((10,), 6_000))
     assert torch.equal(splits.test_labels.bincount(), torch.full((10,), 1_000))
     assert splits.train.max() == 1.0 and splits.train.min() == 0.0
+
+
+def test_train_size_keeps_a_seeded_subset_of_the_training_split_in_order():
+    from pyroib.data import DataError, load_dataset
+
+    full = load_dataset("digits", binarize="none")
+    small = load_dataset("digits", binarize="none", train_size=100)
+    assert small.train.shape[0] == 100
+    assert torch.equal(small.val, full.val) and torch.equal(small.test, full.test)
+    # every kept image is a training image, in the training split's order
+    positions = [int((full.train == image).flatten(1).all(1).nonzero()[0]) for image in small.train]
+    assert positions == sorted(positions) and len(set(positions)) == 100
+    assert torch.equal(load_dataset("digits", binarize="none", train_size=100).train, small.train)
+    with pytest.raises(DataError, match="train_size=5000 does not fit"):
+        load_dataset("digits", train_size=5000)
+
+
+def test_train_size_reaches_the_run_and_its_evaluation(tmp_path, capsys):
+    import json
+
+    from pyroib.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--dataset", "digits", "--train-size", "64", "--epochs", "1", "--batch-size", "32"]
+    assert main([*argv, "--device", "cpu", "--no-progress", "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["train_size"] == 64
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(rows[-1])["step"] == 2  # 64 points in batches of 32
