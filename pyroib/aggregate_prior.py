@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .data import as_images
 from .estimators import logsumexp_floored
 from .evaluate import load_splits
 from .priors import AggregatePosterior
@@ -47,11 +48,11 @@ def training_encodings(run, limit: int | None = None, batch_size: int = 1000, se
     run.capabilities.require("encode", "encoding the training split")
     splits = load_splits(run)
     x = splits.train if limit is None else splits.train[:limit]
-    if run.spec.binarize == "dynamic":
+    if run.spec.binarize == "dynamic" and x.is_floating_point():  # a data set kept as bytes is binary already
         coin = torch.Generator(device=x.device).manual_seed(seed)
         x = torch.bernoulli(x, generator=coin)
     with torch.no_grad():
-        parts = [run.guide.encode(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        parts = [run.guide.encode(as_images(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 

@@ -47,16 +47,32 @@ IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 _IDX_UBYTE = 0x08
 # Distinct streams derived from one user seed, so e.g. the val size never shifts the binarisation.
-_STREAM = {"val": 1, "test": 2, "train": 3, "carve": 4, "digits-test": 5, "synthetic": 6, "train-size": 7}
+_STREAM = {
+    "val": 1,
+    "test": 2,
+    "train": 3,
+    "carve": 4,
+    "digits-test": 5,
+    "synthetic": 6,
+    "train-size": 7,
+    "dsprites-test": 8,
+}
 
 
 class DataError(ValueError):
     """A data problem the user can fix (missing or corrupt files, bad names or sizes)."""
 
 
+def as_images(x: torch.Tensor) -> torch.Tensor:
+    """Images as the networks read them: a binary data set kept as uint8 (dSprites: 737,280 images, 3 GB as bytes,
+    12 GB as float32) becomes float, a batch at a time."""
+    return x.to(torch.get_default_dtype()) if x.dtype == torch.uint8 else x
+
+
 @dataclass(frozen=True)
 class DataSplits:
-    """Train, validation and test images (float32 in [0, 1], (N, C, H, W)) with int64 labels."""
+    """Train, validation and test images ((N, C, H, W) float32 in [0, 1], or uint8 0/1 for a large binary data
+    set: read them through :meth:`split`, :class:`BatchIterator` or :func:`as_images`) with int64 labels."""
 
     name: str
     train: torch.Tensor
@@ -80,7 +96,8 @@ class DataSplits:
         }
         if name not in pairs:
             raise DataError(f"unknown split {name!r}; use one of {', '.join(pairs)}")
-        return pairs[name]
+        images, labels = pairs[name]
+        return as_images(images), labels
 
 
 class _Raw(NamedTuple):
@@ -296,10 +313,28 @@ def _load_synthetic(data_dir, seed: int) -> _Raw:
     )
 
 
+DSPRITES_TEST_SIZE = 10_000
+
+
+def _load_dsprites(data_dir, seed: int) -> _Raw:
+    """dSprites rendered by :mod:`pyroib.dsprites` (cached after the first use), kept as bytes. It has no official
+    split: 10,000 images drawn with a fixed seed are the test set, the rest the training pool. Labels are the shape;
+    every image's five factors follow from its index (:func:`pyroib.dsprites.factors_of`)."""
+    from . import dsprites
+
+    packed = dsprites.all_images()
+    images = torch.from_numpy(np.unpackbits(packed, axis=1).reshape(-1, 1, dsprites.SIZE, dsprites.SIZE))
+    shapes = torch.from_numpy(dsprites.factors_of(np.arange(len(packed)))[:, 0].astype(np.int64))
+    order = torch.randperm(len(packed), generator=_generator(0, "dsprites-test"))
+    test, pool = order[:DSPRITES_TEST_SIZE].sort().values, order[DSPRITES_TEST_SIZE:].sort().values
+    return _Raw(images[pool], shapes[pool], images[test], shapes[test], 3, default_val_size=10_000)
+
+
 _LOADERS: dict[str, Callable[..., _Raw]] = {
     "fashion-mnist": _load_fashion_mnist,
     "digits": _load_digits,
     "synthetic": _load_synthetic,
+    "dsprites": _load_dsprites,
 }
 
 
@@ -374,7 +409,12 @@ def load_dataset(
         index["train"] = index["train"][keep.sort().values]
     images = {"train": raw.train_x[index["train"]], "val": raw.train_x[index["val"]], "test": raw.test_x}
     labels = {"train": raw.train_y[index["train"]], "val": raw.train_y[index["val"]], "test": raw.test_y}
-    once = {"none": (), "static": SPLIT_NAMES, "dynamic": ("val", "test")}[binarize]
+    # a data set stored as bytes is binary already: Bernoulli(x) = x
+    once = (
+        {"none": (), "static": SPLIT_NAMES, "dynamic": ("val", "test")}[binarize]
+        if raw.train_x.is_floating_point()
+        else ()
+    )
     for split in once:
         images[split] = torch.bernoulli(images[split], generator=_generator(seed, split))
     device = torch.device(device)
@@ -419,8 +459,8 @@ class BatchIterator:
     def __iter__(self):
         train, labels = self.splits.train, self.splits.train_labels
         order = torch.randperm(train.shape[0], generator=self.generator).to(train.device)
-        resample = self.splits.binarize == "dynamic"
+        resample = self.splits.binarize == "dynamic" and train.is_floating_point()
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
-            x = train.index_select(0, index)
+            x = as_images(train.index_select(0, index))
             yield (torch.bernoulli(x) if resample else x), labels.index_select(0, index), index

@@ -1,9 +1,10 @@
 """Encoder and decoder networks sized from a model's config (never from literals such as 784).
 
-Three families: ``mlp`` (flatten, fully connected, any data shape), ``gated`` (the same with gated hidden layers,
+Four families: ``mlp`` (flatten, fully connected, any data shape), ``gated`` (the same with gated hidden layers,
 h = (W x + b) * sigmoid(V x + c), as in the VampPrior and Exemplar VAE code behind the published Fashion-MNIST
-anchors) and ``conv`` (stride-2 convolutions for images whose height and width are divisible by
-``2 ** len(hidden)``). Encoders return the parameters of a diagonal
+anchors), ``conv`` (stride-2 convolutions for images whose height and width are divisible by
+``2 ** len(hidden)``), and ``burgess``, the fixed 64 x 64 networks of Burgess et al. 2018 and disentanglement_lib
+(dSprites; ``hidden`` does not apply). Encoders return the parameters of a diagonal
 Gaussian; decoders return unconstrained parameters with the data's shape (channels multiplied by ``out_factor``
 when a likelihood needs more than one parameter per pixel).
 """
@@ -16,7 +17,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-NETWORKS = ("mlp", "gated", "conv")
+NETWORKS = ("mlp", "gated", "conv", "burgess")
+# Burgess et al. 2018 / disentanglement_lib's 64 x 64 networks: four 4x4 stride-2 convolutions of 32, 32, 64, 64
+# channels, a 256-unit layer, ReLU throughout (the decoder mirrors it with transposed convolutions); fixed sizes
+BURGESS_CHANNELS, BURGESS_UNITS, BURGESS_SIDE = (32, 32, 64, 64), 256, 64
 _FULLY_CONNECTED = ("mlp", "gated")
 
 
@@ -51,6 +55,11 @@ def _check(network: str, data_shape: tuple[int, ...], hidden: tuple[int, ...]) -
         raise ValueError(f"unknown network {network!r}: choose one of {', '.join(NETWORKS)}")
     if not hidden or any(h < 1 for h in hidden):
         raise ValueError(f"hidden sizes must be positive integers, got {hidden!r}")
+    if network == "burgess" and (len(data_shape) != 3 or tuple(data_shape[1:]) != (BURGESS_SIDE, BURGESS_SIDE)):
+        raise ValueError(
+            f"the burgess network reads 64 x 64 images (dSprites), got shape {tuple(data_shape)}; use --network conv "
+            "or mlp"
+        )
     if network == "conv":
         if len(data_shape) != 3:
             raise ValueError(f"the conv network needs (C, H, W) data, got shape {data_shape}; use --network mlp")
@@ -69,6 +78,16 @@ class GaussianEncoder(nn.Module):
         super().__init__()
         _check(network, data_shape, hidden)
         self.data_shape = tuple(data_shape)
+        if network == "burgess":
+            convs: list[nn.Module] = []
+            channels = data_shape[0]
+            for c in BURGESS_CHANNELS:
+                convs += [nn.Conv2d(channels, c, 4, stride=2, padding=1), nn.ReLU()]
+                channels = c
+            side = BURGESS_SIDE // 2 ** len(BURGESS_CHANNELS)
+            self.body = nn.Sequential(*convs, nn.Flatten(), nn.Linear(channels * side * side, BURGESS_UNITS), nn.ReLU())
+            self.head = nn.Linear(BURGESS_UNITS, 2 * out_dim)
+            return
         if network in _FULLY_CONNECTED:
             self.body = nn.Sequential(
                 nn.Flatten(), _mlp([math.prod(data_shape), *hidden], final_activation=True, gated=network == "gated")
@@ -110,6 +129,23 @@ class Decoder(nn.Module):
         _check(network, data_shape, hidden)
         self.out_shape = (data_shape[0] * out_factor, *data_shape[1:])
         self.network = network
+        if network == "burgess":
+            side = BURGESS_SIDE // 2 ** len(BURGESS_CHANNELS)
+            rev = list(reversed(BURGESS_CHANNELS))
+            layers: list[nn.Module] = [
+                nn.Linear(latent_dim, BURGESS_UNITS),
+                nn.ReLU(),
+                nn.Linear(BURGESS_UNITS, rev[0] * side * side),
+                nn.ReLU(),
+                nn.Unflatten(-1, (rev[0], side, side)),
+            ]
+            for i, c in enumerate(rev):
+                out = rev[i + 1] if i + 1 < len(rev) else self.out_shape[0]
+                layers.append(nn.ConvTranspose2d(c, out, 4, stride=2, padding=1))
+                if i + 1 < len(rev):
+                    layers.append(nn.ReLU())
+            self.body = nn.Sequential(*layers)
+            return
         if network in _FULLY_CONNECTED:
             self.body = _mlp([latent_dim, *reversed(hidden), math.prod(self.out_shape)], gated=network == "gated")
         else:

@@ -45,7 +45,7 @@ class RunSpec:
 
     model: str = _option("vae", "architecture or program name, or PATH.py of your own model")
     model_config: dict = _option(dict, "the program's Config fields", cli=False)
-    dataset: str = _option("digits", "fashion-mnist, digits or synthetic")
+    dataset: str = _option("digits", "fashion-mnist, digits, synthetic or dsprites")
     data_dir: str | None = _option(None, "directory holding the dataset's files")
     binarize: str = _option("dynamic", "none, static or dynamic (resampled every pass)")
     val_size: int | None = _option(None, "validation points carved from the training split", type=int)
@@ -288,7 +288,9 @@ def initialise_pseudo_inputs(built: SimpleNamespace, train_x: torch.Tensor) -> N
             f"split has {train_x.shape[0]}"
         )
     chosen = torch.randperm(train_x.shape[0], generator=torch.Generator().manual_seed(built.spec.seed))[:k]
-    prior.set_pseudo_inputs(train_x[chosen.to(train_x.device)])
+    from .data import as_images
+
+    prior.set_pseudo_inputs(as_images(train_x[chosen.to(train_x.device)]))
 
 
 def warm_start(built: SimpleNamespace, source: str | Path) -> dict[str, list[str]]:

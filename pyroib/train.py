@@ -35,7 +35,7 @@ from .checkpoint import (
     truncate_jsonl,
     write_json,
 )
-from .data import BatchIterator, DataSplits
+from .data import BatchIterator, DataSplits, as_images
 from .evaluate import split_terms
 from .handlers import bottleneck, validate_weights
 from .objectives.enumeration import is_annotated
@@ -214,7 +214,7 @@ def preflight(built, splits: DataSplits, spec: RunSpec, anchors=None) -> list[st
     program contract (:mod:`pyroib.program`) refused with one line, never a silently wrong run. Returns the latent
     site names."""
     n = min(spec.batch_size, splits.train.shape[0])
-    x, y = splits.train[:n], splits.train_labels[:n]
+    x, y = as_images(splits.train[:n]), splits.train_labels[:n]
     if splits.binarize == "dynamic":
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             x = torch.bernoulli(x)
@@ -291,7 +291,9 @@ def train(
                     + (f"; not used: {', '.join(summary['ignored'])}" if summary["ignored"] else "")
                 )
     if built.capabilities.check_data:
-        model.check_data(splits.train, splits.binarize)
+        # a data set kept as bytes is binary by construction: a sample of it stands for the whole
+        train = splits.train if splits.train.is_floating_point() else as_images(splits.train[:10_000])
+        model.check_data(train, splits.binarize)
     batches = BatchIterator(
         splits, spec.batch_size, torch.Generator().manual_seed(spec.seed), drop_last=objective.min_batch_size > 1
     )

@@ -301,7 +301,7 @@ def test_bad_arguments_raise_value_errors_saying_what_to_use(kwargs, match):
 
 
 def test_dataset_names_and_unknown_split():
-    assert dataset_names() == ["fashion-mnist", "digits", "synthetic"]
+    assert dataset_names() == ["fashion-mnist", "digits", "synthetic", "dsprites"]
     with pytest.raises(ValueError, match="train, val, test"):
         load_dataset("synthetic").split("validation")
     assert issubclass(DataError, ValueError)

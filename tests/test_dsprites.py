@@ -97,3 +97,40 @@ def test_packed_set_is_the_rendered_images_and_is_cached_with_its_hash(monkeypat
     # a second call reads the cache instead of drawing again
     monkeypatch.setattr(dsprites, "render", None)
     np.testing.assert_array_equal(dsprites.all_images(), packed)
+
+
+def _small_dsprites(monkeypatch, images=3000, test=500):
+    from pyroib import data
+
+    monkeypatch.setattr(dsprites, "IMAGES", images)
+    monkeypatch.setattr(data, "DSPRITES_TEST_SIZE", test)
+
+
+def test_dsprites_loads_as_bytes_and_reads_as_float(monkeypatch):
+    from pyroib.data import BatchIterator, load_dataset
+
+    _small_dsprites(monkeypatch)
+    splits = load_dataset("dsprites", binarize="dynamic", val_size=300, train_size=1000)
+    assert splits.train.dtype == torch.uint8 and splits.train.shape == (1000, 1, 64, 64)
+    assert (splits.val.shape[0], splits.test.shape[0], splits.n_classes) == (300, 500, 3)
+    test, labels = splits.split("test")
+    assert test.dtype == torch.get_default_dtype() and set(test.unique().tolist()) <= {0.0, 1.0}
+    assert labels.tolist() == [0] * 500  # the first 3,000 images of the official order are all squares
+    x, _, index = next(iter(BatchIterator(splits, 64, torch.Generator().manual_seed(0))))
+    # binary images are not resampled by dynamic binarisation: the batch is the stored images, as float
+    assert x.dtype == torch.get_default_dtype() and torch.equal(x, splits.train[index].float())
+
+
+def test_a_vae_trains_on_dsprites_from_the_command_line(monkeypatch, tmp_path, capsys):
+    from pyroib.cli import main
+
+    _small_dsprites(monkeypatch)
+    run = tmp_path / "run"
+    argv = ["train", "--dataset", "dsprites", "--train-size", "256", "--val-size", "100", "--epochs", "1"]
+    argv += ["--hidden", "32", "--latent-dim", "4", "--batch-size", "64", "--device", "cpu", "--no-progress"]
+    assert main([*argv, "--out", str(run)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    evaluate = ["evaluate", str(run), "--json", "--device", "cpu", "--iw-samples", "2", "--full-data-points", "100"]
+    assert main(evaluate) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 500 and math.isfinite(result["elbo"])

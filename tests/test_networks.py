@@ -71,3 +71,17 @@ def test_bernoulli_on_grey_levels_is_an_error_with_a_hint():
     lik.check_data(torch.full((3, 1, 2, 2), 0.5), "dynamic")  # resampled to {0, 1} every pass: fine
     with pytest.raises(ValueError, match="unknown likelihood"):
         make_likelihood("poisson", (1, 2, 2))
+
+
+def test_burgess_networks_have_the_published_layout():
+    from pyroib.networks import Decoder, GaussianEncoder
+
+    encoder = GaussianEncoder((1, 64, 64), (400,), 10, "burgess")
+    decoder = Decoder(10, (400,), (1, 64, 64), "burgess")
+    convs = [m for m in encoder.body if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 32, 64, 64] and all(c.stride == (2, 2) for c in convs)
+    x = torch.rand(5, 1, 64, 64)
+    loc, scale = encoder(x)
+    assert loc.shape == (5, 10) and bool((scale > 0).all()) and decoder(loc).shape == (5, 1, 64, 64)
+    with pytest.raises(ValueError, match="reads 64 x 64 images"):
+        GaussianEncoder((1, 28, 28), (400,), 10, "burgess")
