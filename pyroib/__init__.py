@@ -44,7 +44,6 @@ _EXPORTS = {
     # discrete and hierarchical latents (disentanglement metrics: the module pyroib.disentanglement)
     "cluster_evaluation": "clustering",
     "clustering_scores": "clustering",
-    "layer_information": "layer_information",
     # posterior inspection
     "from_run": "arviz_bridge",
     "importance_diagnostics": "diagnostics",

@@ -25,6 +25,7 @@ it in pyroib's cache folder with its SHA-256.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 
@@ -60,6 +61,7 @@ def factors_of(index: np.ndarray) -> np.ndarray:
     return np.stack(np.unravel_index(np.asarray(index), FACTOR_SIZES), -1)
 
 
+@functools.lru_cache(maxsize=1)
 def _heart_mask(resolution: int = 1024) -> torch.Tensor:
     """Inside-test of the unit heart (box [-1, 1]², notch up) on a fine grid, from its outline by matplotlib's
     point-in-polygon test; rendering looks points up in it."""
@@ -74,9 +76,6 @@ def _heart_mask(resolution: int = 1024) -> torch.Tensor:
     gx, gy = np.meshgrid(grid, grid)  # rows: y from -1 (bottom) upwards
     inside = Path(np.stack([x, y], 1)).contains_points(np.stack([gx.ravel(), gy.ravel()], 1))
     return torch.from_numpy(inside.reshape(resolution, resolution))
-
-
-_HEART: dict[str, torch.Tensor] = {}
 
 
 def render(factors: np.ndarray) -> torch.Tensor:
@@ -101,7 +100,7 @@ def render(factors: np.ndarray) -> torch.Tensor:
     images[square] = (u[square].abs() <= 10 * scale[square]) & (v[square].abs() <= 10 * scale[square])
     images[ellipse] = (u[ellipse] / (12.9 * scale[ellipse])) ** 2 + (v[ellipse] / (7.2 * scale[ellipse])) ** 2 <= 1
     if heart.any():
-        mask = _HEART.setdefault("mask", _heart_mask())
+        mask = _heart_mask()
         resolution = mask.shape[0]
         hu = u[heart] / (10 * scale[heart])  # the box's half-width 10, half-height 8.5, at scale 1
         hv = v[heart] / (8.5 * scale[heart])

@@ -134,3 +134,27 @@ def test_a_vae_trains_on_dsprites_from_the_command_line(monkeypatch, tmp_path, c
     assert main(evaluate) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 500 and math.isfinite(result["elbo"])
+
+
+def test_evaluate_disentanglement_on_a_dsprites_run_and_its_refusal_elsewhere(monkeypatch, tmp_path, capsys):
+    from pyroib.cli import main
+    from pyroib.disentanglement import DISENTANGLEMENT_KEYS
+
+    _small_dsprites(monkeypatch)
+    run = tmp_path / "run"
+    argv = ["train", "--dataset", "dsprites", "--train-size", "128", "--val-size", "64", "--epochs", "1"]
+    argv += ["--hidden", "16", "--latent-dim", "3", "--batch-size", "64", "--device", "cpu", "--no-progress"]
+    assert main([*argv, "--out", str(run)]) == 0
+    capsys.readouterr()
+    evaluate = ["evaluate", str(run), "--json", "--device", "cpu", "--iw-samples", "0", "--full-data-points", "0"]
+    assert main([*evaluate, "--disentanglement", "--disentanglement-scale", "0.003"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in DISENTANGLEMENT_KEYS:
+        assert 0.0 <= result[key] <= 1.0 or key == "mig_chen", key
+    assert result["disentanglement_codes"] == "means"
+    digits = tmp_path / "digits"
+    argv = ["train", "--dataset", "digits", "--epochs", "1", "--device", "cpu", "--no-progress", "--out", str(digits)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(digits), "--disentanglement", "--device", "cpu"]) == 2
+    assert "needs a data set with ground-truth factors (dsprites)" in capsys.readouterr().err
