@@ -19,18 +19,24 @@ from .figures import plot, save_grid
 from .run import METRICS_FILE, load_run
 
 
-def write_report(run_dir, iw_samples: int = 100, device: str = "auto") -> Path:
+def write_report(run_dir, iw_samples: int = 100, device: str = "auto", disentanglement_scale: float = 0.1) -> Path:
     """Write ``run_dir/report/`` whole: it is built in a temporary folder that replaces the old report at the end, so
     a kill never leaves a report with some of its files."""
     run = load_run(run_dir, device)
     with atomic_directory(Path(run_dir) / "report") as out:
-        _write_report(run, run_dir, out, iw_samples)
+        _write_report(run, run_dir, out, iw_samples, disentanglement_scale)
     return Path(run_dir) / "report"
 
 
-def _write_report(run, run_dir, out: Path, iw_samples: int) -> None:
+def _write_report(run, run_dir, out: Path, iw_samples: int, disentanglement_scale: float = 0.1) -> None:
     splits = load_splits(run)
     result = evaluate_run(run, "test", iw_samples=iw_samples, splits=splits)
+    if run.spec.dataset == "dsprites" and run.capabilities.encode:
+        from .disentanglement import evaluate_disentanglement
+
+        # by default a tenth of disentanglement_lib's points: the report is a look, evaluate --disentanglement the
+        # measurement
+        result.update(evaluate_disentanglement(run, scale=disentanglement_scale))
     (out / "evaluation.json").write_text(json.dumps(result, indent=2))
     rows = read_jsonl(Path(run_dir) / METRICS_FILE)
     x, _ = splits.split("test")
@@ -146,7 +152,7 @@ def _extra_sections():
     import importlib
 
     sections = []
-    for name in ("pyroib.diagnostics", "pyroib.aggregate_prior", "pyroib.layer_information"):
+    for name in ("pyroib.diagnostics", "pyroib.aggregate_prior", "pyroib.layer_information", "pyroib.disentanglement"):
         try:
             sections.append(importlib.import_module(name).report_section)
         except ModuleNotFoundError as error:

@@ -158,3 +158,19 @@ def test_evaluate_disentanglement_on_a_dsprites_run_and_its_refusal_elsewhere(mo
     capsys.readouterr()
     assert main(["evaluate", str(digits), "--disentanglement", "--device", "cpu"]) == 2
     assert "needs a data set with ground-truth factors (dsprites)" in capsys.readouterr().err
+
+
+def test_report_of_a_dsprites_run_has_the_metrics_heat_map_and_traversals(monkeypatch, tmp_path, capsys):
+    from pyroib.cli import main
+
+    _small_dsprites(monkeypatch)
+    run = tmp_path / "run"
+    argv = ["train", "--dataset", "dsprites", "--train-size", "128", "--val-size", "64", "--epochs", "1"]
+    argv += ["--hidden", "16", "--latent-dim", "3", "--batch-size", "64", "--device", "cpu", "--no-progress"]
+    assert main([*argv, "--out", str(run)]) == 0
+    report = ["report", str(run), "--device", "cpu", "--iw-samples", "2", "--disentanglement-scale", "0.003"]
+    assert main(report) == 0, capsys.readouterr().err
+    text = (run / "report" / "report.md").read_text()
+    assert "| mig |" in text and "| dci_disentanglement |" in text
+    for figure in ("factor_information.png", "factor_traversals.png"):
+        assert f"({figure})" in text and (run / "report" / figure).stat().st_size > 0

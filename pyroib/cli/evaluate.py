@@ -106,6 +106,14 @@ def report(argv: list[str]) -> None:
     p.add_argument("run")
     p.add_argument("--iw-samples", type=int, default=100)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--disentanglement-scale",
+        type=float,
+        default=0.1,
+        help="dSprites runs: the metrics' numbers of points as a fraction of disentanglement_lib's (default 0.1)",
+    )
     args = p.parse_args(argv)
-    path = write_report(args.run, iw_samples=args.iw_samples, device=args.device)
+    path = write_report(
+        args.run, iw_samples=args.iw_samples, device=args.device, disentanglement_scale=args.disentanglement_scale
+    )
     print(f"report written to {path}")
