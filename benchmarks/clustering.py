@@ -18,10 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,7 +25,6 @@ from pathlib import Path
 import harness
 
 ROOT = Path(__file__).resolve().parent.parent
-PYROIB = [sys.executable, "-m", "pyroib"]
 THREE_LAYERS = ["--layer-sizes", "64,32,10", "--layer-types", "gaussian,gaussian,categorical"]
 METHODS = {
     "k-means on pixels": None,
@@ -39,14 +34,6 @@ METHODS = {
     "hierarchical VAE, three layers": ["--model", "hvae", *THREE_LAYERS],
 }
 SCORES = ("cluster_accuracy", "nmi", "ari")
-
-
-def _run(argv: list[str], log: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with open(log, "a") as out:
-        done = subprocess.run([*PYROIB, *argv], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    if done.returncode:
-        raise RuntimeError(f"pyroib {' '.join(argv)} failed; see {log}")
 
 
 def _kmeans_scores(features, labels, seed: int) -> dict:
@@ -78,17 +65,16 @@ def _unit(dataset: str, method: str, seed: int, epochs: int, out: Path) -> dict:
         train += ["--device", "cpu", "--no-progress", "--out", str(run)]
         if (run / "checkpoint.pt").is_file():
             train.append("--resume")
-        _run(train, folder / "log.txt")
+        harness.pyroib(train, folder / "log.txt")
         if "beta-vae" in flags:
             scores = _codes_kmeans(run, seed)
         else:
             evaluation = folder / "evaluation.json"
             argv = ["evaluate", str(run), "--split", "test", "--json", "--device", "cpu", "--iw-samples", "0"]
             argv += ["--full-data-points", "2000"]
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            text = subprocess.run([*PYROIB, *argv], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
-            evaluation.write_text(text.stdout)
-            result = json.loads(text.stdout)
+            text = harness.pyroib(argv, folder / "log.txt", capture=True)
+            evaluation.write_text(text)
+            result = json.loads(text)
             scores = {k: result[k] for k in SCORES}
             scores.update({k: v for k, v in result.items() if k.startswith(("layer_tc/", "layer_mi/", "rate/"))})
             scores["clusters_used"] = result["clusters_used"]
@@ -121,14 +107,6 @@ METHODS_SLUG = {
 }
 
 
-def _summary(values: list[float]) -> str:
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def _epochs_text(args) -> str:
     return ", ".join(f"{e} epochs on {d}" for d, e in args.epochs_by_dataset.items())
 
@@ -150,7 +128,7 @@ def _report(results: dict, args, wall: float) -> str:
         lines += [f"## {dataset}", "", "| method | n | accuracy | NMI | ARI |", "|---|---|---|---|---|"]
         for method in METHODS:
             rows = results.get((dataset, method), [])
-            cells = [_summary([r[k] for r in rows]) for k in SCORES]
+            cells = [harness.mean_sd([r[k] for r in rows]) for k in SCORES]
             lines.append(f"| {method} | {len(rows)} | {' | '.join(cells)} |")
         lines.append("")
         deep = results.get((dataset, "hierarchical VAE, three layers"), [])
@@ -166,7 +144,7 @@ def _report(results: dict, args, wall: float) -> str:
                 tc = [r[f"layer_tc/{name}"] for r in deep if f"layer_tc/{name}" in r]
                 mi = [r[f"layer_mi/{name}"] for r in deep if f"layer_mi/{name}" in r]
                 rate = [r[f"rate/{name}"] for r in deep if f"rate/{name}" in r]
-                lines.append(f"| {name} | {_summary(tc)} | {_summary(mi)} | {_summary(rate)} |")
+                lines.append(f"| {name} | {harness.mean_sd(tc)} | {harness.mean_sd(mi)} | {harness.mean_sd(rate)} |")
             lines.append("")
     return "\n".join(lines)
 

@@ -105,3 +105,32 @@ def interleaved(steps: dict[str, Callable[[], object]], rounds: int, repeats: in
 
 def ratio_of_medians(timings: dict[str, list[float]], numerator: str, denominator: str) -> float:
     return statistics.median(timings[numerator]) / statistics.median(timings[denominator])
+
+
+def pyroib(argv: list[str], log: Path, capture: bool = False) -> str:
+    """Run ``python -m pyroib ARGV`` from the repository root on one thread, appending its output (its stderr only,
+    with ``capture``, which returns stdout) to ``log``; a failure raises naming the log."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(log, "a") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "pyroib", *argv],
+            stdout=subprocess.PIPE if capture else out,
+            stderr=out,
+            text=True,
+            env=env,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    if done.returncode:
+        raise RuntimeError(f"pyroib {' '.join(argv)} failed; see {log}")
+    return done.stdout or ""
+
+
+def mean_sd(values: list[float]) -> str:
+    """A table cell: mean ± sample sd over seeds (one value alone, a dash for none)."""
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
