@@ -430,6 +430,9 @@ def load_dataset(
 class BatchIterator:
     """Shuffled minibatches of ``splits.train``, gathered by dataset index on the data's device.
 
+    With ``world`` processes, every process draws the same permutation and takes its ``rank``-th slice of
+    ``batch_size`` points of each global batch of ``world × batch_size`` (:mod:`pyroib.distributed`).
+
     Each pass draws ``torch.randperm(N, generator=generator)`` on the CPU (the same order on every
     device for a given generator state), moves it to the device once, and yields ``(x, y, index)``
     with ``x = train[index]``, ``y = train_labels[index]``. Under ``binarize == "dynamic"`` x is
@@ -438,29 +441,43 @@ class BatchIterator:
     taken before a pass replays it exactly. The permutation is drawn when iteration starts.
     """
 
-    def __init__(self, splits: DataSplits, batch_size: int, generator: torch.Generator, drop_last: bool = False):
+    def __init__(
+        self,
+        splits: DataSplits,
+        batch_size: int,
+        generator: torch.Generator,
+        drop_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
+    ):
         if not isinstance(splits, DataSplits):
             raise TypeError(f"splits must be DataSplits from load_dataset, got {type(splits).__name__}")
         if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
             raise TypeError("generator must be a CPU torch.Generator, e.g. torch.Generator().manual_seed(0)")
         batch_size = _as_int(batch_size, "batch_size")
         n_train = splits.train.shape[0]
-        if not 1 <= batch_size <= n_train:
+        if not 1 <= batch_size * world <= n_train:
             raise DataError(
-                f"batch_size={batch_size} must be between 1 and the {n_train} training images of {splits.name}"
+                f"batch_size={batch_size}{f' on each of {world} processes' if world > 1 else ''} must be between 1 "
+                f"and the {n_train} training images of {splits.name}"
+                + (f" divided by the {world} processes" if world > 1 else "")
             )
         self.splits, self.batch_size, self.generator = splits, batch_size, generator
-        self.drop_last = bool(drop_last)
+        # processes must take the same number of steps: with several, an epoch's incomplete global batch is dropped
+        self.drop_last = bool(drop_last) or world > 1
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
-        n_train = self.splits.train.shape[0]
-        return n_train // self.batch_size if self.drop_last else -(-n_train // self.batch_size)
+        n_train, step = self.splits.train.shape[0], self.batch_size * self.world
+        return n_train // step if self.drop_last else -(-n_train // step)
 
     def __iter__(self):
         train, labels = self.splits.train, self.splits.train_labels
         order = torch.randperm(train.shape[0], generator=self.generator).to(train.device)
         resample = self.splits.binarize == "dynamic" and train.is_floating_point()
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start : start + self.batch_size]
+        step = self.batch_size * self.world
+        for start in range(0, len(self) * step, step):
+            # this process's slice of the global batch (all of it with one process)
+            index = order[start + self.rank * self.batch_size : start + (self.rank + 1) * self.batch_size]
             x = as_images(train.index_select(0, index))
             yield (torch.bernoulli(x) if resample else x), labels.index_select(0, index), index

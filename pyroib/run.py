@@ -100,6 +100,8 @@ class RunSpec:
     )
     # of a user's model file; train fills it and keeps a copy of the file in the run
     model_sha256: str | None = _option(None, "", cli=False)
+    # how many data-parallel processes (torch.distributed, launched by torchrun) trained the run; train fills it
+    processes: int = _option(1, "", cli=False)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -36,8 +36,10 @@ from .checkpoint import (
     write_json,
 )
 from .data import BatchIterator, DataSplits, as_images
+from .distributed import any_process, average_gradients, barrier, broadcast_weights, join, leave, total
 from .evaluate import split_terms
 from .handlers import bottleneck, validate_weights
+from .objectives import InfoELBO
 from .objectives.enumeration import is_annotated
 from .program import ProgramError, check_traces, file_sha256, trace_pair
 from .run import (
@@ -61,7 +63,7 @@ from .schedules import Schedule
 # (the usual remedies in a long run: a last phase at a lower rate, a clip after loss spikes); each epoch's metrics
 # row records the learning rate and clip it used
 OPTIMISER_SETTINGS = {"lr", "grad_clip"}
-RESUMABLE_CHANGES = {"epochs", "device"} | OPTIMISER_SETTINGS
+RESUMABLE_CHANGES = {"epochs", "device", "processes"} | OPTIMISER_SETTINGS
 
 
 # a step whose per-point loss exceeds this multiple of the first step's (at least 1 nat) has diverged: an
@@ -245,8 +247,16 @@ def preflight(built, splits: DataSplits, spec: RunSpec, anchors=None) -> list[st
 def train(
     spec: RunSpec, out: str | Path, *, resume: bool = False, progress: bool = True, splits: DataSplits | None = None
 ) -> list[dict]:
-    """Train the run described by ``spec`` into directory ``out``; returns the metrics rows."""
-    out = Path(out)
+    """Train the run described by ``spec`` into directory ``out``; returns the metrics rows. Under torchrun, every
+    process calls this and trains its share of each batch (:mod:`pyroib.distributed`); rank 0 writes the run."""
+    processes, device = join(resolve_device(spec.device))
+    try:
+        return _train(spec, Path(out), resume, progress, splits, processes, device)
+    finally:
+        leave(processes)
+
+
+def _train(spec, out, resume, progress, splits, processes, device) -> list[dict]:
     validate_weights(spec.beta, spec.anchors, spec.model_config.get("latent_dim"))
     if spec.schedule_sites is not None and not spec.schedule_sites:
         raise ValueError("--schedule-sites names no site; leave it out to schedule every latent site's β")
@@ -262,7 +272,8 @@ def train(
         raise FileExistsError(
             f"{out} already holds a run; pass --resume to continue it, or choose a new --out (nothing was overwritten)"
         )
-    device = resolve_device(spec.device)
+    barrier(processes)  # every process has seen the directory as it was before rank 0 writes to it
+    progress = progress and processes.main
     if splits is None:
         from .data import load_spec_dataset
 
@@ -273,13 +284,18 @@ def train(
     elif program.source is not None:
         _check_model_file(spec, read_spec(out), out)
         spec = dataclasses.replace(spec, model=read_spec(out).model, model_sha256=program.sha256)
-    spec = complete_spec(spec, splits, program.Config)
+    spec = dataclasses.replace(complete_spec(spec, splits, program.Config), processes=processes.world)
     if resume:
         _check_resume(spec, out)
         spec = dataclasses.replace(spec, init_from=read_spec(out).init_from)
     torch.manual_seed(spec.seed)
     built = build(spec, device, program)
     model, guide, objective = built.model, built.guide, built.objective
+    if processes.parallel and type(objective).auxiliary_step is not InfoELBO.auxiliary_step:
+        raise ValueError(
+            f"{type(objective).__name__} trains critics beside the model, which data-parallel training does not "
+            "synchronise yet; train it in one process"
+        )
     if not resume:
         initialise_pseudo_inputs(built, splits.train)
         if spec.init_from is not None:
@@ -295,7 +311,12 @@ def train(
         train = splits.train if splits.train.is_floating_point() else as_images(splits.train[:10_000])
         model.check_data(train, splits.binarize)
     batches = BatchIterator(
-        splits, spec.batch_size, torch.Generator().manual_seed(spec.seed), drop_last=objective.min_batch_size > 1
+        splits,
+        spec.batch_size,
+        torch.Generator().manual_seed(spec.seed),
+        drop_last=objective.min_batch_size > 1,
+        rank=processes.rank,
+        world=processes.world,
     )
     schedule = make_schedule(spec, len(batches))
     anchors = validate_weights(spec.beta, spec.anchors, getattr(built.config, "latent_dim", None))
@@ -305,8 +326,9 @@ def train(
     # fused Adam updates all parameters in one kernel: on the CPU too since torch 2.4 (a 5.0 against 6.5 ms step
     # measured for a 784-400-20 VAE at batch 128), with the same state_dict, so checkpoints and resume are unchanged
     optimizer = torch.optim.Adam(parameters, lr=spec.lr, fused=device.type in FUSED_ADAM_DEVICES)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)  # a killed run's half-written temporaries; the files they replace are whole
+    if processes.main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)  # a killed run's half-written temporaries; the files they replace are whole
     epoch = step = 0
     explosion_limit = None
     best_elbo = -math.inf
@@ -324,14 +346,19 @@ def train(
             explosion_limit = torch.tensor(state["explosion_limit"], device=device)
         batches.generator.set_state(state["batch_generator"])
         _set_rng_state(state["rng"], device)
-        truncate_jsonl(out / METRICS_FILE, lambda row: row.get("epoch", 0) <= epoch)
+        if processes.main:
+            truncate_jsonl(out / METRICS_FILE, lambda row: row.get("epoch", 0) <= epoch)
         if (out / BEST_FILE).is_file():
             best = load_checkpoint(out / BEST_FILE)
             # a kill between writing best.pt and checkpoint.pt leaves a best epoch the resumed run will redo
             best_elbo = best["val_elbo"] if best["epoch"] <= epoch else -math.inf
-    if program.source is not None and not resume:
-        _keep_program_copy(program, out)
-    write_json(out / CONFIG_FILE, spec.to_json())
+    if processes.main:
+        if program.source is not None and not resume:
+            _keep_program_copy(program, out)
+        write_json(out / CONFIG_FILE, spec.to_json())
+    broadcast_weights(processes, [model, guide])
+    if processes.parallel and processes.rank > 0:  # the other processes draw their own noise
+        torch.manual_seed(spec.seed + 104_729 * processes.rank + step)
 
     n_train = splits.train.shape[0]
     # the surrogate is N times the per-data-point loss, so the clip applies to N times the per-point gradient norm
@@ -344,6 +371,7 @@ def train(
         exploded = torch.zeros((), dtype=torch.bool, device=device)
         clipped = torch.zeros((), dtype=torch.long, device=device)
         grad_norms = torch.zeros(2, device=device)  # sum and max of the per-point norm, kept on the device: no sync
+        seen = 0
         started = time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {epoch}/{spec.epochs}", leave=False, disable=not progress, mininterval=0.5)
         for i, (x, y, index) in enumerate(bar):
@@ -352,6 +380,7 @@ def train(
             terms = objective.terms(m, g, x, y, index=index, size=n_train, per_dimension=False)
             optimizer.zero_grad(set_to_none=True)
             terms.surrogate.backward()
+            average_gradients(processes, parameters)
             if max_norm is not None:
                 norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm).detach()
                 clipped += norm > max_norm
@@ -368,6 +397,7 @@ def train(
             exploded |= per_point > explosion_limit
             for k, v in terms.values.items():
                 sums[k] = sums.get(k, 0.0) + v.detach() * x.shape[0]
+            seen += x.shape[0]
             if progress and (i % 20 == 0):
                 bar.set_postfix(
                     loss=f"{float(terms.values['loss']):.2f}",
@@ -375,6 +405,7 @@ def train(
                     distortion=f"{float(terms.values['distortion']):.2f}",
                     beta=f"{weights.beta:.3g}",
                 )
+        nonfinite, exploded = any_process(processes, nonfinite), any_process(processes, exploded)
         if bool(nonfinite) or bool(exploded):
             what = (
                 "became NaN or infinite"
@@ -394,7 +425,12 @@ def train(
         guide.eval()
         val_x, val_y = splits.split("val")
         val, val_kl = split_terms(model, guide, objective, val_x, val_y)
-        train_means = {k: float(v) / n_train for k, v in sums.items()}
+        if processes.parallel:  # means over every process's share of the epoch
+            sums = total(processes, {**sums, "points seen": torch.tensor(float(seen), device=device)})
+            seen_everywhere = float(sums.pop("points seen"))
+            train_means = {k: float(v) / seen_everywhere for k, v in sums.items()}
+        else:
+            train_means = {k: float(v) / n_train for k, v in sums.items()}
         weights = schedule(step - 1)  # the weights of the epoch's last step
         row = {
             "epoch": epoch,
@@ -436,7 +472,10 @@ def train(
         }
         if row["val_elbo"] > best_elbo:
             best_elbo = row["val_elbo"]
-            save_checkpoint({**trained, "val_elbo": best_elbo}, out / BEST_FILE)
+            if processes.main:
+                save_checkpoint({**trained, "val_elbo": best_elbo}, out / BEST_FILE)
+        if not processes.main:
+            continue
         # the row goes to the log before the checkpoint: a kill between the two then leaves a row the resumed run
         # drops and writes again (it redoes that epoch), where the other order lost the row for good (found by
         # tests/test_faults.py)
@@ -458,4 +497,5 @@ def train(
                 f"rate {row['val_rate']:.3f}  distortion {row['val_distortion']:.3f}  β {row['beta']:.3g} "
                 f"({row['seconds']:.1f} s)"
             )
+    barrier(processes)
     return read_jsonl(out / METRICS_FILE)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import typing
 
@@ -302,6 +303,8 @@ def main(argv: list[str]) -> None:
     # train() builds the run, checks the program and its schedule before it writes anything
     rows = train(spec, args.out, resume=args.resume, progress=not args.no_progress)
     last = rows[-1]
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 speaks for the run
+        return
     print(
         f"trained {spec.model} on {spec.dataset} for {last['epoch']} epochs: validation ELBO "
         f"{last['val_elbo']:.3f} nats per data point; run in {args.out}"
