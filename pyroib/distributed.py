@@ -15,6 +15,8 @@ usual (``nn.DataParallel`` would share one handler stack between threads).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 from dataclasses import dataclass
 
@@ -122,8 +124,46 @@ def any_process(processes: Processes, flag: torch.Tensor) -> torch.Tensor:
     return value[0].bool()
 
 
+# whether batch-level information terms read the global batch (every process's points) or the local one; set by the
+# training loop for the run's --batch-terms, read by pyroib.objectives.aggregate
+_GLOBAL_BATCH = contextvars.ContextVar("pyroib_global_batch", default=False)
+
+
+@contextlib.contextmanager
+def global_batch_terms(active: bool):
+    token = _GLOBAL_BATCH.set(bool(active))
+    try:
+        yield
+    finally:
+        _GLOBAL_BATCH.reset(token)
+
+
+def gathered(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """``tensor``'s rows from every process, in rank order, when global batch terms are on; the tensor itself
+    otherwise.
+
+    The other processes' rows arrive without a graph; this process's rows carry K times their gradient (their value
+    unchanged). Every process computes the same term of the global batch, so after the gradients are averaged each
+    parameter gets Σ_r ∂T/∂rows_r, the gradient of one process on the concatenated batch. No collective runs in the
+    backward pass: two differentiable all-gathers in one graph were found to pair their backward collectives
+    differently across processes and return wrong gradients (found while testing this function)."""
+    if tensor is None or not _GLOBAL_BATCH.get():
+        return tensor
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    world, rank = dist.get_world_size(), dist.get_rank()
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(parts, tensor.detach().contiguous())
+    parts[rank] = world * tensor - (world - 1) * tensor.detach()
+    return torch.cat(parts)
+
+
 __all__ = [
     "Processes",
+    "gathered",
+    "global_batch_terms",
     "any_process",
     "average_gradients",
     "barrier",

@@ -102,6 +102,11 @@ class RunSpec:
     model_sha256: str | None = _option(None, "", cli=False)
     # how many data-parallel processes (torch.distributed, launched by torchrun) trained the run; train fills it
     processes: int = _option(1, "", cli=False)
+    batch_terms: str = _option(
+        "local",
+        "under torchrun: batch-level terms (TC, marginal KL, MMD) read each process's batch (local) or every "
+        "process's (global, gathered)",
+    )
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -36,7 +36,16 @@ from .checkpoint import (
     write_json,
 )
 from .data import BatchIterator, DataSplits, as_images
-from .distributed import any_process, average_gradients, barrier, broadcast_weights, join, leave, total
+from .distributed import (
+    any_process,
+    average_gradients,
+    barrier,
+    broadcast_weights,
+    global_batch_terms,
+    join,
+    leave,
+    total,
+)
 from .evaluate import split_terms
 from .handlers import bottleneck, validate_weights
 from .objectives import InfoELBO
@@ -264,6 +273,8 @@ def _train(spec, out, resume, progress, splits, processes, device) -> list[dict]
         raise ValueError(f"--lr must be a positive finite learning rate, got {spec.lr}: at 0 nothing trains")
     if spec.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {spec.epochs}")
+    if spec.batch_terms not in ("local", "global"):
+        raise ValueError(f"--batch-terms must be local or global, got {spec.batch_terms!r}")
     if spec.grad_clip is not None and not (0 < spec.grad_clip < math.inf):
         raise ValueError(f"--grad-clip must be a positive finite gradient norm, got {spec.grad_clip}")
     if resume and not (out / CHECKPOINT_FILE).is_file():
@@ -361,6 +372,7 @@ def _train(spec, out, resume, progress, splits, processes, device) -> list[dict]
         torch.manual_seed(spec.seed + 104_729 * processes.rank + step)
 
     n_train = splits.train.shape[0]
+    gather = processes.parallel and spec.batch_terms == "global"
     # the surrogate is N times the per-data-point loss, so the clip applies to N times the per-point gradient norm
     max_norm = None if spec.grad_clip is None else spec.grad_clip * n_train
     for epoch in range(epoch + 1, spec.epochs + 1):
@@ -377,7 +389,8 @@ def _train(spec, out, resume, progress, splits, processes, device) -> list[dict]
         for i, (x, y, index) in enumerate(bar):
             weights = schedule(step)
             m, g = bottleneck(model, guide, betas(weights.beta), anchors, weights.capacity)
-            terms = objective.terms(m, g, x, y, index=index, size=n_train, per_dimension=False)
+            with global_batch_terms(gather):
+                terms = objective.terms(m, g, x, y, index=index, size=n_train, per_dimension=False)
             optimizer.zero_grad(set_to_none=True)
             terms.surrogate.backward()
             average_gradients(processes, parameters)

@@ -63,3 +63,76 @@ def test_a_two_process_run_resumes_in_one_process(tmp_path):
     after = _weights(run)
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert "trained" in done.stdout
+
+
+N_POINTS, HALF = 400, 24
+
+
+def _terms_on(rank, world, gather, directory):
+    """TC, its neighbours and the gradients of β-TCVAE's loss on this process's half of a fixed batch of 2 × HALF
+    points, with the codes held fixed (the guide conditioned on them) so that nothing is random."""
+    import os
+
+    import torch.distributed as dist
+    from pyro.poutine.messenger import Messenger
+
+    from pyroib.distributed import Processes, average_gradients, global_batch_terms
+    from pyroib.guides.vae import Guide
+    from pyroib.models.vae import Config, Model
+    from pyroib.objectives import TotalCorrelationELBO
+
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["TEST_PORT"])
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    config = Config(data_shape=(1, 4, 4), latent_dim=3, hidden=(8,))
+    model, guide = Model(config), Guide(config)
+    x = torch.bernoulli(torch.rand(2 * HALF, 1, 4, 4, generator=torch.Generator().manual_seed(1)))
+    z = torch.randn(2 * HALF, 3, generator=torch.Generator().manual_seed(2))
+    index = torch.arange(2 * HALF)
+    if world > 1:
+        part = slice(rank * HALF, (rank + 1) * HALF)
+        x, z, index = x[part], z[part], index[part]
+
+    class FixedCodes(Messenger):  # the guide's draw replaced by z, the site still a latent one
+        def _pyro_sample(self, msg):
+            if msg["name"] == "z":
+                msg["value"] = z
+
+    fixed = FixedCodes()(guide)
+    objective = TotalCorrelationELBO(tc_weight=6.0)
+    with global_batch_terms(gather):
+        terms = objective.terms(model, fixed, x, index=index, size=N_POINTS)
+    terms.surrogate.backward()
+    parameters = [*model.parameters(), *guide.parameters()]
+    average_gradients(Processes(rank, world), parameters)
+    if rank == 0:
+        torch.save(
+            {"values": {k: v.detach() for k, v in terms.values.items()}, "grads": [p.grad for p in parameters]},
+            f"{directory}/{world}-{gather}.pt",
+        )
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def test_global_batch_terms_equal_one_process_on_the_concatenated_batch(tmp_path, monkeypatch):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("TEST_PORT", str(s.getsockname()[1]))
+    _terms_on(0, 1, False, tmp_path)
+    mp.spawn(_terms_on, args=(2, True, tmp_path), nprocs=2)
+    one, two = torch.load(tmp_path / "1-False.pt"), torch.load(tmp_path / "2-True.pt")
+    for key in ("total_correlation", "index_code_mi", "marginal_kl", "dimwise_kl"):
+        torch.testing.assert_close(two["values"][key], one["values"][key], rtol=1e-5, atol=1e-6, msg=key)
+    # the averaged gradients of the two halves' losses are the one process's gradient on the whole batch
+    for a, b in zip(two["grads"], one["grads"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # and with local batch terms they are not: each half's TC is estimated from its own 24 points
+    monkeypatch.setenv("TEST_PORT", str(int(__import__("os").environ["TEST_PORT"]) + 1))
+    mp.spawn(_terms_on, args=(2, False, tmp_path), nprocs=2)
+    local = torch.load(tmp_path / "2-False.pt")
+    assert not torch.allclose(local["values"]["total_correlation"], one["values"]["total_correlation"], rtol=1e-3)

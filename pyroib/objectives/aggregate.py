@@ -33,6 +33,7 @@ from torch.distributions import Normal
 
 import pyroib.estimators as estimators
 
+from ..distributed import gathered
 from ..handlers import per_dimension
 from .core import InfoELBO
 
@@ -75,20 +76,31 @@ def latent_codes(guide_trace, site: str):
             f"codes at site {site!r} must have shape (batch, latent_dim), got {tuple(z.shape)}; "
             "vectorised particles are not supported by batch-level information terms"
         )
-    return z, loc.expand_as(z), None if scale is None else scale.expand_as(z)
+    # under data-parallel training with --batch-terms global: every process's codes (pyroib.distributed)
+    return gathered(z), gathered(loc.expand_as(z)), None if scale is None else gathered(scale.expand_as(z))
 
 
 def prior_log_density(model_trace, site: str):
-    """z (B, D) -> log p(z): per dimension (B, D) when the prior factorises, joint (B,) otherwise."""
+    """z (B, D) -> log p(z): per dimension (B, D) when the prior factorises, joint (B,) otherwise. Codes gathered
+    from several processes (K·B rows) are scored a batch at a time by the same prior."""
     fn = model_trace.nodes[site]["fn"]
     base = per_dimension(fn)
-    return base.log_prob if base is not None else fn.log_prob
+    log_prob = base.log_prob if base is not None else fn.log_prob
+    rows = fn.batch_shape[0] if len(fn.batch_shape) else None
+
+    def score(z):
+        if rows is None or z.shape[0] == rows:
+            return log_prob(z)
+        return torch.cat([log_prob(part) for part in z.split(rows)])
+
+    return score
 
 
 def prior_draws(model_trace, site: str) -> torch.Tensor:
-    """One draw per batch row from the model's prior at ``site`` (reparameterised where possible)."""
+    """One draw per batch row from the model's prior at ``site`` (reparameterised where possible); with global batch
+    terms, every process's draws."""
     fn = model_trace.nodes[site]["fn"]
-    return fn.rsample() if fn.has_rsample else fn.sample()
+    return gathered(fn.rsample() if fn.has_rsample else fn.sample())
 
 
 def _require_stochastic(scale, what: str) -> None:
