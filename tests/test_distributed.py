@@ -136,3 +136,29 @@ def test_global_batch_terms_equal_one_process_on_the_concatenated_batch(tmp_path
     mp.spawn(_terms_on, args=(2, False, tmp_path), nprocs=2)
     local = torch.load(tmp_path / "2-False.pt")
     assert not torch.allclose(local["values"]["total_correlation"], one["values"]["total_correlation"], rtol=1e-3)
+
+
+def test_a_process_that_dies_stops_the_run_and_the_last_checkpoint_resumes(tmp_path):
+    """Process 1 is killed in its 15th step (epoch 2): torchrun stops the run, the epoch-1 checkpoint written by
+    rank 0 stays whole, and the run resumes in one process."""
+    head = "    def forward(self, x, y=None, index=None, size=None):\n"
+    kill = (
+        "        if index is not None and os.environ.get('RANK') == '1':\n"
+        "            Model.calls += 1\n"
+        "            if Model.calls == 15:\n"
+        "                os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    text = PROGRAM.read_text().replace(head, "    calls = 0\n\n" + head + kill, 1)  # the Model's forward
+    assert "Model.calls" in text
+    program = tmp_path / "dying.py"
+    program.write_text("import os\nimport signal\n" + text)
+    run = tmp_path / "run"
+    argv = ["train", *COMMON, "--model", str(program), "--batch-size", "16", "--epochs", "3", "--out", str(run)]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    done = subprocess.run([*launcher, "-m", "pyroib", *argv], capture_output=True, text=True, timeout=300, env=_env())
+    assert done.returncode != 0
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1] and load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
+    # rerun in one process (where the program kills nothing): it continues from epoch 1 to the end
+    _pyroib([*argv, "--resume"])
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
