@@ -114,6 +114,17 @@ class GaussianEncoder(nn.Module):
         return loc.reshape(*batch_shape, -1), scale.reshape(*batch_shape, -1)
 
 
+def _upsampling(channels: list[int], out_channels: int, activation) -> list[nn.Module]:
+    """Transposed 4x4 stride-2 convolutions through ``channels`` to ``out_channels``, doubling H and W each time."""
+    layers: list[nn.Module] = []
+    for i, c in enumerate(channels):
+        last = i + 1 == len(channels)
+        layers.append(nn.ConvTranspose2d(c, out_channels if last else channels[i + 1], 4, stride=2, padding=1))
+        if not last:
+            layers.append(activation())
+    return layers
+
+
 class Decoder(nn.Module):
     """z -> unconstrained parameters of shape ``(out_factor * C, H, W)`` (or the data shape for flat data)."""
 
@@ -139,12 +150,7 @@ class Decoder(nn.Module):
                 nn.ReLU(),
                 nn.Unflatten(-1, (rev[0], side, side)),
             ]
-            for i, c in enumerate(rev):
-                out = rev[i + 1] if i + 1 < len(rev) else self.out_shape[0]
-                layers.append(nn.ConvTranspose2d(c, out, 4, stride=2, padding=1))
-                if i + 1 < len(rev):
-                    layers.append(nn.ReLU())
-            self.body = nn.Sequential(*layers)
+            self.body = nn.Sequential(*layers, *_upsampling(rev, self.out_shape[0], nn.ReLU))
             return
         if network in _FULLY_CONNECTED:
             self.body = _mlp([latent_dim, *reversed(hidden), math.prod(self.out_shape)], gated=network == "gated")
@@ -157,12 +163,7 @@ class Decoder(nn.Module):
                 nn.SiLU(),
                 nn.Unflatten(-1, self.start),
             ]
-            for i, h in enumerate(rev):
-                out = rev[i + 1] if i + 1 < len(rev) else self.out_shape[0]
-                layers.append(nn.ConvTranspose2d(h, out, 4, stride=2, padding=1))
-                if i + 1 < len(rev):
-                    layers.append(nn.SiLU())
-            self.body = nn.Sequential(*layers)
+            self.body = nn.Sequential(*layers, *_upsampling(rev, self.out_shape[0], nn.SiLU))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         batch_shape = z.shape[:-1]

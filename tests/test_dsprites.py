@@ -136,15 +136,22 @@ def test_a_vae_trains_on_dsprites_from_the_command_line(monkeypatch, tmp_path, c
     assert result["n"] == 500 and math.isfinite(result["elbo"])
 
 
-def test_evaluate_disentanglement_on_a_dsprites_run_and_its_refusal_elsewhere(monkeypatch, tmp_path, capsys):
+def _tiny_dsprites_run(monkeypatch, tmp_path):
     from pyroib.cli import main
-    from pyroib.disentanglement import DISENTANGLEMENT_KEYS
 
     _small_dsprites(monkeypatch)
     run = tmp_path / "run"
     argv = ["train", "--dataset", "dsprites", "--train-size", "128", "--val-size", "64", "--epochs", "1"]
     argv += ["--hidden", "16", "--latent-dim", "3", "--batch-size", "64", "--device", "cpu", "--no-progress"]
     assert main([*argv, "--out", str(run)]) == 0
+    return run
+
+
+def test_evaluate_disentanglement_on_a_dsprites_run_and_its_refusal_elsewhere(monkeypatch, tmp_path, capsys):
+    from pyroib.cli import main
+    from pyroib.disentanglement import DISENTANGLEMENT_KEYS
+
+    run = _tiny_dsprites_run(monkeypatch, tmp_path)
     capsys.readouterr()
     evaluate = ["evaluate", str(run), "--json", "--device", "cpu", "--iw-samples", "0", "--full-data-points", "0"]
     assert main([*evaluate, "--disentanglement", "--disentanglement-scale", "0.003"]) == 0
@@ -163,11 +170,7 @@ def test_evaluate_disentanglement_on_a_dsprites_run_and_its_refusal_elsewhere(mo
 def test_report_of_a_dsprites_run_has_the_metrics_heat_map_and_traversals(monkeypatch, tmp_path, capsys):
     from pyroib.cli import main
 
-    _small_dsprites(monkeypatch)
-    run = tmp_path / "run"
-    argv = ["train", "--dataset", "dsprites", "--train-size", "128", "--val-size", "64", "--epochs", "1"]
-    argv += ["--hidden", "16", "--latent-dim", "3", "--batch-size", "64", "--device", "cpu", "--no-progress"]
-    assert main([*argv, "--out", str(run)]) == 0
+    run = _tiny_dsprites_run(monkeypatch, tmp_path)
     report = ["report", str(run), "--device", "cpu", "--iw-samples", "2", "--disentanglement-scale", "0.003"]
     assert main(report) == 0, capsys.readouterr().err
     text = (run / "report" / "report.md").read_text()
