@@ -38,7 +38,7 @@ from torch.distributions import kl_divergence
 
 from ..handlers import BOTTLENECK_SCALE, CAPACITY, AnchorWeighted, per_dimension
 from ..plates import DATA_PLATE
-from .enumeration import Enumerated, enumerated_traces, is_annotated, model_only_sites
+from .enumeration import Enumerated, enumerated_traces, is_annotated
 
 
 @dataclass
@@ -162,7 +162,9 @@ def surrogate_elbo(model_trace, guide_trace, closed_form_kl: Mapping[str, torch.
 class Summed:
     """One sampled trace pair's log densities, summed: what :class:`Enumerated` reduces to without enumeration."""
 
+    enumerated = sequential = False
     marginal: dict = {}
+    summed_out: frozenset = frozenset()
 
     @staticmethod
     def expect(tensor, site):
@@ -266,10 +268,9 @@ class InfoELBO(Trace_ELBO):
 
         # the numbers: distortion over observed sites, the β-weighted rate as the loss has it, then per-site rates
         # without β
-        summed_out = set(model_only_sites(model_trace, guide_trace)) if isinstance(densities, Enumerated) else set()
         distortion = weighted_rate = 0.0
         for name, site in model_trace.nodes.items():
-            if site["type"] != "sample" or name in closed_form or name in summed_out:
+            if site["type"] != "sample" or name in closed_form or name in densities.summed_out:
                 continue
             if site["is_observed"]:
                 distortion = distortion - densities.total(name, site)
@@ -307,12 +308,12 @@ class InfoELBO(Trace_ELBO):
             loss = loss + correction
             surrogate = surrogate + correction
         extra_terms = type(self).information_terms is not InfoELBO.information_terms
-        if isinstance(densities, Enumerated) and densities.sequential and (extra_terms or capacity is not None):
+        if densities.sequential and (extra_terms or capacity is not None):
             raise ValueError(
                 "sequential enumeration spreads each data point's values over several traces, so batch-level terms "
                 "and capacity control (which need the whole rate at once) cannot see them: enumerate in parallel"
             )
-        if isinstance(densities, Enumerated) and extra_terms:
+        if densities.enumerated and extra_terms:
             name = self.latent_site_of(model_trace, guide_trace)
             site, prior = guide_trace.nodes[name], model_trace.nodes[name]
             if densities.depends_on_enumeration(site, self.max_plate_nesting) or (

@@ -78,6 +78,8 @@ class Enumerated:
     """How one enumerated trace pair's log densities become expectations: the weights of the guide's enumerated
     values and the chain-rule pieces of model sites that depend on model-only enumerated values."""
 
+    enumerated = True
+
     def __init__(self, model_trace, guide_trace):
         model_sites, guide_sites = _sample_sites(model_trace), _sample_sites(guide_trace)
         enumerated = {name: site for name, site in {**model_sites, **guide_sites}.items() if _enumerated(site)}
@@ -103,6 +105,8 @@ class Enumerated:
             if _enumerated(site):
                 log_weight = site["unscaled_log_prob"] if log_weight is None else log_weight + site["unscaled_log_prob"]
         self.weight = None if log_weight is None else log_weight.exp()
+        # enumerated in the model and absent from the guide: summed out inside the dependents' chain-rule pieces
+        self.summed_out = frozenset(n for n, site in model_sites.items() if _enumerated(site) and n not in guide_sites)
         self.guide_dims = [
             site["infer"]["_enumerate_dim"]
             for site in guide_sites.values()
@@ -110,11 +114,11 @@ class Enumerated:
         ]
         # sequential enumeration spreads one particle's values over several trace pairs
         self.sequential = any("_enum_total" in site["infer"] for site in guide_sites.values())
-        self.marginal = self._split_model_only(model_sites, guide_sites)
+        self.marginal = self._split_model_only(model_sites)
 
-    def _split_model_only(self, model_sites, guide_sites) -> dict[str, torch.Tensor]:
+    def _split_model_only(self, model_sites) -> dict[str, torch.Tensor]:
         """Unscaled chain-rule pieces M_k − M_{k−1} of the model sites that depend on model-only enumerated sites."""
-        summed = {n: s for n, s in model_sites.items() if _enumerated(s) and n not in guide_sites}
+        summed = {n: model_sites[n] for n in model_sites if n in self.summed_out}
         if not summed:
             return {}
         for name, site in summed.items():
@@ -203,16 +207,11 @@ class Enumerated:
         sampled ones (no score-function terms: they are refused above)."""
         elbo = 0.0
         for name, site in _sample_sites(model_trace).items():
-            if name not in closed_form and not (_enumerated(site) and name not in guide_trace.nodes):
+            if name not in closed_form and name not in self.summed_out:
                 elbo = elbo + self.total(name, site)
         for name, site in _sample_sites(guide_trace).items():
             elbo = elbo - (closed_form[name] if name in closed_form else self.expect(site["log_prob"], site))
         return elbo
 
 
-def model_only_sites(model_trace, guide_trace) -> list[str]:
-    """Model sites summed out in the model: enumerated there and absent from the guide."""
-    return [n for n, s in _sample_sites(model_trace).items() if _enumerated(s) and n not in guide_trace.nodes]
-
-
-__all__ = ["ENUMERATE", "Enumerated", "enumerated_traces", "is_annotated", "model_only_sites"]
+__all__ = ["ENUMERATE", "Enumerated", "enumerated_traces", "is_annotated"]
