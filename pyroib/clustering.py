@@ -13,8 +13,6 @@ model, from Pyro's ``TraceEnum_ELBO.compute_marginals`` over the guide's draws. 
 
 from __future__ import annotations
 
-import warnings
-
 import pyro.distributions as dist
 import torch
 from pyro import poutine
@@ -24,6 +22,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
 from .plates import max_plate_nesting
+from .program import trace_pair
 
 CATEGORICAL = (dist.Categorical, dist.OneHotCategorical)
 
@@ -48,12 +47,7 @@ def clustering_scores(labels, clusters) -> dict[str, float]:
 def categorical_sites(model, guide, x, y=None) -> dict[str, str]:
     """Categorical latent sites in model order: name -> "guide" (sampled or enumerated by the guide) or "model"
     (enumerated in the model only)."""
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="(?s).*vars in model but not guide", category=UserWarning)
-        guide_trace = poutine.trace(guide).get_trace(x[:2], None if y is None else y[:2])
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            x[:2], None if y is None else y[:2]
-        )
+    model_trace, guide_trace = trace_pair(model, guide, x[:2], None if y is None else y[:2])
     found = {}
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site["is_observed"]:
