@@ -92,6 +92,12 @@ ARCHITECTURES: dict[str, Architecture] = {
         defaults={"binarize": "none", "batch_size": 32},
         summary="Gaussian-mixture VAE: q(z2|x) q(z1|x,z2), the cluster z2 enumerated in the guide or the model",
     ),
+    # a codec of grey levels: squared error is the distortion of the rate-distortion tables
+    "vqvae": Architecture(
+        "vqvae",
+        defaults={"binarize": "none"},
+        summary="Shannon rate-distortion autoencoder: vector-quantised code, learned entropy model (pyroib compress)",
+    ),
     # grey levels: a classifier gains nothing from Bernoulli noise on its inputs (0.84 vs 0.95 accuracy on digits)
     "vib": Architecture(
         "vib", defaults={"binarize": "none"}, summary="deep VIB (Alemi et al. 2016): cross-entropy + β·rate"

@@ -39,6 +39,7 @@ from pyro.poutine.util import prune_subsample_sites
 
 from .evaluate import PARTICLE_PLATE, importance_log_weights, max_plate_nesting_of
 from .plates import DATA_PLATE
+from .program import is_factor
 
 POINT_DIM = "point"
 
@@ -131,7 +132,7 @@ def _chunk_draws(model, guide, x, y, draws: int, nesting: int) -> tuple[dict[str
     observed_sites = []
     with torch.no_grad():
         for name, site in model_trace.nodes.items():
-            if site["type"] != "sample":
+            if site["type"] != "sample" or is_factor(site):
                 continue
             value, log_prob = _site_arrays(site)
             if not site["is_observed"]:

@@ -27,7 +27,7 @@ from .clustering import cluster_evaluation
 from .full_data import FULL_DATA_MAX_POINTS, full_data_evaluation
 from .objectives.core import InfoELBO, choose_site, latent_site_names
 from .plates import DATA_PLATE, max_plate_nesting
-from .program import not_broadcasting
+from .program import is_factor, not_broadcasting
 
 PARTICLE_PLATE = "importance_particles"
 
@@ -83,7 +83,7 @@ def _per_point_log_prob(trace, particle_dim: int) -> torch.Tensor:
     }
     total = 0.0
     for name, site in trace.nodes.items():
-        if site["type"] != "sample":
+        if site["type"] != "sample" or is_factor(site):  # a program's penalty is not part of p(x) (rule 7)
             continue
         data_frames = [f for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
         if not data_frames:

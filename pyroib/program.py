@@ -17,6 +17,10 @@ more, by tracing, before a run's first step.
    log p; the one kind of model latent the guide may lack). Sequential enumeration is for guide sites.
 6. Sites broadcast over leading dimensions left of the data plate: importance-weighted evaluation adds a plate of
    particles there.
+7. **Factors** (``pyro.factor(name, log_factor)``) belong in the model. Each is a term of its own, ``factor/<name>``
+   = -log_factor in nats per data point: it enters the loss, and is kept out of distortion, rate, the ELBO and the
+   importance-weighted likelihood (a training penalty such as a vector quantiser's commitment cost is not part of
+   p(x)).
 
 **Optional capabilities**, declared by what the classes define and read once into :class:`Capabilities`:
 
@@ -237,6 +241,11 @@ def _check_plate(role: str, name: str, site, batch: int, size: int | None) -> No
         )
 
 
+def is_factor(site) -> bool:
+    """A ``pyro.factor`` statement (rule 7): Pyro records it as an observed site marked auxiliary."""
+    return site["type"] == "sample" and site["is_observed"] and bool(site["infer"].get("is_auxiliary"))
+
+
 def trace_pair(model, guide, x, y, **kwargs):
     """(model trace, guide trace) of one call, Pyro validation on, the global RNG left as it was; a failure becomes
     one line naming where in the user's code it happened."""
@@ -283,7 +292,7 @@ def check_traces(
     for role, sites in (("model", model_sites), ("guide", guide_sites)):
         for name, site in sites.items():
             _check_plate(role, name, site, x.shape[0], size)
-    observed = [n for n, s in model_sites.items() if s["is_observed"]]
+    observed = [n for n, s in model_sites.items() if s["is_observed"] and not is_factor(s)]
     # a site enumerated in the model alone is summed out there: not a latent the guide must sample
     summed = [
         n
@@ -297,6 +306,13 @@ def check_traces(
                 "site summed out in the model must be marked infer={'enumerate': 'parallel'} (rule 5)"
             )
     latent = [n for n, s in model_sites.items() if not s["is_observed"] and n not in summed]
+    guide_factors = [n for n, s in guide_sites.items() if is_factor(s)]
+    if guide_factors:
+        raise ProgramError(
+            f"the guide has pyro.factor site(s) {', '.join(map(repr, guide_factors))} (rule 7): a factor in the "
+            "guide would enter log q and be read as rate; put training penalties in the model, where each is a term "
+            "of its own"
+        )
     if not observed:
         raise ProgramError(
             "the model observes nothing (no pyro.sample(..., obs=...) site): there is no distortion "
@@ -344,5 +360,6 @@ __all__ = [
     "check_classes",
     "check_traces",
     "file_sha256",
+    "is_factor",
     "load_module",
 ]

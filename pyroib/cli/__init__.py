@@ -20,6 +20,8 @@ COMMANDS = {
         "fit_prior",
         "fit the aggregate posterior of a run's training encodings (DIR/aggregate_prior.pt)",
     ),
+    "compress": ("pyroib.cli.codec", "compress", "entropy-code a split with a vector-quantised run into one file"),
+    "decompress": ("pyroib.cli.codec", "decompress", "decode a file written by compress into PNG images"),
     "sweep": ("pyroib.cli.sweep", "main", "train and evaluate one run per β; table and plot (pyroib sweep --help)"),
 }
 

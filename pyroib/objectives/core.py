@@ -7,10 +7,11 @@ One function, :meth:`InfoELBO.terms`, splits a model/guide trace pair into named
   weights, as on the distortion, stay)
 * ``rate/<site>`` and ``kl_per_dim/<site>`` for each latent site, the latter per dimension where the site factorises
 * one entry per extra information term a subclass adds (total correlation, MMD, ...), with its weight.
+* ``factor/<name>`` for each ``pyro.factor`` in the model: -log factor, in the loss but in none of the terms above.
 
 The loss is assembled from the same numbers, so what is logged is what is optimised:
 
-    loss = N · (D + R_β + Σ_k λ_k T_k)                      (Pyro's convention: a total over the N data points)
+    loss = N · (D + R_β + Σ_k λ_k T_k + Σ_f F_f)        (Pyro's convention: a total over the N data points)
 
 where R_β is the rate as weighted by the bottleneck handlers (β, anchors; see :mod:`pyroib.handlers`) and N is the
 size of the data plate (``pyro.plate("data", N, subsample=idx)``), read from the plate's frame, never from a site's
@@ -38,6 +39,7 @@ from torch.distributions import kl_divergence
 
 from ..handlers import BOTTLENECK_SCALE, CAPACITY, AnchorWeighted, per_dimension
 from ..plates import DATA_PLATE
+from ..program import is_factor
 from .enumeration import Enumerated, enumerated_traces, is_annotated
 
 
@@ -269,10 +271,13 @@ class InfoELBO(Trace_ELBO):
         # the numbers: distortion over observed sites, the β-weighted rate as the loss has it, then per-site rates
         # without β
         distortion = weighted_rate = 0.0
+        factors: dict[str, torch.Tensor] = {}
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample" or name in closed_form or name in densities.summed_out:
                 continue
-            if site["is_observed"]:
+            if is_factor(site):  # a penalty of the program's own (contract rule 7): in the loss, not in p(x)
+                factors[name] = -densities.total(name, site)
+            elif site["is_observed"]:
                 distortion = distortion - densities.total(name, site)
             else:
                 weighted_rate = weighted_rate - densities.total(name, site)
@@ -299,7 +304,7 @@ class InfoELBO(Trace_ELBO):
             if per_dim is not None:
                 kl_per_dim[name] = per_dim
 
-        loss = distortion + weighted_rate
+        loss = distortion + weighted_rate + sum(factors.values())
         capacity = _capacity(guide_trace, latents)
         if capacity is not None:
             # Burgess et al.: γ|R - C| replaces the rate
@@ -330,6 +335,8 @@ class InfoELBO(Trace_ELBO):
                 loss = loss + size * weight * value
                 surrogate = surrogate + size * weight * value
 
+        for name, value in factors.items():
+            values[f"factor/{name}"] = _as_tensor(value).detach() / size
         values["distortion"] = _as_tensor(distortion).detach() / size
         values["rate"] = _as_tensor(rate).detach()
         values["elbo"] = -(values["distortion"] + values["rate"])

@@ -1,0 +1,31 @@
+"""The deterministic encoder of the rate-distortion autoencoder: z_n = e_φ(x_n), a point mass (log q = 0), M
+positions of D dimensions; the model quantises it (:mod:`pyroib.models.vqvae`)."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyroib.networks import GaussianEncoder
+from pyroib.plates import data_plate
+
+
+class Guide(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        # the location half of a Gaussian encoder's head; its scale half is unused
+        self.encoder = GaussianEncoder(
+            config.data_shape, config.hidden, config.positions * config.code_dim, config.network
+        )
+
+    def encode_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """e(x) as (..., M, D), before quantisation."""
+        loc = self.encoder(x)[0]
+        return loc.reshape(*loc.shape[:-1], self.config.positions, self.config.code_dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, index=None, size=None):
+        with data_plate(x, index, size):
+            return pyro.sample("z", dist.Delta(self.encode_codes(x), event_dim=2))

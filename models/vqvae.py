@@ -1,0 +1,148 @@
+"""The Shannon rate-distortion autoencoder with a vector quantiser (VQ-VAE): a deterministic encoder, a discrete
+code of M positions over a learned codebook, a learned entropy model, and a decoder.
+
+    z_n ~ p(z) = Π_m π_m[j_m(z_n)]       the entropy model: the probability of z_n's quantisation cell per position
+    ẑ_n = Q(z_n)                         nearest codeword per position, straight-through gradient
+    x_n ~ p(x | ẑ_n) = L(f_θ(ẑ_n))       likelihood L over the decoder's output
+    for n in the data plate
+
+with the guide z_n = e_φ(x_n) (a point mass, :mod:`pyroib.guides.vqvae`). The rate is the code length
+-Σ_m log π_m[j_m] in nats, the distortion -log p(x | ẑ); with the Gaussian likelihood the distortion is a squared
+error. The entropy model π is estimated from running counts of the training codes (its maximum-likelihood value,
+so the rate tracks the codes' entropy); it has no gradient, so a β on the rate changes nothing: the rate is set by
+M, K and the entropy-constrained ``rate_penalty``. M positions of a K-word codebook carry at most M log K nats, so
+the rate ranges from a few bits (M = 1) to hundreds per image. ``pyroib compress`` writes the indices j with an
+entropy coder under π (:mod:`pyroib.codec`).
+See :mod:`pyroib.quantisation` for the codebook's training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pyro
+import torch
+from torch import nn
+
+from pyroib.likelihoods import likelihood_and_decoder
+from pyroib.plates import data_plate
+from pyroib.quantisation import CODEBOOK_UPDATES, CodebookPrior, VectorQuantiser
+
+
+@dataclass(frozen=True)
+class Config:
+    data_shape: tuple[int, ...] = (1, 28, 28)
+    positions: int = 8  # M codebooks, one per latent position (product quantisation)
+    codebook_size: int = 256  # K codewords each: at most M·log2(K) bits per image
+    code_dim: int = 16  # D dimensions per position
+    shared_codebook: bool = False  # one codebook for all positions (VQ-VAE's) instead of one each
+    hidden: tuple[int, ...] = (512, 256)
+    network: str = "mlp"
+    likelihood: str = "gaussian"
+    codebook_update: str = "ema"  # ema: moving averages of assigned encodings; gradient: the codebook loss
+    commitment: float = 0.25  # β_c of the commitment cost β_c ||z - sg[ẑ]||² (van den Oord et al.)
+    ema_decay: float = 0.99
+    # λ > 0: entropy-constrained cells, argmin ||z - c_j||² - λ log π_j (Chou et al. 1989): fewer bits, more error
+    rate_penalty: float = 0.0
+
+    def __post_init__(self):
+        if min(self.positions, self.codebook_size, self.code_dim) < 1:
+            raise ValueError(
+                f"positions, codebook_size and code_dim must be >= 1, got {self.positions}, {self.codebook_size}, "
+                f"{self.code_dim}"
+            )
+        if self.codebook_update not in CODEBOOK_UPDATES:
+            raise ValueError(
+                f"unknown codebook_update {self.codebook_update!r}: choose one of {', '.join(CODEBOOK_UPDATES)}"
+            )
+        if self.rate_penalty < 0:
+            raise ValueError(f"rate_penalty must be >= 0, got {self.rate_penalty}")
+        if self.commitment < 0:
+            raise ValueError(f"the commitment weight must be >= 0, got {self.commitment}")
+
+    @property
+    def max_bits(self) -> float:
+        return self.positions * math.log2(self.codebook_size)
+
+
+class Model(nn.Module):
+    latent_site = "z"
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        self.quantiser = VectorQuantiser(
+            config.positions,
+            config.codebook_size,
+            config.code_dim,
+            shared=config.shared_codebook,
+            update=config.codebook_update,
+            decay=config.ema_decay,
+            rate_penalty=config.rate_penalty,
+        )
+        self.likelihood, self.decoder = likelihood_and_decoder(config.positions * config.code_dim, config)
+
+    def prior(self, batch_size: int) -> CodebookPrior:
+        log_probs = self.quantiser.log_probabilities()
+        return CodebookPrior(log_probs.expand(batch_size, *log_probs.shape), self.quantiser)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, index=None, size=None):
+        with data_plate(x, index, size):
+            z = pyro.sample("z", self.prior(x.shape[0]))
+            quantised, codewords, _ = self.quantiser(z)
+            if self.config.commitment > 0:
+                pyro.factor("commitment", -self.config.commitment * (z - codewords.detach()).pow(2).sum((-2, -1)))
+            if self.config.codebook_update == "gradient":
+                pyro.factor("codebook", -(z.detach() - codewords).pow(2).sum((-2, -1)))
+            pyro.sample("x", self.likelihood(self.decoder(quantised.flatten(-2))), obs=x)
+        return z
+
+    def check_data(self, x: torch.Tensor, binarize: str) -> None:
+        self.likelihood.check_data(x, binarize)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Mean image E[x | ẑ] of codes z (..., M, D) or (..., M·D), quantised first."""
+        z = z.reshape(*z.shape[:-1], self.config.positions, self.config.code_dim) if z.dim() == 2 else z
+        return self.likelihood.mean(self.decoder(self.quantiser(z)[0].flatten(-2)))
+
+    def decode_indices(self, index: torch.Tensor) -> torch.Tensor:
+        """Mean image of codeword indices (..., M): the decompressor's half."""
+        from pyroib.quantisation import lookup
+
+        return self.likelihood.mean(self.decoder(lookup(index, self.quantiser.codebook).flatten(-2)))
+
+    def code_probabilities(self) -> torch.Tensor:
+        """π (M, K): the entropy model the codec writes the indices under."""
+        return self.quantiser.log_probabilities().exp()
+
+    def metrics(self, guide, x: torch.Tensor, y=None) -> dict:
+        with torch.no_grad():
+            index = torch.cat(
+                [self.quantiser.assign(guide.encode_codes(x[i : i + 1000])) for i in range(0, x.shape[0], 1000)]
+            )
+            reconstruction = torch.cat([self.decode_indices(index[i : i + 1000]) for i in range(0, x.shape[0], 1000)])
+        return code_statistics(index, self.code_probabilities(), self.config) | distortion_measures(reconstruction, x)
+
+
+def code_statistics(index: torch.Tensor, probabilities: torch.Tensor, config: Config) -> dict:
+    """Code length under the entropy model and the codes' empirical entropy and usage, from indices (N, M)."""
+    counts = torch.nn.functional.one_hot(index, config.codebook_size).sum(0).double()  # (M, K)
+    frequency = counts / index.shape[0]
+    entropy = -(frequency * frequency.clamp_min(1e-300).log()).sum(-1)  # per position, nats
+    code_length = -probabilities.double().log().gather(-1, index.T).sum(0)  # per point, nats
+    return {
+        "code_length": float(code_length.mean()),
+        "bits_per_image": float(code_length.mean()) / math.log(2),
+        "code_entropy": float(entropy.sum()),
+        "code_entropy_bits": float(entropy.sum()) / math.log(2),
+        "codebook_perplexity": float(entropy.exp().mean()),
+        "codewords_used": float((counts > 0).sum(-1).double().mean()),
+        "max_bits_per_image": config.max_bits,
+    }
+
+
+def distortion_measures(reconstruction: torch.Tensor, x: torch.Tensor) -> dict:
+    """Mean squared error per pixel and PSNR (peak 1) of reconstructions in [0, 1]."""
+    mse = (reconstruction.clamp(0, 1) - x).pow(2).flatten(1).mean(1)
+    return {"mse": float(mse.mean()), "psnr": float((-10 * mse.clamp_min(1e-12).log10()).mean())}
