@@ -12,11 +12,12 @@ so the rate E[log q - log p] is the expected code length -Σ_m log π_m[j_m] of 
 in nats: the number an entropy coder achieves to within a few bytes per file (:mod:`pyroib.codec`), and an upper
 bound on the empirical code entropy H(ẑ), which it equals when π matches the codes' frequencies.
 
-The quantiser passes gradients straight through (ẑ = z + sg[c - z]); the codebook learns by exponential moving
-averages of the encodings assigned to each codeword (van den Oord et al., appendix; Razavi et al. 2019) or by the
-codebook loss ||sg[z] - c||², and unused codewords restart at random encodings of the current batch (the
-maintained fix for dead codewords, e.g. Dhariwal et al. 2020). The commitment cost β_c ||z - sg[c]||² and the
-codebook loss are ``pyro.factor`` terms of the model: in the loss, outside p(x) (rule 7 of the program contract).
+The quantiser passes gradients straight through (ẑ = c forward, ∂ẑ/∂z = I backward). The codebook learns by
+exponential moving averages of the encodings assigned to each codeword (van den Oord et al. 2017, appendix; Razavi
+et al. 2019) or by the codebook loss ||sg[z] - c||², and unused codewords restart at random encodings of the
+current batch (the maintained fix for dead codewords, e.g. Dhariwal et al. 2020). The commitment cost
+β_c ||z - sg[c]||² and the codebook loss are ``pyro.factor`` terms of the model: in the loss, outside p(x) (rule 7
+of the program contract).
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ class VectorQuantiser(nn.Module):
             self._learn(z.detach())
         index = self.assign(z)
         codewords = lookup(index, self.codebook)
-        return z + (codewords - z).detach(), codewords, index
+        return _StraightThrough.apply(z, codewords), codewords, index
 
     @torch.no_grad()
     def _learn(self, z: torch.Tensor) -> None:
@@ -192,6 +193,19 @@ class VectorQuantiser(nn.Module):
         _broadcast(self.code_counts)
         if self.update == "ema":
             _broadcast(self.ema_sum)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the codewords exactly (z + sg[c - z] is c only up to rounding, and the decoder must see what the
+    decompressor sees). Backward: the gradient goes to z unchanged, none to the codewords."""
+
+    @staticmethod
+    def forward(ctx, z, codewords):
+        return codewords.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
 
 
 def _all_reduced(tensor: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ COMMANDS = {
     ),
     "compress": ("pyroib.cli.codec", "compress", "entropy-code a split with a vector-quantised run into one file"),
     "decompress": ("pyroib.cli.codec", "decompress", "decode a file written by compress into PNG images"),
+    "score": ("pyroib.cli.score", "main", "per-point novelty scores of a split (one CSV row per point)"),
     "sweep": ("pyroib.cli.sweep", "main", "train and evaluate one run per β; table and plot (pyroib sweep --help)"),
 }
 
