@@ -1,5 +1,6 @@
 """The deterministic encoder of the rate-distortion autoencoder: z_n = e_φ(x_n), a point mass (log q = 0), M
-positions of D dimensions; the model quantises it (:mod:`pyroib.models.vqvae`)."""
+positions of D dimensions; the model quantises it (:mod:`pyroib.models.vqvae`). With decoder noise, u_n ~ N(0, I)
+as in the model."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyroib.models.vqvae import noise_distribution
 from pyroib.networks import GaussianEncoder
 from pyroib.plates import data_plate
 
@@ -28,4 +30,7 @@ class Guide(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, index=None, size=None):
         with data_plate(x, index, size):
-            return pyro.sample("z", dist.Delta(self.encode_codes(x), event_dim=2))
+            z = pyro.sample("z", dist.Delta(self.encode_codes(x), event_dim=2))
+            if self.config.noise_dim:  # U is not inferred: q(u | x) = p(u), so it carries no rate
+                pyro.sample("u", noise_distribution(z.flatten(-2), self.config.noise_dim))
+            return z

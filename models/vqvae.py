@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 
 import pyro
+import pyro.distributions as dist
 import torch
 from torch import nn
 
@@ -45,6 +46,9 @@ class Config:
     ema_decay: float = 0.99
     # λ > 0: entropy-constrained cells, argmin ||z - c_j||² - λ log π_j (Chou et al. 1989): fewer bits, more error
     rate_penalty: float = 0.0
+    # U ~ N(0, I) of this size enters the decoder beside ẑ (generative compression); the guide draws it from the
+    # same N(0, I), so it costs no rate and the decoded image is a sample, not a mean, given the code
+    noise_dim: int = 0
 
     def __post_init__(self):
         if min(self.positions, self.codebook_size, self.code_dim) < 1:
@@ -56,6 +60,8 @@ class Config:
             raise ValueError(
                 f"unknown codebook_update {self.codebook_update!r}: choose one of {', '.join(CODEBOOK_UPDATES)}"
             )
+        if self.noise_dim < 0:
+            raise ValueError(f"noise_dim must be >= 0, got {self.noise_dim}")
         if self.rate_penalty < 0:
             raise ValueError(f"rate_penalty must be >= 0, got {self.rate_penalty}")
         if self.commitment < 0:
@@ -81,7 +87,9 @@ class Model(nn.Module):
             decay=config.ema_decay,
             rate_penalty=config.rate_penalty,
         )
-        self.likelihood, self.decoder = likelihood_and_decoder(config.positions * config.code_dim, config)
+        self.likelihood, self.decoder = likelihood_and_decoder(
+            config.positions * config.code_dim + config.noise_dim, config
+        )
 
     def prior(self, batch_size: int) -> CodebookPrior:
         log_probs = self.quantiser.log_probabilities()
@@ -95,34 +103,53 @@ class Model(nn.Module):
                 pyro.factor("commitment", -self.config.commitment * (z - codewords.detach()).pow(2).sum((-2, -1)))
             if self.config.codebook_update == "gradient":
                 pyro.factor("codebook", -(z.detach() - codewords).pow(2).sum((-2, -1)))
-            pyro.sample("x", self.likelihood(self.decoder(quantised.flatten(-2))), obs=x)
+            code = quantised.flatten(-2)
+            if self.config.noise_dim:
+                u = pyro.sample("u", noise_distribution(code, self.config.noise_dim))
+                code = torch.cat([code, u.expand(*code.shape[:-1], -1)], -1)
+            pyro.sample("x", self.likelihood(self.decoder(code)), obs=x)
         return z
 
     def check_data(self, x: torch.Tensor, binarize: str) -> None:
         self.likelihood.check_data(x, binarize)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Mean image E[x | ẑ] of codes z (..., M, D) or (..., M·D), quantised first."""
-        z = z.reshape(*z.shape[:-1], self.config.positions, self.config.code_dim) if z.dim() == 2 else z
-        return self.likelihood.mean(self.decoder(self.quantiser(z)[0].flatten(-2)))
+    def _decode_code(self, code: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        if self.config.noise_dim:
+            u = torch.randn(*code.shape[:-1], self.config.noise_dim, generator=generator, device=code.device)
+            code = torch.cat([code, u.to(code.dtype)], -1)
+        return self.likelihood.mean(self.decoder(code))
 
-    def decode_indices(self, index: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean image E[x | ẑ, u] of codes z (..., M, D) or (..., M·D), quantised first (u ~ N(0, I) drawn with
+        ``generator`` when the program has noise)."""
+        z = z.reshape(*z.shape[:-1], self.config.positions, self.config.code_dim) if z.dim() == 2 else z
+        return self._decode_code(self.quantiser(z)[0].flatten(-2), generator)
+
+    def decode_indices(self, index: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean image of codeword indices (..., M): the decompressor's half."""
         from pyroib.quantisation import lookup
 
-        return self.likelihood.mean(self.decoder(lookup(index, self.quantiser.codebook).flatten(-2)))
+        return self._decode_code(lookup(index, self.quantiser.codebook).flatten(-2), generator)
 
     def code_probabilities(self) -> torch.Tensor:
         """π (M, K): the entropy model the codec writes the indices under."""
         return self.quantiser.log_probabilities().exp()
 
     def metrics(self, guide, x: torch.Tensor, y=None) -> dict:
+        """The code's length, entropy and usage, and the distortion of the images a decompressor gives (decoder noise
+        drawn as ``pyroib decompress`` draws it)."""
+        generator = torch.Generator(device=x.device).manual_seed(0)
+        chunks = range(0, x.shape[0], 1000)
         with torch.no_grad():
-            index = torch.cat(
-                [self.quantiser.assign(guide.encode_codes(x[i : i + 1000])) for i in range(0, x.shape[0], 1000)]
-            )
-            reconstruction = torch.cat([self.decode_indices(index[i : i + 1000]) for i in range(0, x.shape[0], 1000)])
+            index = torch.cat([self.quantiser.assign(guide.encode_codes(x[i : i + 1000])) for i in chunks])
+            reconstruction = torch.cat([self.decode_indices(index[i : i + 1000], generator) for i in chunks])
         return code_statistics(index, self.code_probabilities(), self.config) | distortion_measures(reconstruction, x)
+
+
+def noise_distribution(like: torch.Tensor, size: int):
+    """N(0, I) over the decoder's noise input U, one per data point."""
+    zeros = like.new_zeros(like.shape[:-1] + (size,))
+    return dist.Normal(zeros, 1.0).to_event(1)
 
 
 def code_statistics(index: torch.Tensor, probabilities: torch.Tensor, config: Config) -> dict:

@@ -26,7 +26,8 @@ class Architecture:
     program: str
     objective: type = InfoELBO
     options: dict = field(default_factory=lambda: dict(_SITE))  # objective keyword -> default; each becomes a --flag
-    defaults: dict = field(default_factory=dict)  # training defaults, e.g. {"beta": 4.0}
+    # training defaults, e.g. {"beta": 4.0}; "model_config" holds defaults of the program's Config fields
+    defaults: dict = field(default_factory=dict)
     summary: str = ""
 
 
@@ -97,6 +98,21 @@ ARCHITECTURES: dict[str, Architecture] = {
         "vqvae",
         defaults={"binarize": "none"},
         summary="Shannon rate-distortion autoencoder: vector-quantised code, learned entropy model (pyroib compress)",
+    ),
+    "generative-codec": Architecture(
+        "vqvae",
+        BoundedIBELBO,
+        options={
+            "marginal_kl_weight": 0.0,
+            "data_kl_weight": 1.0,
+            "data_fakes": "reconstructions",
+            "marginal_estimator": "mss",
+            "data_site": None,
+            **_CRITIC,
+            **_SITE,
+        },
+        defaults={"binarize": "none", "model_config": {"noise_dim": 16}},
+        summary="generative compression: the VQ code plus decoder noise U, and a critic on reconstructions (term D)",
     ),
     # grey levels: a classifier gains nothing from Bernoulli noise on its inputs (0.84 vs 0.95 accuracy on digits)
     "vib": Architecture(

@@ -157,11 +157,14 @@ def decode_file(run, header: dict, words: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(symbols.astype(np.int64)).reshape(images, positions)
 
 
-def decode_images(run, index: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def decode_images(run, index: torch.Tensor, batch_size: int = 1000, seed: int = 0) -> torch.Tensor:
+    """Images in [0, 1] of indices (N, M); a generative codec's decoder noise U is drawn from ``seed``, so decoding
+    a file twice gives the same images."""
+    generator = torch.Generator(device=run.device).manual_seed(seed)
     with torch.no_grad():
         return torch.cat(
             [
-                run.model.decode_indices(index[i : i + batch_size].to(run.device)).cpu()
+                run.model.decode_indices(index[i : i + batch_size].to(run.device), generator).cpu()
                 for i in range(0, index.shape[0], batch_size)
             ]
         ).clamp(0, 1)

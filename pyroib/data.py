@@ -359,6 +359,7 @@ def load_spec_dataset(spec, device="cpu", binarize: str | None = None) -> DataSp
         binarize=spec.binarize if binarize is None else binarize,
         val_size=spec.val_size,
         train_size=spec.train_size,
+        classes=spec.classes,
         device=device,
     )
 
@@ -372,6 +373,7 @@ def load_dataset(
     device="cpu",
     seed: int = 0,
     train_size: int | None = None,
+    classes: list[int] | None = None,
 ) -> DataSplits:
     """Load ``name`` and return its splits on ``device``.
 
@@ -379,7 +381,9 @@ def load_dataset(
     from ``seed`` (kept in their original order); the default is the dataset's own (5,000 for
     Fashion-MNIST, 10% of the pool otherwise). ``train_size`` keeps that many of the remaining training images, a
     seeded random subset in their original order, for quick runs (validation and test splits are unchanged).
-    ``data_dir`` only matters for Fashion-MNIST.
+    ``classes`` keeps only the training and validation points of those labels (before ``train_size``); the test
+    split keeps every class, as the one-class protocol of novelty detection asks. ``data_dir`` only matters for
+    Fashion-MNIST.
     """
     if name not in _LOADERS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(_LOADERS)}")
@@ -398,6 +402,8 @@ def load_dataset(
         )
     order = torch.randperm(n_pool, generator=_generator(seed, "carve"))
     index = {"train": order[: n_pool - val_size].sort().values, "val": order[n_pool - val_size :].sort().values}
+    if classes is not None:
+        index = _only_classes(index, raw.train_y, classes, name)
     if train_size is not None:
         train_size = _as_int(train_size, "train_size")
         if not 1 <= train_size <= len(index["train"]):
@@ -425,6 +431,20 @@ def load_dataset(
         **{split: images[split].contiguous().to(device) for split in SPLIT_NAMES},
         **{f"{split}_labels": labels[split].to(device) for split in SPLIT_NAMES},
     )
+
+
+def _only_classes(index: dict, labels: torch.Tensor, classes, name: str) -> dict:
+    """The training and validation indices whose label is one of ``classes``."""
+    chosen = sorted({_as_int(c, "classes") for c in classes})
+    present = sorted(int(v) for v in labels.unique()) if labels.dim() == 1 else []
+    missing = [c for c in chosen if c not in present]
+    if not chosen or missing:
+        raise DataError(
+            f"classes {missing or chosen} are not labels of {name} (its labels are "
+            f"{', '.join(map(str, present)) or 'not single classes'}); pass --classes from those"
+        )
+    wanted = torch.tensor(chosen)
+    return {split: i[torch.isin(labels[i], wanted)] for split, i in index.items()}
 
 
 class BatchIterator:

@@ -52,6 +52,12 @@ class RunSpec:
     train_size: int | None = _option(
         None, "train on a seeded random subset of this many training points (quick runs)", type=int
     )
+    classes: list[int] | None = _option(
+        None,
+        "train and validate on the points of these labels only, comma-separated (one-class novelty detection); "
+        "the test split keeps every class",
+        type="classes",
+    )
     prior: str = _option("standard", "standard, learned, mixture, vamp or flow")
     prior_options: dict = _option(dict, "the prior's options", cli=False)
     objective_options: dict = _option(dict, "the objective's options", cli=False)
@@ -116,8 +122,9 @@ class RunSpec:
         """The spec ``pyroib train --model MODEL`` starts from: the architecture's own defaults (β = 4 for
         ``beta-vae``, grey levels and batch 32 for ``hvae``, ...) under the fields given. ``RunSpec(model=...)``
         takes the plain defaults of every field instead."""
-        architecture = ARCHITECTURES.get(model)
-        return cls(model=model, **{**(architecture.defaults if architecture else {}), **fields})
+        defaults = dict(ARCHITECTURES[model].defaults) if model in ARCHITECTURES else {}
+        model_config = {**defaults.pop("model_config", {}), **fields.pop("model_config", {})}
+        return cls(model=model, **{**defaults, **fields, "model_config": model_config})
 
     @classmethod
     def from_json(cls, obj: dict) -> "RunSpec":

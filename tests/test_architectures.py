@@ -40,7 +40,10 @@ FULL_DATA_KEYS = {"mutual_information", "total_correlation", "dimwise_kl", "marg
 
 
 def test_table_covers_every_architecture_with_extra_terms():
-    assert set(TABLE) == {name for name, arch in ARCHITECTURES.items() if arch.objective is not InfoELBO}
+    # the VAE program's objectives; the vector-quantised generative codec has its own tests (test_vq_codec.py)
+    assert set(TABLE) == {
+        name for name, arch in ARCHITECTURES.items() if arch.objective is not InfoELBO and arch.program == "vae"
+    }
 
 
 def run(args, capsys):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 
+from pyroib.checkpoint import read_jsonl
 from pyroib.cli import main
 from pyroib.codec import CodecError, code_indices, compress, decode_file, read_file
 from pyroib.evaluate import importance_nll
@@ -273,3 +274,39 @@ def test_score_writes_one_row_per_point_with_every_term(vq_run, tmp_path, capsys
     index = code_indices(run, test_x)
     code_length = -run.model.quantiser.log_probabilities()[torch.arange(4), index].sum(-1).detach().numpy()
     np.testing.assert_allclose(rate, code_length, rtol=1e-4, atol=1e-4)
+
+
+def test_generative_codec_trains_a_critic_on_reconstructions_and_decodes_files_reproducibly(tmp_path, capsys):
+    run = tmp_path / "gc"
+    critic = ["--critic-width", "16", "--critic-depth", "1", "--noise-dim", "3"]
+    argv = ["train", "--model", "generative-codec", *TINY, *SMALL, *critic, "--epochs", "2", "--out", str(run)]
+    assert main(argv) == 0, capsys.readouterr().err
+    row = read_jsonl(run / "metrics.jsonl")[-1]
+    assert math.isfinite(row["train_critic_data_kl"]) and "train_marginal_kl" not in row  # B is off (weight 0)
+    assert row["train_rate/u"] == 0.0  # U is drawn by the guide from its prior: no rate
+    loaded = load_run(run)
+    assert loaded.objective.data_fakes == "reconstructions" and loaded.model.config.noise_dim == 3
+    capsys.readouterr()
+    file = tmp_path / "f.bin"
+    assert main(["compress", str(run), "--out", str(file), "--device", "cpu"]) == 0
+    for out in ("a", "b"):
+        assert main(["decompress", str(file), "--out", str(tmp_path / out), "--device", "cpu"]) == 0
+    first, second = (sorted((tmp_path / out).glob("*.png")) for out in ("a", "b"))
+    assert len(first) == 360 and all(a.read_bytes() == b.read_bytes() for a, b in zip(first, second))
+    # the noise matters: another draw of U decodes the same codes into other images
+    index = torch.as_tensor(np.load(tmp_path / "a" / "codes.npy"))
+    one, other = (loaded.model.decode_indices(index[:50], torch.Generator().manual_seed(s)) for s in (0, 1))
+    assert not torch.allclose(one, other)
+
+
+def test_one_class_runs_train_on_that_class_and_are_scored_on_every_test_point(tmp_path, capsys):
+    run = tmp_path / "one"
+    argv = ["train", "--model", "vqvae", *TINY, *SMALL, "--epochs", "1", "--classes", "3", "--out", str(run)]
+    assert main(argv) == 0, capsys.readouterr().err
+    from pyroib.data import load_spec_dataset
+
+    splits = load_spec_dataset(load_run(run).spec, "cpu")
+    assert set(splits.train_labels.tolist()) == {3} and set(splits.val_labels.tolist()) == {3}
+    assert len(set(splits.test_labels.tolist())) == 10
+    assert main(["train", "--model", "vqvae", *TINY, "--classes", "12", "--out", str(tmp_path / "bad")]) == 2
+    assert "not labels of digits" in capsys.readouterr().err

@@ -122,7 +122,12 @@ def _field_annotations(cls) -> dict:
         return {}
 
 
-_SPECIAL_TYPES = {"beta": parse_beta, "anchors": str, "sites": lambda s: [v.strip() for v in s.split(",") if v]}
+_SPECIAL_TYPES = {
+    "beta": parse_beta,
+    "anchors": str,
+    "sites": lambda s: [v.strip() for v in s.split(",") if v],
+    "classes": lambda s: parse_list(s, "--classes", int),
+}
 
 
 def _spec_flags(parser: argparse.ArgumentParser, defaults: dict) -> None:
@@ -214,6 +219,7 @@ def train_parser(program=None, architecture=None, add_help: bool = True) -> argp
     if program is not None:
         group = p.add_argument_group(f"model config ({program.name})")
         annotations = _field_annotations(program.Config)
+        config_defaults = architecture.defaults.get("model_config", {}) if architecture is not None else {}
         for f in dataclasses.fields(program.Config):
             if f.name in DATA_FIELDS:
                 continue
@@ -225,6 +231,7 @@ def train_parser(program=None, architecture=None, add_help: bool = True) -> argp
                 default = f.default_factory()
             else:
                 default = None
+            default = config_defaults.get(f.name, default)
             group.add_argument(
                 flag,
                 dest=f"config__{f.name}",

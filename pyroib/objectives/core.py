@@ -109,7 +109,12 @@ def latent_site_names(model_trace, guide_trace) -> list[str]:
 
 
 def observed_site_names(model_trace) -> list[str]:
-    return [name for name, site in model_trace.nodes.items() if site["type"] == "sample" and site["is_observed"]]
+    """The model's observed sites, its factors (rule 7) left out."""
+    return [
+        name
+        for name, site in model_trace.nodes.items()
+        if site["type"] == "sample" and site["is_observed"] and not is_factor(site)
+    ]
 
 
 def choose_site(names: list[str], chosen: str | None, kind: str, flag: str) -> str:

@@ -41,6 +41,7 @@ from .aggregate import batch_marginal_kl, batch_mmd, check_choice, check_weight,
 from .core import InfoELBO, choose_site, observed_site_names
 
 CRITIC_BETAS = (0.5, 0.9)
+DATA_FAKES = ("prior", "reconstructions")
 
 
 class CriticELBO(InfoELBO):
@@ -240,6 +241,10 @@ class BoundedIBELBO(CriticELBO):
         ``--binarize none`` and a continuous likelihood.
     :param data_site: the observed site whose values are the data x of D (default: the program's only observed
         site).
+    :param data_fakes: what D's critic tells data from: ``"prior"`` (BIB-AE's p_θ(x), decoded prior draws) or
+        ``"reconstructions"`` (the decoded codes of the batch itself, the perception term of generative compression,
+        Blau and Michaeli 2019; Agustsson et al. 2019).
+    With ``marginal_kl_weight=0`` the term B is not estimated at all (a deterministic code has no batch estimate).
     """
 
     def __init__(
@@ -248,10 +253,12 @@ class BoundedIBELBO(CriticELBO):
         data_kl_weight: float = 1.0,
         marginal_estimator: str = "mss",
         data_site: str | None = None,
+        data_fakes: str = "prior",
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.data_site = data_site
+        self.data_fakes = check_choice("data_fakes", data_fakes, DATA_FAKES)
         self.marginal_kl_weight = check_weight("marginal_kl_weight", marginal_kl_weight)
         self.data_kl_weight = check_weight("data_kl_weight", data_kl_weight)
         self.marginal_estimator = check_choice(
@@ -261,7 +268,9 @@ class BoundedIBELBO(CriticELBO):
     def information_terms(self, model_trace, guide_trace, size, context=None):
         if context is None:
             raise ValueError("BIB-AE's term D runs the model forward from its prior: evaluate it through terms()")
-        if self.marginal_estimator == "critic":
+        if self.marginal_kl_weight == 0:
+            terms = {}
+        elif self.marginal_estimator == "critic":
             terms = {
                 "critic_marginal_kl": (
                     self.marginal_kl_weight,
@@ -283,9 +292,12 @@ class BoundedIBELBO(CriticELBO):
             }
         data_site = choose_site(observed_site_names(model_trace), self.data_site, "observed", "--data-site")
         real = model_trace.nodes[data_site]["value"]
-        # the same program run forward from the prior: its observed site's distribution is p_θ(x | z ~ p(z))
-        generated = poutine.trace(context.model).get_trace(*context.args, **context.kwargs)
-        fake = generated.nodes[data_site]["fn"].mean
+        if self.data_fakes == "reconstructions":
+            fake = model_trace.nodes[data_site]["fn"].mean
+        else:
+            # the same program run forward from the prior: its observed site's distribution is p_θ(x | z ~ p(z))
+            generated = poutine.trace(context.model).get_trace(*context.args, **context.kwargs)
+            fake = generated.nodes[data_site]["fn"].mean
         real, fake = real.reshape(real.shape[0], -1), fake.reshape(fake.shape[0], -1)
         context.remember("data", real, fake)
         estimate = self.critic_logit("data", real).mean().detach()
