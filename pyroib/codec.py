@@ -182,3 +182,56 @@ def write_images(images: torch.Tensor, out_dir: str | Path) -> int:
         pixels = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
         Image.fromarray(pixels).save(out_dir / f"{i:0{width}d}.png")
     return array.shape[0]
+
+
+def report_section(run, splits, out_dir) -> dict[str, str]:
+    """For ``pyroib report`` of a vector-quantised run: decoded test images, images of codes drawn from the entropy
+    model, and each position's code entropy against its bits. {title: png}."""
+    if not hasattr(run.model, "quantiser") or len(splits.data_shape) != 3:
+        return {}
+    from .figures import plot, save_grid
+
+    out_dir = Path(out_dir)
+    model, quantiser = run.model, run.model.quantiser
+    x, _ = splits.split("test")
+    index = code_indices(run, x)
+    decoded = decode_images(run, index[:32]).to(x.device)
+    pairs = torch.stack([x[:32], decoded], 1).reshape(-1, *splits.data_shape)
+    save_grid(
+        pairs.cpu(),
+        out_dir / "codec_reconstructions.png",
+        nrow=16,
+        title="test images (odd columns) and what pyroib decompress gives back (even)",
+    )
+    generator = torch.Generator(device=run.device).manual_seed(0)
+    with torch.no_grad():
+        draws = torch.multinomial(model.code_probabilities(), 64, replacement=True, generator=generator).T
+        samples = model.decode_indices(draws, generator).clamp(0, 1)
+    save_grid(
+        samples.cpu(),
+        out_dir / "codec_samples.png",
+        nrow=8,
+        title="codes drawn from the entropy model π (positions independent), decoded",
+    )
+    counts = torch.nn.functional.one_hot(index, quantiser.size).sum(0).double()
+    frequency = counts / counts.sum(-1, keepdim=True)
+    entropy_bits = -(frequency * frequency.clamp_min(1e-300).log2()).sum(-1)
+    length_bits = -(frequency * model.code_probabilities().double().cpu().log2()).sum(-1)
+
+    def per_position(ax):
+        positions = range(len(entropy_bits))
+        ax.bar(positions, length_bits.tolist(), label="code length under π", color="tab:orange")
+        ax.bar(positions, entropy_bits.tolist(), label="empirical code entropy", color="tab:blue")
+        ax.axhline(
+            math.log2(quantiser.size), color="k", linestyle="--", label=f"log2 K = {math.log2(quantiser.size):g}"
+        )
+        ax.set_xlabel("latent position")
+        ax.set_ylabel("bits per image (test split)")
+        ax.legend(fontsize=8)
+
+    plot(out_dir / "codec_positions.png", per_position)
+    return {
+        "Decompressed test images": "codec_reconstructions.png",
+        "Codes drawn from the entropy model": "codec_samples.png",
+        "Bits per latent position": "codec_positions.png",
+    }

@@ -152,7 +152,13 @@ def _extra_sections():
     import importlib
 
     sections = []
-    for name in ("pyroib.diagnostics", "pyroib.aggregate_prior", "pyroib.layer_information", "pyroib.disentanglement"):
+    for name in (
+        "pyroib.diagnostics",
+        "pyroib.aggregate_prior",
+        "pyroib.layer_information",
+        "pyroib.disentanglement",
+        "pyroib.codec",
+    ):
         try:
             sections.append(importlib.import_module(name).report_section)
         except ModuleNotFoundError as error:

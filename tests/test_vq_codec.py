@@ -310,3 +310,11 @@ def test_one_class_runs_train_on_that_class_and_are_scored_on_every_test_point(t
     assert len(set(splits.test_labels.tolist())) == 10
     assert main(["train", "--model", "vqvae", *TINY, "--classes", "12", "--out", str(tmp_path / "bad")]) == 2
     assert "not labels of digits" in capsys.readouterr().err
+
+
+def test_report_shows_decompressed_images_entropy_model_samples_and_bits_per_position(vq_run, capsys):
+    assert main(["report", str(vq_run), "--iw-samples", "2", "--device", "cpu"]) == 0, capsys.readouterr().err
+    report = (vq_run / "report" / "report.md").read_text()
+    for png in ("codec_reconstructions.png", "codec_samples.png", "codec_positions.png"):
+        assert (vq_run / "report" / png).stat().st_size > 1000 and png in report
+    assert "| bits_per_image |" in report and "| factor/commitment |" in report
