@@ -13,7 +13,15 @@ import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .objectives import MMDELBO, AdversarialELBO, BoundedIBELBO, FactorVAEELBO, InfoELBO, TotalCorrelationELBO
+from .objectives import (
+    MMDELBO,
+    AdversarialELBO,
+    BoundedIBELBO,
+    DiffusionELBO,
+    FactorVAEELBO,
+    InfoELBO,
+    TotalCorrelationELBO,
+)
 from .program import Program, ProgramError, check_classes, load_module
 
 _CRITIC = {"critic_width": 256, "critic_depth": 2, "critic_lr": 1e-4, "critic_steps": 1}
@@ -113,6 +121,13 @@ ARCHITECTURES: dict[str, Architecture] = {
         },
         defaults={"binarize": "none", "model_config": {"noise_dim": 16}},
         summary="generative compression: the VQ code plus decoder noise U, and a critic on reconstructions (term D)",
+    ),
+    "diffusion": Architecture(
+        "diffusion",
+        DiffusionELBO,
+        options={"timestep_weights": "constant", "timestep_sampling": "uniform"},
+        defaults={"binarize": "none"},
+        summary="denoising diffusion (Ho et al. 2020): L_0 + Σ_t β_t L_{t-1} + L_T, one sampled timestep per image",
     ),
     # grey levels: a classifier gains nothing from Bernoulli noise on its inputs (0.84 vs 0.95 accuracy on digits)
     "vib": Architecture(

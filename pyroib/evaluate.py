@@ -263,7 +263,12 @@ def evaluate_run(
         "distortion": values.pop("distortion"),
     }
     values.pop("loss", None)
-    if iw_samples > 0 and capabilities.observes_inputs:
+    if iw_samples > 0 and capabilities.observes_inputs and not capabilities.importance_sampling:
+        result["nll_iw_note"] = (
+            "the program declares importance_sampling = False: its ELBO is reported (and its own metrics), no "
+            "importance-weighted estimate"
+        )
+    elif iw_samples > 0 and capabilities.observes_inputs:
         problem = broadcasting_problem(model, guide, x, y)
         if problem is not None:  # the particles are a plate left of the data plate: say why there is no estimate
             result["nll_iw_note"] = problem

@@ -33,6 +33,10 @@ more, by tracing, before a run's first step.
 * ``Model.check_data(x, binarize)``: refuses data its likelihood cannot score.
 * ``Model.observes_inputs = False``: x only conditions the guide (deep VIB); no -log p(x) is estimated.
 * ``Model.latent_site = "name"``: the site the information objectives read when the program has several.
+* ``Model.importance_sampling = False``: evaluation reports the bound without an importance-weighted estimate (a
+  program of T image-sized latent sites, the diffusion model, where K particles of all of them would not fit).
+* ``Model.preflight_points = n``: the check before the first step traces n points instead of a whole minibatch (a
+  program whose trace costs T network evaluations).
 
 Anything missing makes the commands that need it refuse with a message naming the capability; nothing falls back
 to a default silently.
@@ -74,6 +78,8 @@ class Capabilities:
     check_data: bool = False
     observes_inputs: bool = True
     latent_site: str | None = None
+    importance_sampling: bool = True
+    preflight_points: int | None = None
 
     def require(self, name: str, purpose: str) -> None:
         if not getattr(self, name):
@@ -142,6 +148,10 @@ def check_classes(where: str, config_cls, model_cls, guide_cls) -> Capabilities:
     if latent_site is not None and not isinstance(latent_site, str):
         raise ProgramError(f"{where}: Model.latent_site must be a site name (a str), got {latent_site!r}")
     observes = inspect.getattr_static(model_cls, "observes_inputs", True)
+    importance = inspect.getattr_static(model_cls, "importance_sampling", True)
+    preflight_points = inspect.getattr_static(model_cls, "preflight_points", None)
+    if preflight_points is not None and (not isinstance(preflight_points, int) or preflight_points < 1):
+        raise ProgramError(f"{where}: Model.preflight_points must be a whole number >= 1, got {preflight_points!r}")
     return Capabilities(
         takes_prior=_accepts(model_cls, "config", prior=None),
         encode=_callable_attribute(guide_cls, "encode"),
@@ -150,6 +160,8 @@ def check_classes(where: str, config_cls, model_cls, guide_cls) -> Capabilities:
         check_data=_callable_attribute(model_cls, "check_data"),
         observes_inputs=bool(observes),
         latent_site=latent_site,
+        importance_sampling=bool(importance),
+        preflight_points=preflight_points,
     )
 
 

@@ -224,7 +224,7 @@ def preflight(built, splits: DataSplits, spec: RunSpec, anchors=None) -> list[st
     """Trace model and guide once on the first training points, Pyro validation on, before anything trains: the
     program contract (:mod:`pyroib.program`) refused with one line, never a silently wrong run. Returns the latent
     site names."""
-    n = min(spec.batch_size, splits.train.shape[0])
+    n = min(spec.batch_size, splits.train.shape[0], built.capabilities.preflight_points or spec.batch_size)
     x, y = as_images(splits.train[:n]), splits.train_labels[:n]
     if splits.binarize == "dynamic":
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
@@ -373,6 +373,13 @@ def _train(spec, out, resume, progress, splits, processes, device) -> list[dict]
 
     n_train = splits.train.shape[0]
     gather = processes.parallel and spec.batch_terms == "global"
+    # an objective that does not trace every latent site (the diffusion estimator) takes β from the loop itself
+    weighs_itself = getattr(objective, "weighs_itself", False)
+    if weighs_itself and (anchors is not None or spec.schedule == "capacity"):
+        raise ValueError(
+            f"{type(objective).__name__} weighs its rate terms itself: it takes --beta and its schedules, not "
+            "--anchors or the capacity schedule"
+        )
     # the surrogate is N times the per-data-point loss, so the clip applies to N times the per-point gradient norm
     max_norm = None if spec.grad_clip is None else spec.grad_clip * n_train
     for epoch in range(epoch + 1, spec.epochs + 1):
@@ -388,9 +395,14 @@ def _train(spec, out, resume, progress, splits, processes, device) -> list[dict]
         bar = tqdm(batches, desc=f"epoch {epoch}/{spec.epochs}", leave=False, disable=not progress, mininterval=0.5)
         for i, (x, y, index) in enumerate(bar):
             weights = schedule(step)
-            m, g = bottleneck(model, guide, betas(weights.beta), anchors, weights.capacity)
             with global_batch_terms(gather):
-                terms = objective.terms(m, g, x, y, index=index, size=n_train, per_dimension=False)
+                if weighs_itself:
+                    terms = objective.terms(
+                        model, guide, x, y, index=index, size=n_train, per_dimension=False, beta=betas(weights.beta)
+                    )
+                else:
+                    m, g = bottleneck(model, guide, betas(weights.beta), anchors, weights.capacity)
+                    terms = objective.terms(m, g, x, y, index=index, size=n_train, per_dimension=False)
             optimizer.zero_grad(set_to_none=True)
             terms.surrogate.backward()
             average_gradients(processes, parameters)
