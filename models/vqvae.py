@@ -135,6 +135,14 @@ class Model(nn.Module):
         """π (M, K): the entropy model the codec writes the indices under."""
         return self.quantiser.log_probabilities().exp()
 
+    def sample_images(self, n: int, steps: int | None = None, generator: torch.Generator | None = None):
+        """Codes drawn from the entropy model π (positions independent), decoded. ``steps`` has no meaning here."""
+        if steps is not None:
+            raise ValueError("--steps is for a diffusion's reverse chain; a vector-quantised code has none")
+        index = torch.multinomial(self.code_probabilities(), n, replacement=True, generator=generator).T
+        with torch.no_grad():
+            return self.decode_indices(index, generator).clamp(0, 1)
+
     def metrics(self, guide, x: torch.Tensor, y=None) -> dict:
         """The code's length, entropy and usage, and the distortion of the images a decompressor gives (decoder noise
         drawn as ``pyroib decompress`` draws it)."""

@@ -203,10 +203,7 @@ def report_section(run, splits, out_dir) -> dict[str, str]:
         nrow=16,
         title="test images (odd columns) and what pyroib decompress gives back (even)",
     )
-    generator = torch.Generator(device=run.device).manual_seed(0)
-    with torch.no_grad():
-        draws = torch.multinomial(model.code_probabilities(), 64, replacement=True, generator=generator).T
-        samples = model.decode_indices(draws, generator).clamp(0, 1)
+    samples = model.sample_images(64, generator=torch.Generator(device=run.device).manual_seed(0))
     save_grid(
         samples.cpu(),
         out_dir / "codec_samples.png",

@@ -78,12 +78,68 @@ def ancestral_samples(model, n: int, steps: int | None = None, generator: torch.
     with torch.no_grad():
         xt = torch.randn(shape, generator=generator, device=device)
         for t, s in zip(times[:-1], times[1:]):
-            epsilon = model.network(xt, torch.full((n,), t, dtype=torch.long, device=device)).double()
-            a_t, a_s = alpha_bar[t - 1], alpha_bar[s - 1]
-            x0 = ((xt.double() - (1 - a_t).sqrt() * epsilon) / a_t.sqrt()).clamp(-1, 1)
-            beta = 1 - a_t / a_s  # the respaced step's β; β_t itself when s = t - 1
-            mean = (a_s.sqrt() * beta / (1 - a_t)) * x0 + ((1 - beta).sqrt() * (1 - a_s) / (1 - a_t)) * xt.double()
+            epsilon = model.network(xt, torch.full((n,), t, dtype=torch.long, device=device))
+            mean, variance = respaced_step(alpha_bar[t - 1], alpha_bar[s - 1], xt.double(), epsilon.double())
             noise = torch.randn(shape, generator=generator, device=device).double()
-            xt = (mean + (beta * (1 - a_s) / (1 - a_t)).sqrt() * noise).float()
+            xt = (mean + variance.sqrt() * noise).float()
         mean, _ = model.reverse(xt, 1)
         return ((mean.clamp(-1, 1) + 1) / 2 * 255).round() / 255
+
+
+def respaced_step(alpha_bar_t, alpha_bar_s, xt: torch.Tensor, epsilon: torch.Tensor, clip: bool = True):
+    """(mean, variance) of q(x_s | x_t, x̂_0) for s < t, with x̂_0 = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t) (clipped to
+    [-1, 1]) and the pair's own β = 1 - ᾱ_t / ᾱ_s."""
+    x0 = (xt - (1 - alpha_bar_t).sqrt() * epsilon) / alpha_bar_t.sqrt()
+    if clip:
+        x0 = x0.clamp(-1, 1)
+    beta = 1 - alpha_bar_t / alpha_bar_s
+    mean = (alpha_bar_s.sqrt() * beta / (1 - alpha_bar_t)) * x0 + (
+        (1 - beta).sqrt() * (1 - alpha_bar_s) / (1 - alpha_bar_t)
+    ) * xt
+    return mean, beta * (1 - alpha_bar_s) / (1 - alpha_bar_t)
+
+
+def plot_kl_per_timestep(ax, curves: dict[str, list[float]]) -> None:
+    """L_{t-1} against t on a log scale, one line per run (``curves``: label -> kl_per_timestep, L_0 first)."""
+    for label, values in curves.items():
+        ax.plot(range(1, len(values)), values[1:], label=label, linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("timestep t")
+    ax.set_ylabel("L_{t-1} = KL (nats per image)")
+    ax.legend(fontsize=7)
+
+
+def report_section(run, splits, out_dir) -> dict[str, str]:
+    """For ``pyroib report`` of a diffusion run: the KL per timestep and the cumulative rate (from the report's own
+    evaluation.json), and a grid of ancestral samples. {title: png}."""
+    import json
+    from pathlib import Path
+
+    if not callable(getattr(run.model, "timestep_kl", None)):
+        return {}
+    from .figures import plot, save_grid
+
+    out_dir = Path(out_dir)
+    result = json.loads((out_dir / "evaluation.json").read_text())
+    figures = {}
+    if "kl_per_timestep" in result:
+        curve = result["kl_per_timestep"]
+
+        def draw(ax):
+            plot_kl_per_timestep(ax, {f"test split, {result['bits_per_dim']:.3f} bits/dim": curve})
+            twin = ax.twinx()
+            twin.plot(range(2, len(curve) + 1), result["cumulative_rate"], "k--", linewidth=1)
+            twin.set_ylabel("Σ_{s<=t} L_{s-1} (nats per image)")
+            ax.set_title(f"data term L_0 = {result['data_term']:.1f}, prior term L_T = {result['prior_term']:.3g} nats")
+
+        plot(out_dir / "kl_per_timestep.png", draw)
+        figures["KL per timestep"] = "kl_per_timestep.png"
+    generator = torch.Generator(device=run.device).manual_seed(0)
+    save_grid(
+        run.model.sample_images(64, generator=generator).cpu(),
+        out_dir / "diffusion_samples.png",
+        nrow=8,
+        title=f"ancestral samples, all {run.model.config.timesteps} timesteps",
+    )
+    figures["Ancestral samples"] = "diffusion_samples.png"
+    return figures

@@ -35,6 +35,8 @@ more, by tracing, before a run's first step.
 * ``Model.latent_site = "name"``: the site the information objectives read when the program has several.
 * ``Model.importance_sampling = False``: evaluation reports the bound without an importance-weighted estimate (a
   program of T image-sized latent sites, the diffusion model, where K particles of all of them would not fit).
+* ``Model.sample_images(n, steps=None, generator=None)``: images drawn from the model by its own sampler (ancestral
+  sampling of a diffusion, decoded entropy-model codes), for ``pyroib sample`` and the report.
 * ``Model.preflight_points = n``: the check before the first step traces n points instead of a whole minibatch (a
   program whose trace costs T network evaluations).
 
@@ -80,6 +82,7 @@ class Capabilities:
     latent_site: str | None = None
     importance_sampling: bool = True
     preflight_points: int | None = None
+    sample_images: bool = False
 
     def require(self, name: str, purpose: str) -> None:
         if not getattr(self, name):
@@ -93,6 +96,7 @@ _CAPABILITY_TEXT = {
     "metrics": "Model.metrics(guide, x, y)",
     "check_data": "Model.check_data(x, binarize)",
     "observes_inputs": "a model that observes x",
+    "sample_images": "Model.sample_images(n, steps=None, generator=None) returning images",
 }
 
 
@@ -162,6 +166,7 @@ def check_classes(where: str, config_cls, model_cls, guide_cls) -> Capabilities:
         latent_site=latent_site,
         importance_sampling=bool(importance),
         preflight_points=preflight_points,
+        sample_images=_callable_attribute(model_cls, "sample_images"),
     )
 
 

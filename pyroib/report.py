@@ -158,6 +158,7 @@ def _extra_sections():
         "pyroib.layer_information",
         "pyroib.disentanglement",
         "pyroib.codec",
+        "pyroib.evaluate_diffusion",
     ):
         try:
             sections.append(importlib.import_module(name).report_section)

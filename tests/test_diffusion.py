@@ -54,6 +54,30 @@ def test_posterior_of_the_forward_process_is_bayes_rule():
     torch.testing.assert_close(mean.double(), expected_mean, rtol=1e-4, atol=1e-5)
 
 
+def test_a_sampling_step_between_neighbours_is_the_models_reverse_step():
+    from pyroib.evaluate_diffusion import respaced_step
+
+    model, _ = _tiny(timesteps=10, variance="posterior")
+    xt, epsilon = torch.randn(2, 1, 4, 4, dtype=torch.float64), torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    alpha_bar = model.schedule.alpha_bar.double()
+    for t in (2, 6, 10):
+        mean, variance = respaced_step(alpha_bar[t - 1], alpha_bar[t - 2], xt, epsilon, clip=False)
+        steps = torch.full((2,), t)
+        expected = model.schedule.reverse_mean(xt.float(), steps, epsilon.float())
+        torch.testing.assert_close(mean.float(), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(float(variance), float(model.schedule.posterior_variance[t - 1]), rtol=1e-5, atol=0)
+    # a jump t -> s = 4 is Bayes' rule for q(x_s | x_t, x_0) with q(x_t | x_s) = N(sqrt(ᾱ_t/ᾱ_s) x_s, 1 - ᾱ_t/ᾱ_s)
+    a_t, a_s = alpha_bar[9], alpha_bar[3]
+    x0 = torch.rand(2, 1, 4, 4, dtype=torch.float64) * 2 - 1
+    xt = a_t.sqrt() * x0 + (1 - a_t).sqrt() * epsilon  # so that ε gives back x_0 exactly
+    mean, variance = respaced_step(a_t, a_s, xt, epsilon, clip=False)
+    ratio = a_t / a_s
+    precision = 1 / (1 - a_s) + ratio / (1 - ratio)
+    expected = (a_s.sqrt() * x0 / (1 - a_s) + ratio.sqrt() * xt / (1 - ratio)) / precision
+    torch.testing.assert_close(mean, expected)
+    assert float(variance) == pytest.approx(float(1 / precision))
+
+
 def test_discretised_likelihood_is_a_distribution_over_the_256_levels():
     levels = to_signed(torch.arange(256, dtype=torch.float32) / 255)
     mean = torch.tensor([[-0.93], [0.0], [0.51], [1.2]])
@@ -176,6 +200,13 @@ def test_diffusion_trains_evaluates_and_resumes_from_the_command_line(tmp_path, 
     assert result["rate"] == pytest.approx(result["prior_term"] + sum(result["kl_per_timestep"][1:]))
     assert "nll_iw_note" in result and "nll_iw" not in result
     assert main([*argv[:-4], "--epochs", "3", "--out", str(run), "--resume", "--timestep-sampling", "importance"]) == 0
+    assert main(["report", str(run), "--device", "cpu"]) == 0
+    for png in ("kl_per_timestep.png", "diffusion_samples.png"):
+        assert (run / "report" / png).stat().st_size > 1000
+    capsys.readouterr()
+    sample = ["sample", str(run), "--n", "4", "--steps", "3", "--out", str(tmp_path / "s.png"), "--device", "cpu"]
+    assert main(sample) == 0
+    assert "own sampler" in capsys.readouterr().out and (tmp_path / "s.png").is_file()
 
 
 def test_diffusion_refuses_data_off_the_8_bit_grid_and_per_site_weights(tmp_path, capsys):

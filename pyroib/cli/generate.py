@@ -6,6 +6,8 @@ import argparse
 import math
 from pathlib import Path
 
+import torch
+
 
 def fit_prior(argv: list[str]) -> None:
     from ..aggregate_prior import AGGREGATE_FILE, DEFAULT_MAX_COMPONENTS, fit_and_save
@@ -57,6 +59,12 @@ def sample(argv: list[str]) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--checkpoint", default="last", help="last (the end of training) or best (the best validation ELBO)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="for a program with its own sampler (the diffusion model): timesteps of the reverse chain (default all)",
+    )
     args = p.parse_args(argv)
     check_prior_name(args.prior)
     if args.n < 1:
@@ -67,11 +75,18 @@ def sample(argv: list[str]) -> None:
     if not Path(args.out).parent.is_dir():
         raise FileNotFoundError(f"--out {args.out}: the folder {Path(args.out).parent} does not exist; create it first")
     run = load_run(args.run, args.device, args.checkpoint)
-    run.capabilities.require("decode", "sampling images")
-    images = decode_prior_draws(run, prior_by_name(run, args.prior), args.n, args.seed)
+    if run.capabilities.sample_images and args.prior == "standard":
+        generator = torch.Generator(device=run.device).manual_seed(args.seed)
+        images = run.model.sample_images(args.n, args.steps, generator)
+    else:
+        if args.steps is not None:
+            run.capabilities.require("sample_images", "--steps")
+        run.capabilities.require("decode", "sampling images")
+        images = decode_prior_draws(run, prior_by_name(run, args.prior), args.n, args.seed)
     if images.dim() != 4:
         raise ValueError(
             f"{args.run}: sampling images needs (C, H, W) data; the model decodes to shape {tuple(images.shape[1:])}"
         )
     height, width = write_grid(images, args.out, nrow)
-    print(f"{args.n} samples from the {args.prior} prior written to {args.out} ({width}x{height} pixels)")
+    source = "the model's own sampler" if run.capabilities.sample_images else f"the {args.prior} prior"
+    print(f"{args.n} samples from {source} written to {args.out} ({width}x{height} pixels)")
