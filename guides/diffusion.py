@@ -13,8 +13,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyroib.diffusion import NoiseSchedule
-from pyroib.models.diffusion import to_signed
+from pyroib.diffusion import NoiseSchedule, to_signed
 from pyroib.plates import data_plate
 
 

@@ -20,16 +20,16 @@ from dataclasses import dataclass
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.distributions.torch_distribution import TorchDistribution
 from torch import nn
-from torch.distributions import constraints
 
 from pyroib.diffusion import (
     NOISE_SCHEDULES,
     REVERSE_VARIANCES,
+    DiscretisedGaussian,
     NoiseSchedule,
     discretised_gaussian_log_likelihood,
     gaussian_kl,
+    to_signed,
 )
 from pyroib.plates import data_plate
 from pyroib.unet import UNet
@@ -56,42 +56,6 @@ class Config:
             )
         if self.curve_points < 1:
             raise ValueError(f"curve_points must be >= 1, got {self.curve_points}")
-
-
-def to_signed(x: torch.Tensor) -> torch.Tensor:
-    return 2 * x - 1
-
-
-class DiscretisedGaussian(TorchDistribution):
-    """p(x_0 | x_1) over images in [0, 1] on 256 grey levels: the mass of each pixel's bin under N(mean, scale²) on
-    the [-1, 1] scale (:func:`pyroib.diffusion.discretised_gaussian_log_likelihood`), independent pixels."""
-
-    arg_constraints = {}
-    support = constraints.independent(constraints.unit_interval, 3)
-    has_rsample = False
-
-    def __init__(self, loc: torch.Tensor, log_scale: torch.Tensor, validate_args=None):
-        self.loc, self.log_scale = loc, log_scale
-        super().__init__(loc.shape[:-3], loc.shape[-3:], validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        shape = torch.Size(batch_shape) + self.event_shape
-        return DiscretisedGaussian(self.loc.expand(shape), self.log_scale.expand(shape))
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        return discretised_gaussian_log_likelihood(to_signed(value), self.loc, self.log_scale).sum((-3, -2, -1))
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return ((self.loc.clamp(-1, 1) + 1) / 2 * 255).round() / 255
-
-    def sample(self, sample_shape=torch.Size()):
-        with torch.no_grad():
-            shape = torch.Size(sample_shape) + self.loc.shape
-            draw = self.loc.expand(shape) + self.log_scale.exp().expand(shape) * torch.randn(
-                shape, device=self.loc.device
-            )
-            return ((draw.clamp(-1, 1) + 1) / 2 * 255).round() / 255
 
 
 class Model(nn.Module):

@@ -19,9 +19,10 @@ from pyroib.diffusion import (
     gaussian_kl,
     noise_betas,
     timestep_weights,
+    to_signed,
 )
 from pyroib.guides.diffusion import Guide
-from pyroib.models.diffusion import Config, Model, to_signed
+from pyroib.models.diffusion import Config, Model
 from pyroib.objectives import DiffusionELBO, InfoELBO
 
 TINY = ["--dataset", "synthetic", "--binarize", "static", "--device", "cpu", "--no-progress", "--batch-size", "64"]

@@ -1,0 +1,190 @@
+"""The diffusion model against the VAE on Fashion-MNIST grey levels, at a stated CPU budget: test bound in bits per
+dimension (the same discretised likelihood for both), the Fréchet distance of samples to the test images, and the KL
+per timestep of every noise schedule and β_t shape (Yang et al. 2024's Figure 5 as a measurement of pyroib's own
+models).
+
+Every model trains from the command line a user would type (``pyroib train --model diffusion ...``) for ``--epochs``
+epochs. Bits per dimension come from ``pyroib evaluate`` (the diffusion: L_0 and L_T on every test image, each
+L_{t-1} on 64 images per timestep; the VAE: the importance-weighted bound with 100 samples). Samples: ``--samples``
+images (ancestral, ``--steps`` respaced timesteps for the diffusion; decoded N(0, I) draws and the factorised
+aggregate posterior for the VAE), their squared Fréchet distance to the 10,000 test images in pyroib's Fashion-MNIST
+features. The VAE samplers of ``sample_quality.md`` (10,000 samples, Bernoulli VAE) are the issue's comparison: best
+sampler there 54.37 (joint aggregate), N(0, I) 126.66.
+
+Resumable: each run is a folder under ``--out``; ``--minutes`` stops starting new ones after that long.
+
+    python benchmarks/diffusion.py --record [--epochs 10] [--samples 2000] [--steps 100] [--minutes 120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import harness
+
+ROOT = Path(__file__).resolve().parent.parent
+UNET = ["--model", "diffusion", "--channels", "32,64,64"]
+RUNS = {
+    "diffusion, linear noise, constant β_t (ELBO)": [*UNET, "--noise-schedule", "linear"],
+    "diffusion, cosine noise, constant β_t (ELBO)": [*UNET, "--noise-schedule", "cosine"],
+    "diffusion, linear noise, simple β_t (Ho et al.)": [
+        *UNET,
+        "--noise-schedule",
+        "linear",
+        "--timestep-weights",
+        "simple",
+    ],  # fmt: skip
+    "diffusion, cosine noise, simple β_t (Ho et al.)": [
+        *UNET,
+        "--noise-schedule",
+        "cosine",
+        "--timestep-weights",
+        "simple",
+    ],  # fmt: skip
+    "diffusion, linear noise, increasing β_t": [
+        *UNET,
+        "--noise-schedule",
+        "linear",
+        "--timestep-weights",
+        "increasing",
+    ],  # fmt: skip
+    "diffusion, linear noise, decreasing β_t": [
+        *UNET,
+        "--noise-schedule",
+        "linear",
+        "--timestep-weights",
+        "decreasing",
+    ],  # fmt: skip
+    "VAE, discretised likelihood, 40-d": [
+        "--model",
+        "vae",
+        "--likelihood",
+        "discretised-gaussian",
+        "--binarize",
+        "none",
+        "--latent-dim",
+        "40",
+        "--hidden",
+        "300,300",
+    ],  # fmt: skip
+}
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")[:60]
+
+
+def unit(name: str, args) -> dict:
+    import torch
+
+    from pyroib.frechet import frechet_distance, image_features, load_feature_network
+    from pyroib.run import load_run
+
+    folder = args.out / _slug(name)
+    result_file = folder / "result.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    run_dir = folder / "run"
+    argv = ["train", *RUNS[name], "--dataset", "fashion-mnist", "--epochs", str(args.epochs), "--seed", str(args.seed)]
+    argv += ["--device", "cpu", "--no-progress", "--out", str(run_dir)]
+    if args.train_size is not None:
+        argv += ["--train-size", str(args.train_size)]
+    if (run_dir / "checkpoint.pt").is_file():
+        argv.append("--resume")
+    harness.pyroib(argv, folder / "log.txt")
+    trained = time.perf_counter() - started
+    evaluate = ["evaluate", str(run_dir), "--json", "--device", "cpu", "--full-data-points", "0"]
+    evaluation = json.loads(harness.pyroib(evaluate, folder / "log.txt", capture=True))
+    run = load_run(run_dir)
+    from pyroib.data import load_spec_dataset
+
+    test = load_spec_dataset(run.spec, "cpu", binarize="none").test
+    network = load_feature_network()
+    reference = image_features(test, network)
+    generator = torch.Generator().manual_seed(args.seed)
+    dims = math.prod(test.shape[1:])
+    result = {"name": name, "epochs": args.epochs, "train_seconds": trained}
+    if "bits_per_dim" in evaluation:
+        result.update({k: evaluation[k] for k in ("bits_per_dim", "bits_per_dim_se", "kl_per_timestep", "data_term",
+                                                  "prior_term")})  # fmt: skip
+        images = torch.cat([run.model.sample_images(min(500, args.samples - i), args.steps, generator)
+                            for i in range(0, args.samples, 500)])  # fmt: skip
+        result["frechet"] = {f"ancestral, {args.steps} steps": frechet_distance(image_features(images, network),
+                                                                               reference)}  # fmt: skip
+    else:
+        result["bits_per_dim"] = evaluation["nll_iw"] / (dims * math.log(2))
+        result["elbo_bits_per_dim"] = -evaluation["elbo"] / (dims * math.log(2))
+        from pyroib.aggregate_prior import prior_by_name
+        from pyroib.frechet import prior_draws
+
+        result["frechet"] = {}
+        for label, prior in (("N(0, I)", run.model.prior), ("factorised aggregate", prior_by_name(run, "aggregate"))):
+            with torch.no_grad():
+                images = run.model.decode(prior_draws(prior, args.samples, generator))
+            result["frechet"][label] = frechet_distance(image_features(images, network), reference)
+    result["seconds"] = time.perf_counter() - started
+    result_file.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=100, help="respaced timesteps of each ancestral sample")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-size", type=int, default=None, help="a subset of the training images (smoke runs)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "diffusion")
+    parser.add_argument("--minutes", type=float, default=None)
+    parser.add_argument("--only", nargs="*", default=None)
+    harness.add_record_flag(parser)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    results, pending = [], []
+    for name in RUNS:
+        if args.only is not None and name not in args.only:
+            continue
+        if args.minutes is not None and time.perf_counter() - started > 60 * args.minutes:
+            pending.append(name)
+            continue
+        results.append(unit(name, args))
+        print(f"{name}: done ({time.perf_counter() - started:.0f} s)", flush=True)
+    lines = [
+        "# Diffusion against the VAE on Fashion-MNIST (grey levels, 8-bit discretised likelihood)",
+        "",
+        f"Command: `{harness.command()}`  ",
+        f"Machine: {harness.machine()}  ",
+        f"Budget: {args.epochs} epochs per model"
+        + (f" on {args.train_size} training images" if args.train_size else "")
+        + f", batch 128, Adam 1e-3, seed {args.seed}, one thread per process. "
+        f"Samples: {args.samples} per sampler against the 10,000 test images (fewer samples bias the Fréchet distance "
+        "upwards; every row here uses the same number).",
+        "",
+        "| model | test bound (bits/dim) | sampler | Fréchet distance | train (min) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        bound = f"{r['bits_per_dim']:.3f}" + (f" ± {r['bits_per_dim_se']:.3f}" if "bits_per_dim_se" in r else " (IW)")
+        for sampler, fid in r["frechet"].items():
+            lines.append(f"| {r['name']} | {bound} | {sampler} | {fid:.2f} | {r['train_seconds'] / 60:.0f} |")
+    curves = {r["name"]: r["kl_per_timestep"] for r in results if "kl_per_timestep" in r}
+    if curves:
+        from pyroib.evaluate_diffusion import plot_kl_per_timestep
+        from pyroib.figures import plot
+
+        figure = harness.results_path(args, "diffusion_kl_per_timestep.png")
+        plot(figure, lambda ax: plot_kl_per_timestep(ax, curves))
+        lines += ["", f"KL per timestep (test split): ![KL per timestep]({figure.name})"]
+    if pending:
+        lines += ["", f"Not yet run (rerun the command to go on): {', '.join(pending)}."]
+    harness.write_results(args, "diffusion.md", "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
