@@ -91,7 +91,8 @@ def unit(name: str, args) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     run_dir = folder / "run"
-    argv = ["train", *RUNS[name], "--dataset", "fashion-mnist", "--epochs", str(args.epochs), "--seed", str(args.seed)]
+    flags = [args.channels if f == "32,64,64" else f for f in RUNS[name]]
+    argv = ["train", *flags, "--dataset", "fashion-mnist", "--epochs", str(args.epochs), "--seed", str(args.seed)]
     argv += ["--device", "cpu", "--no-progress", "--out", str(run_dir)]
     if args.train_size is not None:
         argv += ["--train-size", str(args.train_size)]
@@ -140,6 +141,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="respaced timesteps of each ancestral sample")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-size", type=int, default=None, help="a subset of the training images (smoke runs)")
+    parser.add_argument("--channels", default="32,64,64", help="the diffusion U-Net's widths (a smaller budget)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "diffusion")
     parser.add_argument("--minutes", type=float, default=None)
     parser.add_argument("--only", nargs="*", default=None)
@@ -162,7 +164,7 @@ def main() -> None:
         f"Machine: {harness.machine()}  ",
         f"Budget: {args.epochs} epochs per model"
         + (f" on {args.train_size} training images" if args.train_size else "")
-        + f", batch 128, Adam 1e-3, seed {args.seed}, one thread per process. "
+        + f", U-Net channels {args.channels}, batch 128, Adam 1e-3, seed {args.seed}, one thread per process. "
         f"Samples: {args.samples} per sampler against the 10,000 test images (fewer samples bias the Fréchet distance "
         "upwards; every row here uses the same number).",
         "",
