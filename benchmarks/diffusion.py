@@ -86,19 +86,14 @@ def unit(name: str, args) -> dict:
 
     folder = args.out / _slug(name)
     result_file = folder / "result.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
-    folder.mkdir(parents=True, exist_ok=True)
+    if (done := harness.stored(result_file)) is not None:
+        return done
     started = time.perf_counter()
-    run_dir = folder / "run"
     flags = [args.channels if f == "32,64,64" else f for f in RUNS[name]]
-    argv = ["train", *flags, "--dataset", "fashion-mnist", "--epochs", str(args.epochs), "--seed", str(args.seed)]
-    argv += ["--device", "cpu", "--no-progress", "--out", str(run_dir)]
+    flags += ["--dataset", "fashion-mnist", "--epochs", str(args.epochs), "--seed", str(args.seed)]
     if args.train_size is not None:
-        argv += ["--train-size", str(args.train_size)]
-    if (run_dir / "checkpoint.pt").is_file():
-        argv.append("--resume")
-    harness.pyroib(argv, folder / "log.txt")
+        flags += ["--train-size", str(args.train_size)]
+    run_dir = harness.train_run(folder, flags)
     trained = time.perf_counter() - started
     evaluate = ["evaluate", str(run_dir), "--json", "--device", "cpu", "--full-data-points", "0"]
     evaluation = json.loads(harness.pyroib(evaluate, folder / "log.txt", capture=True))

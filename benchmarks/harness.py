@@ -9,6 +9,7 @@ overwrites a recorded result by accident.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -134,3 +135,22 @@ def mean_sd(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def stored(result_file: Path) -> dict | None:
+    """A resumable unit's stored result, or None after making its folder (the unit then runs)."""
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def train_run(folder: Path, flags: list[str]) -> Path:
+    """``pyroib train FLAGS --device cpu --no-progress --out FOLDER/run``, resumed when a checkpoint is there (a slice
+    cut short goes on where it stopped); logs to FOLDER/log.txt. Returns the run directory."""
+    run = folder / "run"
+    argv = ["train", *flags, "--device", "cpu", "--no-progress", "--out", str(run)]
+    if (run / "checkpoint.pt").is_file():
+        argv.append("--resume")
+    pyroib(argv, folder / "log.txt")
+    return run

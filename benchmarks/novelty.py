@@ -66,16 +66,11 @@ def _read_scores(path: Path) -> dict[str, np.ndarray]:
 def model_unit(model: str, normal: int, epochs: int, seed: int, out: Path) -> dict:
     folder = out / f"{model.replace(' ', '-')}-c{normal}"
     result_file = folder / "auroc.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
-    folder.mkdir(parents=True, exist_ok=True)
+    if (done := harness.stored(result_file)) is not None:
+        return done
     started = time.perf_counter()
-    run = folder / "run"
-    argv = ["train", *MODELS[model], "--dataset", "fashion-mnist", "--classes", str(normal), "--epochs", str(epochs)]
-    argv += ["--seed", str(seed), "--device", "cpu", "--no-progress", "--out", str(run)]
-    if (run / "checkpoint.pt").is_file():
-        argv.append("--resume")
-    harness.pyroib(argv, folder / "log.txt")
+    flags = [*MODELS[model], "--dataset", "fashion-mnist", "--classes", str(normal), "--epochs", str(epochs)]
+    run = harness.train_run(folder, [*flags, "--seed", str(seed)])
     scored = {}
     for split in ("test", "val"):
         path = folder / f"{split}.csv"
@@ -117,11 +112,9 @@ def baseline_unit(name: str, normal: int, out: Path) -> dict:
 
     from pyroib.data import load_dataset
 
-    folder = out / f"{name.replace(' ', '-')}-c{normal}"
-    result_file = folder / "auroc.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
-    folder.mkdir(parents=True, exist_ok=True)
+    result_file = out / f"{name.replace(' ', '-')}-c{normal}" / "auroc.json"
+    if (done := harness.stored(result_file)) is not None:
+        return done
     started = time.perf_counter()
     splits = load_dataset("fashion-mnist", binarize="none", classes=[normal])
     train = splits.train.flatten(1).float().numpy()

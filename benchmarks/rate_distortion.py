@@ -38,49 +38,18 @@ ROOT = Path(__file__).resolve().parent.parent
 QUALITIES = (1, 5, 10, 20, 30, 50, 75, 90, 95)
 MLP = ["--hidden", "1024,512"]
 # name -> flags: M positions x K codewords (at most M log2 K bits); the entropy-constrained penalty λ buys fewer bits
+
+
+def _vq(model: str, positions: int, *extra: str) -> list[str]:
+    return ["--model", model, "--positions", str(positions), "--codebook-size", "256", "--code-dim", "8", *extra, *MLP]
+
+
 CODECS = {
     "vq 4x64": ["--model", "vqvae", "--positions", "4", "--codebook-size", "64", "--code-dim", "8", *MLP],
-    "vq 8x256": ["--model", "vqvae", "--positions", "8", "--codebook-size", "256", "--code-dim", "8", *MLP],
-    "vq 16x256": ["--model", "vqvae", "--positions", "16", "--codebook-size", "256", "--code-dim", "8", *MLP],
-    "vq 32x256": ["--model", "vqvae", "--positions", "32", "--codebook-size", "256", "--code-dim", "8", *MLP],
-    "vq 64x256": ["--model", "vqvae", "--positions", "64", "--codebook-size", "256", "--code-dim", "8", *MLP],
-    "vq 128x256": ["--model", "vqvae", "--positions", "128", "--codebook-size", "256", "--code-dim", "8", *MLP],
-    "vq 256x256": ["--model", "vqvae", "--positions", "256", "--codebook-size", "256", "--code-dim", "8", *MLP],
-    "vq 64x256 λ=0.5": [
-        "--model",
-        "vqvae",
-        "--positions",
-        "64",
-        "--codebook-size",
-        "256",
-        "--code-dim",
-        "8",
-        "--rate-penalty",
-        "0.5",
-        *MLP,
-    ],  # fmt: skip
-    "generative 16x256": [
-        "--model",
-        "generative-codec",
-        "--positions",
-        "16",
-        "--codebook-size",
-        "256",
-        "--code-dim",
-        "8",
-        *MLP,
-    ],  # fmt: skip
-    "generative 64x256": [
-        "--model",
-        "generative-codec",
-        "--positions",
-        "64",
-        "--codebook-size",
-        "256",
-        "--code-dim",
-        "8",
-        *MLP,
-    ],  # fmt: skip
+    **{f"vq {m}x256": _vq("vqvae", m) for m in (8, 16, 32, 64, 128, 256)},
+    "vq 64x256 λ=0.5": _vq("vqvae", 64, "--rate-penalty", "0.5"),
+    "generative 16x256": _vq("generative-codec", 16),
+    "generative 64x256": _vq("generative-codec", 64),
 }
 VAES = {
     "VAE 20-d, β=1": ["--model", "vae", "--likelihood", "gaussian", "--binarize", "none", "--latent-dim", "20", *MLP],
@@ -148,13 +117,9 @@ def standard_codecs(images: np.ndarray) -> list[dict]:
 
 
 def _train(folder: Path, flags: list[str], epochs: int, seed: int) -> Path:
-    run = folder / "run"
-    argv = ["train", *flags, "--dataset", "fashion-mnist", "--epochs", str(epochs), "--seed", str(seed)]
-    argv += ["--device", "cpu", "--no-progress", "--out", str(run)]
-    if (run / "checkpoint.pt").is_file():
-        argv.append("--resume")
-    harness.pyroib(argv, folder / "log.txt")
-    return run
+    return harness.train_run(
+        folder, [*flags, "--dataset", "fashion-mnist", "--epochs", str(epochs), "--seed", str(seed)]
+    )
 
 
 def learned_codec(name: str, folder: Path, epochs: int, seed: int, images: np.ndarray) -> dict:
@@ -166,10 +131,9 @@ def learned_codec(name: str, folder: Path, epochs: int, seed: int, images: np.nd
     from pyroib.frechet import frechet_distance, image_features, load_feature_network
     from pyroib.run import load_run
 
+    if (done := harness.stored(folder / "result.json")) is not None:
+        return _with_entropy(done, folder)
     result_file = folder / "result.json"
-    if result_file.is_file():
-        return _with_entropy(json.loads(result_file.read_text()), folder)
-    folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     run_dir = _train(folder, CODECS[name], epochs, seed)
     file = folder / "test.bin"
@@ -237,9 +201,8 @@ def vae_point(name: str, folder: Path, epochs: int, seed: int) -> dict:
     from pyroib.run import load_run
 
     result_file = folder / "result.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
-    folder.mkdir(parents=True, exist_ok=True)
+    if (done := harness.stored(result_file)) is not None:
+        return done
     started = time.perf_counter()
     run_dir = _train(folder, VAES[name], epochs, seed)
     argv = ["evaluate", str(run_dir), "--json", "--device", "cpu", "--iw-samples", "0", "--full-data-points", "0"]

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .arguments import run_flags
+
 
 def compress(argv: list[str]) -> None:
     from ..codec import compress as write_bitstream
@@ -17,11 +19,8 @@ def compress(argv: list[str]) -> None:
         description="Entropy-code a split's images with a vector-quantised run (pyroib train --model vqvae) into one "
         "file; prints the measured size per image beside the ideal code length",
     )
-    p.add_argument("run")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    run_flags(p)
     p.add_argument("--out", required=True, help="the file to write (replaced atomically)")
-    p.add_argument("--checkpoint", default="last", help="last (the end of training) or best (the best validation ELBO)")
-    p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the sizes as JSON")
     args = p.parse_args(argv)
     run = load_run(args.run, args.device, args.checkpoint)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .arguments import run_flags
+
 
 def main(argv: list[str]) -> None:
     from ..evaluate import load_splits
@@ -15,14 +17,11 @@ def main(argv: list[str]) -> None:
         description="Per-point scores of a split (rate, distortion, ELBO, importance-weighted NLL, the marginal "
         "log-ratio against the training encodings, each critic's logit), in nats, one CSV row per point",
     )
-    p.add_argument("run")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    run_flags(p)
     p.add_argument("--out", required=True, help="CSV file to write (replaced atomically)")
     p.add_argument("--iw-samples", type=int, default=100, help="importance samples per point for nll_iw (0 skips)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default="last", help="last (the end of training) or best (the best validation ELBO)")
-    p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     if args.iw_samples < 0:
         raise ValueError(f"--iw-samples must be >= 0 (0 skips nll_iw), got {args.iw_samples}")
