@@ -145,7 +145,7 @@ def score_run(
         xb = x[start : start + batch_size]
         yb = None if y is None else y[start : start + batch_size]
         parts = {k: v.cpu() for k, v in point_terms(run.model, run.guide, xb, yb).items()}
-        if iw_samples > 0 and run.capabilities.observes_inputs:
+        if iw_samples > 0 and run.capabilities.observes_inputs and run.capabilities.importance_sampling:
             parts["nll_iw"] = importance_nll(run.model, run.guide, xb, yb, samples=iw_samples).cpu()
         if marginal is not None:
             parts["marginal_log_ratio"] = marginal(xb)
