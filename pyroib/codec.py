@@ -23,8 +23,8 @@ import torch
 
 from .checkpoint import atomic_write_bytes
 
-MAGIC = b"PYROIB-VQ1\n"
-FORMAT = 1
+MAGIC = b"PYROIB-VQ\n"
+FORMAT = 2  # 2: positions coded one after another, payload size and checksum in the header
 
 
 class CodecError(ValueError):
@@ -62,19 +62,17 @@ def code_indices(run, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         ).cpu()
 
 
-def _probabilities(model, images: int) -> np.ndarray:
-    """π repeated per image: (images · M, K) float64, computed on the CPU in float64 so that the encoder and the
-    decoder quantise exactly the same numbers."""
-    counts = model.quantiser.code_counts.detach().cpu().double().numpy()
-    probabilities = counts / counts.sum(-1, keepdims=True)
-    return np.tile(probabilities, (images, 1))
+def _probabilities(model) -> np.ndarray:
+    """π (M, K) in float64, computed on the CPU in float64 so that the encoder and the decoder quantise exactly the
+    same numbers."""
+    return model.quantiser.probabilities(torch.float64).cpu().numpy()
 
 
-def _coder_model():
+def _coder_model(probabilities: np.ndarray):
     import constriction
 
     # perfect=False: constriction's fast approximate quantisation of the probabilities, deterministic across runs
-    return constriction.stream.model.Categorical(perfect=False)
+    return constriction.stream.model.Categorical(probabilities, perfect=False)
 
 
 def compress(run, x: torch.Tensor, out: str | Path, split: str) -> dict:
@@ -83,9 +81,11 @@ def compress(run, x: torch.Tensor, out: str | Path, split: str) -> dict:
 
     require_codec(run)
     index = code_indices(run, x)
-    symbols = index.reshape(-1).numpy().astype(np.int32)
+    probabilities = _probabilities(run.model)
     encoder = constriction.stream.queue.RangeEncoder()
-    encoder.encode(symbols, _coder_model(), _probabilities(run.model, index.shape[0]))
+    # position by position, each with its own fixed categorical: memory O(N), whatever M and K
+    for m in range(index.shape[1]):
+        encoder.encode(index[:, m].numpy().astype(np.int32), _coder_model(probabilities[m]))
     payload = encoder.get_compressed().astype("<u4").tobytes()
     header = json.dumps(
         {
@@ -97,14 +97,14 @@ def compress(run, x: torch.Tensor, out: str | Path, split: str) -> dict:
             "images": int(index.shape[0]),
             "positions": int(index.shape[1]),
             "data_shape": list(x.shape[1:]),
+            "payload_words": len(payload) // 4,
+            "payload_sha256": hashlib.sha256(payload).hexdigest(),
         },
         sort_keys=True,
     ).encode()
     blob = MAGIC + struct.pack("<I", len(header)) + header + payload
     atomic_write_bytes(out, lambda f: f.write(blob))
-    code_length = float(
-        -np.log2(_probabilities(run.model, 1)[np.tile(np.arange(index.shape[1]), index.shape[0]), symbols]).sum()
-    )
+    code_length = float(-np.log2(probabilities[np.arange(index.shape[1]), index.numpy()]).sum())
     images = index.shape[0]
     return {
         "images": images,
@@ -136,8 +136,13 @@ def read_file(path: str | Path) -> tuple[dict, np.ndarray]:
     if header.get("format") != FORMAT:
         raise CodecError(f"{path} is format {header.get('format')}; this pyroib reads format {FORMAT}")
     payload = blob[start + length :]
-    if len(payload) % 4:
-        raise CodecError(f"{path} is truncated: its payload is not whole 32-bit words")
+    if len(payload) != 4 * header.get("payload_words", -1) or (
+        hashlib.sha256(payload).hexdigest() != header.get("payload_sha256")
+    ):
+        raise CodecError(
+            f"{path} is truncated or corrupt: its payload is {len(payload)} bytes, not the "
+            f"{4 * header.get('payload_words', 0)} its header records with their checksum"
+        )
     return header, np.frombuffer(payload, dtype="<u4").astype(np.uint32)
 
 
@@ -152,9 +157,9 @@ def decode_file(run, header: dict, words: np.ndarray) -> torch.Tensor:
             "weights differ, e.g. training resumed since): decompress with that run's checkpoint"
         )
     decoder = constriction.stream.queue.RangeDecoder(words)
-    images, positions = header["images"], header["positions"]
-    symbols = decoder.decode(_coder_model(), _probabilities(run.model, images))
-    return torch.as_tensor(symbols.astype(np.int64)).reshape(images, positions)
+    probabilities = _probabilities(run.model)
+    columns = [decoder.decode(_coder_model(probabilities[m]), header["images"]) for m in range(header["positions"])]
+    return torch.as_tensor(np.stack(columns, 1).astype(np.int64))
 
 
 def decode_images(run, index: torch.Tensor, batch_size: int = 1000, seed: int = 0) -> torch.Tensor:

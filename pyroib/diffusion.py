@@ -53,8 +53,8 @@ def noise_betas(name: str, timesteps: int) -> torch.Tensor:
 
 
 class NoiseSchedule(nn.Module):
-    """The schedule's constants as buffers (they move with the model), kept in float64 where they are differences of
-    numbers near 1, and read per data point with :meth:`at`."""
+    """The schedule's constants as float32 buffers (they move with the model), computed in float64 (they are
+    differences of numbers near 1) and read per data point with :meth:`at`."""
 
     def __init__(self, name: str, timesteps: int, reverse_variance: str = "posterior"):
         super().__init__()
@@ -69,7 +69,9 @@ class NoiseSchedule(nn.Module):
         posterior_variance = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
         # β̃_1 = 0 (the posterior of x_0 is a point): the data term's scale uses β̃_2 there, as Ho et al.'s code does
         posterior_log_variance = torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]]))
-        reverse_log_variance = posterior_log_variance if reverse_variance == "posterior" else betas.log()
+        # β_t for "beta" (Ho et al.'s fixed large variance), with β̃_2 at t = 1 as their code has it
+        large = torch.cat([posterior_variance[1:2], betas[1:]]).log()
+        reverse_log_variance = posterior_log_variance if reverse_variance == "posterior" else large
         constants = {
             "betas": betas,
             "alphas": alphas,
@@ -158,8 +160,8 @@ def timestep_weights(name: str, schedule: NoiseSchedule) -> torch.Tensor:
 
 
 class TimestepSampler(nn.Module):
-    """p(t) over t = 2..T for the one-timestep estimate of Σ_t L_{t-1}: uniform, or importance sampling with p(t) ∝
-    sqrt(E[L_{t-1}²]) over the last ``history`` values of each timestep (Nichol and Dhariwal 2021, §3.3), uniform
+    """p(t) over t = 2..T for the one-timestep estimate of Σ_t w_t L_{t-1}: uniform, or importance sampling with p(t) ∝
+    sqrt(E[(w_t L_{t-1})²]) over the last ``history`` values of each timestep (Nichol and Dhariwal 2021, §3.3), uniform
     until every timestep has them. The history is a buffer: it is checkpointed with the objective."""
 
     def __init__(self, timesteps: int, kind: str = "uniform", history: int = 10):

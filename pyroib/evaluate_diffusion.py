@@ -62,10 +62,11 @@ def diffusion_curve(model, x: torch.Tensor, points: int = 64, seed: int = 0) -> 
 
 
 def ancestral_samples(model, n: int, steps: int | None = None, generator: torch.Generator | None = None):
-    """x_0 ~ p_θ(x_0) in [0, 1] on 256 levels (the data term's mean at the last step), from x_T ~ N(0, I) through
-    ``steps`` evenly spaced timesteps of the T. Each jump t -> s draws from q(x_s | x_t, x̂_0) with x̂_0 the
-    prediction from ε_θ clipped to [-1, 1]: with every timestep that is the model's own reverse step (posterior
-    variance), with fewer it is the respaced schedule of Nichol and Dhariwal (2021, §4)."""
+    """x_0 in [0, 1] on 256 levels (the data term's mean at the last step), from x_T ~ N(0, I) through ``steps``
+    evenly spaced timesteps of the T. Each jump t -> s draws from N(mean of q(x_s | x_t, x̂_0), σ²) with x̂_0 the
+    prediction from ε_θ clipped to [-1, 1] (as Ho et al.'s and Nichol and Dhariwal's samplers do) and σ² the
+    model's kind of variance for that pair: with every timestep and no clipping needed this is the model's own
+    reverse step; fewer steps are the respaced schedule of Nichol and Dhariwal (2021, §4)."""
     T = model.config.timesteps
     steps = T if steps is None else steps
     if not 2 <= steps <= T:
@@ -79,16 +80,25 @@ def ancestral_samples(model, n: int, steps: int | None = None, generator: torch.
         xt = torch.randn(shape, generator=generator, device=device)
         for t, s in zip(times[:-1], times[1:]):
             epsilon = model.network(xt, torch.full((n,), t, dtype=torch.long, device=device))
-            mean, variance = respaced_step(alpha_bar[t - 1], alpha_bar[s - 1], xt.double(), epsilon.double())
+            mean, variance = respaced_step(
+                alpha_bar[t - 1],
+                alpha_bar[s - 1],
+                xt.double(),
+                epsilon.double(),
+                variance=model.config.reverse_variance,
+            )
             noise = torch.randn(shape, generator=generator, device=device).double()
             xt = (mean + variance.sqrt() * noise).float()
         mean, _ = model.reverse(xt, 1)
         return ((mean.clamp(-1, 1) + 1) / 2 * 255).round() / 255
 
 
-def respaced_step(alpha_bar_t, alpha_bar_s, xt: torch.Tensor, epsilon: torch.Tensor, clip: bool = True):
-    """(mean, variance) of q(x_s | x_t, x̂_0) for s < t, with x̂_0 = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t) (clipped to
-    [-1, 1]) and the pair's own β = 1 - ᾱ_t / ᾱ_s."""
+def respaced_step(
+    alpha_bar_t, alpha_bar_s, xt: torch.Tensor, epsilon: torch.Tensor, clip: bool = True, variance: str = "posterior"
+):
+    """(mean, variance) of the step t -> s < t: the mean of q(x_s | x_t, x̂_0), with x̂_0 = (x_t - sqrt(1 - ᾱ_t) ε) /
+    sqrt(ᾱ_t) (clipped to [-1, 1] with ``clip``), and the pair's posterior variance or its β = 1 - ᾱ_t / ᾱ_s
+    (``variance="beta"``, Ho et al.'s larger choice)."""
     x0 = (xt - (1 - alpha_bar_t).sqrt() * epsilon) / alpha_bar_t.sqrt()
     if clip:
         x0 = x0.clamp(-1, 1)
@@ -96,13 +106,13 @@ def respaced_step(alpha_bar_t, alpha_bar_s, xt: torch.Tensor, epsilon: torch.Ten
     mean = (alpha_bar_s.sqrt() * beta / (1 - alpha_bar_t)) * x0 + (
         (1 - beta).sqrt() * (1 - alpha_bar_s) / (1 - alpha_bar_t)
     ) * xt
-    return mean, beta * (1 - alpha_bar_s) / (1 - alpha_bar_t)
+    return mean, beta * (1 - alpha_bar_s) / (1 - alpha_bar_t) if variance == "posterior" else beta
 
 
 def plot_kl_per_timestep(ax, curves: dict[str, list[float]]) -> None:
     """L_{t-1} against t on a log scale, one line per run (``curves``: label -> kl_per_timestep, L_0 first)."""
-    for label, values in curves.items():
-        ax.plot(range(1, len(values)), values[1:], label=label, linewidth=1)
+    for label, values in curves.items():  # values[t - 1] is L_{t-1}: L_{t-1} at timestep t, t = 2..T
+        ax.plot(range(2, len(values) + 1), values[1:], label=label, linewidth=1)
     ax.set_yscale("log")
     ax.set_xlabel("timestep t")
     ax.set_ylabel("L_{t-1} = KL (nats per image)")

@@ -29,6 +29,7 @@ from torch import nn
 from torch.distributions import constraints
 
 CODEBOOK_UPDATES = ("ema", "gradient")
+COUNT_FLOOR = 0.01  # pseudo-counts per codeword in the entropy model
 
 
 def nearest(z: torch.Tensor, codebook: torch.Tensor, penalty: torch.Tensor | None = None) -> torch.Tensor:
@@ -132,9 +133,16 @@ class VectorQuantiser(nn.Module):
         # the entropy model: running counts of each position's codes (one pseudo-count each to start, uniform)
         self.register_buffer("code_counts", torch.ones(positions, codebook_size))
 
+    def probabilities(self, dtype=None) -> torch.Tensor:
+        """π (M, K): each position's running code counts plus ``COUNT_FLOOR`` pseudo-counts, normalised. The floor
+        bounds a code's cost (counts of a codeword a position stopped using decay towards 0 by 1% a step) at about
+        log(batch / COUNT_FLOOR) nats."""
+        counts = self.code_counts.to(dtype or self.code_counts.dtype) + COUNT_FLOOR
+        return counts / counts.sum(-1, keepdim=True)
+
     def log_probabilities(self) -> torch.Tensor:
-        """log π (M, K): the estimated probability of each position's codewords."""
-        return self.code_counts.log() - self.code_counts.sum(-1, keepdim=True).log()
+        """log π (M, K)."""
+        return self.probabilities().log()
 
     def assign(self, z: torch.Tensor) -> torch.Tensor:
         """The code of z (..., M, D): nearest codeword, or the entropy-constrained cell when rate_penalty > 0."""
@@ -142,11 +150,17 @@ class VectorQuantiser(nn.Module):
         return nearest(z, self.codebook, penalty)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.training and torch.is_grad_enabled():
+        if self.training and torch.is_grad_enabled() and not self._is_codebook_draw(z):
             self._learn(z.detach())
         index = self.assign(z)
         codewords = lookup(index, self.codebook)
         return _StraightThrough.apply(z, codewords), codewords, index
+
+    @torch.no_grad()
+    def _is_codebook_draw(self, z: torch.Tensor) -> bool:
+        """True for a draw from the codebook prior (every value a codeword exactly: the model run forward from its
+        prior, as a data critic does), which must not move the codebook or the entropy model; encodings never are."""
+        return torch.equal(z, lookup(self.assign(z), self.codebook))
 
     @torch.no_grad()
     def _learn(self, z: torch.Tensor) -> None:

@@ -24,6 +24,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
+from .data import as_images
 from .evaluate import importance_nll
 from .objectives.core import latent_site_names
 from .plates import DATA_PLATE
@@ -87,7 +88,9 @@ class MarginalRatio:
         if hasattr(model, "quantiser"):  # a vector quantiser: the training codes' frequencies against π
             from .codec import code_indices
 
-            index = code_indices(run, train_x)
+            index = torch.cat(
+                [code_indices(run, as_images(train_x[i : i + 1000])) for i in range(0, len(train_x), 1000)]
+            )
             counts = torch.nn.functional.one_hot(index, model.quantiser.size).sum(0).double()
             # (M, K), with half a count each (Krichevsky-Trofimov), so that a code unseen in training stays finite
             self.log_q = ((counts + 0.5) / (index.shape[0] + 0.5 * counts.shape[1])).log()
@@ -99,7 +102,7 @@ class MarginalRatio:
         generator = torch.Generator().manual_seed(seed)
         keep = torch.randperm(train_x.shape[0], generator=generator)[:MARGINAL_COMPONENTS]
         with torch.no_grad():
-            self.loc, self.scale = run.guide.encode(train_x[keep.to(train_x.device)])
+            self.loc, self.scale = run.guide.encode(as_images(train_x[keep.to(train_x.device)]))
         self.kind = "gaussian"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,7 +145,7 @@ def score_run(
     marginal = MarginalRatio(run, train_x, site, seed) if train_x is not None and site is not None else None
     columns: dict[str, list[torch.Tensor]] = {}
     for start in range(0, x.shape[0], batch_size):
-        xb = x[start : start + batch_size]
+        xb = as_images(x[start : start + batch_size])
         yb = None if y is None else y[start : start + batch_size]
         parts = {k: v.cpu() for k, v in point_terms(run.model, run.guide, xb, yb).items()}
         if iw_samples > 0 and run.capabilities.observes_inputs and run.capabilities.importance_sampling:

@@ -48,7 +48,6 @@ from .distributed import (
 )
 from .evaluate import split_terms
 from .handlers import bottleneck, validate_weights
-from .objectives import InfoELBO
 from .objectives.enumeration import is_annotated
 from .program import ProgramError, check_traces, file_sha256, trace_pair
 from .run import (
@@ -302,10 +301,15 @@ def _train(spec, out, resume, progress, splits, processes, device) -> list[dict]
     torch.manual_seed(spec.seed)
     built = build(spec, device, program)
     model, guide, objective = built.model, built.guide, built.objective
-    if processes.parallel and type(objective).auxiliary_step is not InfoELBO.auxiliary_step:
+    if processes.parallel and getattr(objective, "critics", None) is not None:
         raise ValueError(
             f"{type(objective).__name__} trains critics beside the model, which data-parallel training does not "
             "synchronise yet; train it in one process"
+        )
+    if processes.parallel and getattr(objective, "timestep_sampling", "uniform") != "uniform":
+        raise ValueError(
+            "importance-sampled timesteps keep a history per process, which data-parallel training does not "
+            "synchronise yet: use --timestep-sampling uniform, or train in one process"
         )
     if not resume:
         initialise_pseudo_inputs(built, splits.train)

@@ -53,6 +53,10 @@ def test_posterior_of_the_forward_process_is_bayes_rule():
     expected_mean = (prev.sqrt() * x0.double() / (1 - prev) + (1 - beta).sqrt() * xt.double() / beta) / precision
     torch.testing.assert_close(variance.double(), (1 / precision).expand_as(variance), rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(mean.double(), expected_mean, rtol=1e-4, atol=1e-5)
+    # the reverse variances: β̃_t or β_t, and at t = 1 (the data term's scale) β̃_2 for both, as Ho et al.'s code
+    large = NoiseSchedule("cosine", 20, "beta")
+    torch.testing.assert_close(large.reverse_log_variance[1:], large.betas[1:].log())
+    assert large.reverse_log_variance[0] == schedule.reverse_log_variance[0] == schedule.posterior_variance[1].log()
 
 
 def test_a_sampling_step_between_neighbours_is_the_models_reverse_step():

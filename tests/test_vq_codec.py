@@ -22,7 +22,7 @@ from pyroib.models.vqvae import Config, Model
 from pyroib.objectives import InfoELBO
 from pyroib.plates import data_plate
 from pyroib.program import ProgramError, check_traces
-from pyroib.quantisation import CodebookPrior, VectorQuantiser, lookup, nearest
+from pyroib.quantisation import COUNT_FLOOR, CodebookPrior, VectorQuantiser, lookup, nearest
 from pyroib.run import load_run
 from pyroib.scores import point_terms
 
@@ -63,7 +63,8 @@ def test_codebook_prior_scores_the_cell_and_draws_codewords_with_its_probabiliti
     prior = CodebookPrior(quantiser.log_probabilities().expand(400, 2, 5), quantiser)
     z = torch.randn(400, 2, 3)
     index = _brute_force_nearest(z, quantiser.codebook)
-    probabilities = quantiser.code_counts / quantiser.code_counts.sum(-1, keepdim=True)
+    counts = quantiser.code_counts + COUNT_FLOOR
+    probabilities = counts / counts.sum(-1, keepdim=True)
     expected = probabilities.log()[torch.arange(2), index].sum(-1)
     torch.testing.assert_close(prior.log_prob(z), expected)
     draws = prior.sample()  # (400, 2, 3): codewords, indices drawn with probabilities π
@@ -109,6 +110,20 @@ def test_ema_update_is_the_moving_average_of_a_k_means_step_and_counts_feed_the_
         lloyd(z)
     for k in (0, 1):
         torch.testing.assert_close(lloyd.codebook[0, k], z.detach()[assignment == k, 0].mean(0), atol=1e-4, rtol=0)
+
+
+def test_the_entropy_model_bounds_a_codes_cost_and_ignores_draws_from_itself():
+    quantiser = VectorQuantiser(2, 4, 3).train()
+    quantiser.code_counts.copy_(torch.tensor([[1e-30, 64.0, 64.0, 0.0], [16.0, 16.0, 16.0, 16.0]]))
+    worst = -quantiser.log_probabilities()[0].min().item()
+    assert worst == pytest.approx(math.log((128 + 4 * COUNT_FLOOR) / COUNT_FLOOR), rel=1e-5)
+    with torch.enable_grad():
+        quantiser(torch.randn(8, 2, 3))  # an encoding batch: initialises and learns
+    before = {k: v.clone() for k, v in quantiser.state_dict().items()}
+    prior = CodebookPrior(quantiser.log_probabilities().expand(32, 2, 4), quantiser)
+    with torch.enable_grad():
+        quantiser(prior.sample())  # the model run forward from its prior (a data critic's fakes)
+    assert all(torch.equal(before[k], v) for k, v in quantiser.state_dict().items())
 
 
 def test_dead_codewords_restart_on_the_batch_and_evaluation_changes_nothing():
@@ -245,9 +260,15 @@ def test_bad_bitstreams_and_other_models_are_refused(vq_run, tmp_path):
     (tmp_path / "junk.bin").write_bytes(b"not a bitstream")
     with pytest.raises(CodecError, match="not a pyroib bitstream"):
         read_file(tmp_path / "junk.bin")
-    (tmp_path / "cut.bin").write_bytes(file.read_bytes()[:-3])
-    with pytest.raises(CodecError, match="truncated"):
-        read_file(tmp_path / "cut.bin")
+    for cut in (3, 4, 8):  # whole 32-bit words missing decode to wrong indices without the header's record
+        (tmp_path / "cut.bin").write_bytes(file.read_bytes()[:-cut])
+        with pytest.raises(CodecError, match="truncated"):
+            read_file(tmp_path / "cut.bin")
+    flipped = bytearray(file.read_bytes())
+    flipped[-1] ^= 1
+    (tmp_path / "flip.bin").write_bytes(bytes(flipped))
+    with pytest.raises(CodecError, match="corrupt"):
+        read_file(tmp_path / "flip.bin")
 
 
 def test_compress_refuses_a_run_without_a_discrete_code(tmp_path, capsys):

@@ -75,7 +75,8 @@ def sample(argv: list[str]) -> None:
     if not Path(args.out).parent.is_dir():
         raise FileNotFoundError(f"--out {args.out}: the folder {Path(args.out).parent} does not exist; create it first")
     run = load_run(args.run, args.device, args.checkpoint)
-    if run.capabilities.sample_images and args.prior == "standard":
+    own_sampler = run.capabilities.sample_images and args.prior == "standard"
+    if own_sampler:
         generator = torch.Generator(device=run.device).manual_seed(args.seed)
         images = run.model.sample_images(args.n, args.steps, generator)
     else:
@@ -88,5 +89,5 @@ def sample(argv: list[str]) -> None:
             f"{args.run}: sampling images needs (C, H, W) data; the model decodes to shape {tuple(images.shape[1:])}"
         )
     height, width = write_grid(images, args.out, nrow)
-    source = "the model's own sampler" if run.capabilities.sample_images else f"the {args.prior} prior"
+    source = "the model's own sampler" if own_sampler else f"the {args.prior} prior"
     print(f"{args.n} samples from {source} written to {args.out} ({width}x{height} pixels)")
