@@ -3,7 +3,7 @@ rate-distortion-perception table of the plain and the generative codec.
 
 Every learned codec trains from the command line a user would type (``pyroib train --model vqvae ...``), writes the
 test split with ``pyroib compress`` and is decoded back from that file; its rate is the **measured** payload per
-image (the file's 32-bit words over 10,000 images; the file's header, ~230 bytes once, is reported apart), next
+image (the file's 32-bit words over 10,000 images; the file's header, a few hundred bytes once, is reported apart), next
 to the code length under the entropy model and the codes' empirical entropy H(ẑ) (summed over positions), and its
 distortion the MSE of the decoded 8-bit images against the test images, in [0, 1]. JPEG and WebP (Pillow) are
 measured image by image over their quality range: the payload of an image is its file size minus the size of a blank
