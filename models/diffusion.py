@@ -27,6 +27,7 @@ from pyroib.diffusion import (
     REVERSE_VARIANCES,
     DiscretisedGaussian,
     NoiseSchedule,
+    check_eight_bit,
     discretised_gaussian_log_likelihood,
     gaussian_kl,
     to_signed,
@@ -88,13 +89,7 @@ class Model(nn.Module):
 
     def check_data(self, x: torch.Tensor, binarize: str) -> None:
         """The discretised likelihood scores 8-bit images: values k/255 in [0, 1]."""
-        if x.numel() and (x.min() < 0 or x.max() > 1):
-            raise ValueError("the diffusion model's discretised likelihood needs images in [0, 1]")
-        if x.numel() and not torch.allclose(x * 255, (x * 255).round(), atol=1e-3):
-            raise ValueError(
-                "the diffusion model's discretised likelihood needs 256 grey levels (values k/255); this data has "
-                "others: quantise it to 8 bits first"
-            )
+        check_eight_bit(x, "the diffusion model's discretised likelihood")
 
     # the pieces of the ELBO, per data point (nats), read by DiffusionELBO and the evaluation --------------------
     def data_term(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:

@@ -197,6 +197,21 @@ class TimestepSampler(nn.Module):
             self.counts[step] += 1
 
 
+def to_levels(signed: torch.Tensor) -> torch.Tensor:
+    """Values on the [-1, 1] scale as images in [0, 1] on the 256 grey levels."""
+    return ((signed.clamp(-1, 1) + 1) / 2 * 255).round() / 255
+
+
+def check_eight_bit(x: torch.Tensor, what: str) -> None:
+    """Refuse data a discretised likelihood cannot score: values outside [0, 1], or off the 256-level grid."""
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ValueError(f"{what} needs images in [0, 1]")
+    if x.numel() and not torch.allclose(x * 255, (x * 255).round(), atol=1e-3):
+        raise ValueError(
+            f"{what} needs 256 grey levels (values k/255); this data has others: quantise it to 8 bits first"
+        )
+
+
 def to_signed(x: torch.Tensor) -> torch.Tensor:
     return 2 * x - 1
 
@@ -222,7 +237,7 @@ class DiscretisedGaussian(TorchDistribution):
 
     @property
     def mean(self) -> torch.Tensor:
-        return ((self.loc.clamp(-1, 1) + 1) / 2 * 255).round() / 255
+        return to_levels(self.loc)
 
     def sample(self, sample_shape=torch.Size()):
         with torch.no_grad():
@@ -230,4 +245,4 @@ class DiscretisedGaussian(TorchDistribution):
             draw = self.loc.expand(shape) + self.log_scale.exp().expand(shape) * torch.randn(
                 shape, device=self.loc.device
             )
-            return ((draw.clamp(-1, 1) + 1) / 2 * 255).round() / 255
+            return to_levels(draw)

@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from .diffusion import to_levels
+
 CHUNK = 256
 
 
@@ -90,7 +92,7 @@ def ancestral_samples(model, n: int, steps: int | None = None, generator: torch.
             noise = torch.randn(shape, generator=generator, device=device).double()
             xt = (mean + variance.sqrt() * noise).float()
         mean, _ = model.reverse(xt, 1)
-        return ((mean.clamp(-1, 1) + 1) / 2 * 255).round() / 255
+        return to_levels(mean)
 
 
 def respaced_step(

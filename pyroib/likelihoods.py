@@ -101,12 +101,9 @@ class DiscretisedGaussian(Likelihood):
         self.log_scale = nn.Parameter(torch.full(shape, -2.3))  # on the [-1, 1] scale
 
     def check_data(self, x, binarize):
-        if x.numel() and (x.min() < 0 or x.max() > 1):
-            raise ValueError("the discretised-gaussian likelihood needs data in [0, 1]")
-        if x.numel() and not torch.allclose(x * 255, (x * 255).round(), atol=1e-3):
-            raise ValueError(
-                "the discretised-gaussian likelihood scores 256 grey levels (values k/255); this data has others"
-            )
+        from .diffusion import check_eight_bit
+
+        check_eight_bit(x, "the discretised-gaussian likelihood")
 
     def forward(self, params):
         from .diffusion import DiscretisedGaussian as Discretised
@@ -116,7 +113,9 @@ class DiscretisedGaussian(Likelihood):
         return Discretised(params, self.log_scale.clamp(-9, 5).expand_as(params))
 
     def mean(self, params):
-        return ((params.clamp(-1, 1) + 1) / 2 * 255).round() / 255
+        from .diffusion import to_levels
+
+        return to_levels(params)
 
 
 LIKELIHOODS = {cls.name: cls for cls in (Bernoulli, ContinuousBernoulli, Gaussian, Laplace, DiscretisedGaussian)}
