@@ -173,10 +173,9 @@ def learned_codec(name: str, folder: Path, epochs: int, seed: int, images: np.nd
 
 def _code_entropy_bits(index, codebook_size: int) -> float:
     """H(ẑ) of the test codes, bits per image: each position's empirical entropy, summed."""
-    import torch
+    from pyroib.quantisation import position_entropy
 
-    frequency = torch.nn.functional.one_hot(index, codebook_size).double().mean(0)
-    return float(-(frequency * frequency.clamp_min(1e-300).log2()).sum())
+    return float(position_entropy(index, codebook_size).sum()) / math.log(2)
 
 
 def _with_entropy(result: dict, folder: Path) -> dict:

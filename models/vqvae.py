@@ -28,7 +28,7 @@ from torch import nn
 
 from pyroib.likelihoods import likelihood_and_decoder
 from pyroib.plates import data_plate
-from pyroib.quantisation import CODEBOOK_UPDATES, CodebookPrior, VectorQuantiser
+from pyroib.quantisation import CODEBOOK_UPDATES, CodebookPrior, VectorQuantiser, code_counts, position_entropy
 
 
 @dataclass(frozen=True)
@@ -143,13 +143,25 @@ class Model(nn.Module):
         with torch.no_grad():
             return self.decode_indices(index, generator).clamp(0, 1)
 
+    def encode_indices(self, guide, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """Codeword indices (N, M) of images x (a uint8 data set read a batch at a time), on x's device."""
+        from pyroib.data import as_images
+
+        with torch.no_grad():
+            return torch.cat(
+                [
+                    self.quantiser.assign(guide.encode_codes(as_images(x[i : i + batch_size])))
+                    for i in range(0, x.shape[0], batch_size)
+                ]
+            )
+
     def metrics(self, guide, x: torch.Tensor, y=None) -> dict:
         """The code's length, entropy and usage, and the distortion of the images a decompressor gives (decoder noise
         drawn as ``pyroib decompress`` draws it)."""
         generator = torch.Generator(device=x.device).manual_seed(0)
         chunks = range(0, x.shape[0], 1000)
+        index = self.encode_indices(guide, x)
         with torch.no_grad():
-            index = torch.cat([self.quantiser.assign(guide.encode_codes(x[i : i + 1000])) for i in chunks])
             reconstruction = torch.cat([self.decode_indices(index[i : i + 1000], generator) for i in chunks])
         return code_statistics(index, self.code_probabilities(), self.config) | distortion_measures(reconstruction, x)
 
@@ -162,9 +174,8 @@ def noise_distribution(like: torch.Tensor, size: int):
 
 def code_statistics(index: torch.Tensor, probabilities: torch.Tensor, config: Config) -> dict:
     """Code length under the entropy model and the codes' empirical entropy and usage, from indices (N, M)."""
-    counts = torch.nn.functional.one_hot(index, config.codebook_size).sum(0).double()  # (M, K)
-    frequency = counts / index.shape[0]
-    entropy = -(frequency * frequency.clamp_min(1e-300).log()).sum(-1)  # per position, nats
+    counts = code_counts(index, config.codebook_size)
+    entropy = position_entropy(index, config.codebook_size)
     code_length = -probabilities.double().log().gather(-1, index.T).sum(0)  # per point, nats
     return {
         "code_length": float(code_length.mean()),

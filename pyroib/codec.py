@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_write_bytes
+from .quantisation import code_counts, position_entropy
 
 MAGIC = b"PYROIB-VQ\n"
 FORMAT = 2  # 2: positions coded one after another, payload size and checksum in the header
@@ -52,14 +53,8 @@ def model_digest(model) -> str:
 
 
 def code_indices(run, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Codeword indices (N, M) of images x under the run's encoder and quantiser."""
-    with torch.no_grad():
-        return torch.cat(
-            [
-                run.model.quantiser.assign(run.guide.encode_codes(x[i : i + batch_size]))
-                for i in range(0, x.shape[0], batch_size)
-            ]
-        ).cpu()
+    """Codeword indices (N, M) of images x under the run's encoder and quantiser, on the CPU."""
+    return run.model.encode_indices(run.guide, x, batch_size).cpu()
 
 
 def _probabilities(model) -> np.ndarray:
@@ -215,9 +210,8 @@ def report_section(run, splits, out_dir) -> dict[str, str]:
         nrow=8,
         title="codes drawn from the entropy model π (positions independent), decoded",
     )
-    counts = torch.nn.functional.one_hot(index, quantiser.size).sum(0).double()
-    frequency = counts / counts.sum(-1, keepdim=True)
-    entropy_bits = -(frequency * frequency.clamp_min(1e-300).log2()).sum(-1)
+    frequency = code_counts(index, quantiser.size) / index.shape[0]
+    entropy_bits = position_entropy(index, quantiser.size) / math.log(2)
     length_bits = -(frequency * model.code_probabilities().double().cpu().log2()).sum(-1)
 
     def per_position(ax):

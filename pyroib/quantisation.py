@@ -47,6 +47,17 @@ def nearest(z: torch.Tensor, codebook: torch.Tensor, penalty: torch.Tensor | Non
     return scores.argmin(-1).transpose(0, 1).reshape(*batch_shape, -1)
 
 
+def code_counts(index: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """How often each position's codewords occur in indices (N, M): (M, K) float64."""
+    return torch.nn.functional.one_hot(index, codebook_size).sum(0).double()
+
+
+def position_entropy(index: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """The empirical entropy of each position's codes in indices (N, M), nats: (M,)."""
+    frequency = code_counts(index, codebook_size) / index.shape[0]
+    return -(frequency * frequency.clamp_min(1e-300).log()).sum(-1)
+
+
 def lookup(index: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Codewords of indices (..., M) -> (..., M, D)."""
     positions = codebook.shape[0]

@@ -87,11 +87,10 @@ class MarginalRatio:
         model = run.model
         if hasattr(model, "quantiser"):  # a vector quantiser: the training codes' frequencies against π
             from .codec import code_indices
+            from .quantisation import code_counts
 
-            index = torch.cat(
-                [code_indices(run, as_images(train_x[i : i + 1000])) for i in range(0, len(train_x), 1000)]
-            )
-            counts = torch.nn.functional.one_hot(index, model.quantiser.size).sum(0).double()
+            index = code_indices(run, train_x)
+            counts = code_counts(index, model.quantiser.size)
             # (M, K), with half a count each (Krichevsky-Trofimov), so that a code unseen in training stays finite
             self.log_q = ((counts + 0.5) / (index.shape[0] + 0.5 * counts.shape[1])).log()
             self.log_p = model.quantiser.log_probabilities().detach().cpu().double()
