@@ -6,8 +6,14 @@ training set each epoch, and trains on its own disjoint slice of every global ba
 the data plate keeps the full N, so each process's loss is N / B times its local sum and the average of the K
 gradients is the gradient of one process on the concatenated batch. Gradients are averaged by one all-reduce per
 step (gloo on the CPU, NCCL on CUDA). Rank 0 alone writes the run (config, metrics, checkpoints); the logged means
-are over all K slices. Batch-level estimators (TC, marginal KL, MMD) see each process's local batch. One process
-without torchrun is the plain training loop.
+are over all K slices. Batch-level estimators (TC, marginal KL, MMD) see each process's local batch, or with
+``--batch-terms global`` the global one (:func:`gathered`). Critics (FactorVAE, AAE, BIB-AE) start from rank 0's
+weights and average their gradients too, so they stay identical across processes. One process without torchrun is
+the plain training loop.
+
+A process that dies leaves the others in a collective that fails (gloo: "connection reset by peer"; NCCL: a
+timeout); every collective here turns that into :class:`ProcessLost`, which the training loop words with the epoch and
+the checkpoint that stays valid.
 
 Pyro keeps its handler stack per process, so nothing here touches Pyro: the programs are traced in each process as
 usual (``nn.DataParallel`` would share one handler stack between threads).
@@ -17,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +46,36 @@ class Processes:
     @property
     def parallel(self) -> bool:
         return self.world > 1
+
+
+class ProcessLost(RuntimeError):
+    """A collective failed: another training process died, was killed or lost its connection."""
+
+
+def _collective(function):
+    @functools.wraps(function)
+    def guarded(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except ProcessLost:
+            raise
+        except RuntimeError as error:  # torch.distributed.DistError and the backends' own RuntimeErrors
+            # the backend's first sentence, without the source location gloo puts in front
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            reason = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0]
+            raise ProcessLost(f"another training process stopped or lost contact ({reason[:200]})") from error
+
+    return guarded
+
+
+def current() -> Processes:
+    """This process's place in the process group already joined (by :func:`join`); one process when there is
+    none. For code that runs inside a training step, e.g. the objectives' critics."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return Processes()
+    return Processes(dist.get_rank(), dist.get_world_size())
 
 
 def join(device: torch.device) -> tuple[Processes, torch.device]:
@@ -64,6 +102,7 @@ def leave(processes: Processes) -> None:
         dist.destroy_process_group()
 
 
+@_collective
 def barrier(processes: Processes) -> None:
     if processes.parallel:
         import torch.distributed as dist
@@ -71,6 +110,7 @@ def barrier(processes: Processes) -> None:
         dist.barrier()
 
 
+@_collective
 def broadcast_weights(processes: Processes, modules) -> None:
     """Every process starts from rank 0's weights and buffers."""
     if not processes.parallel:
@@ -83,6 +123,7 @@ def broadcast_weights(processes: Processes, modules) -> None:
                 dist.broadcast(tensor.data, 0)
 
 
+@_collective
 def average_gradients(processes: Processes, parameters) -> None:
     """Replace each gradient by its mean over the processes: one all-reduce of all gradients flattened together."""
     if not processes.parallel:
@@ -101,18 +142,25 @@ def average_gradients(processes: Processes, parameters) -> None:
         offset += g.numel()
 
 
+@_collective
 def total(processes: Processes, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Sums over the processes of each value (one all-reduce)."""
+    """Sums over the processes of each value, of any shape, in float64 (one all-reduce). Every process must pass
+    the same keys with the same shapes."""
     if not processes.parallel or not values:
         return values
     import torch.distributed as dist
 
     keys = sorted(values)
-    stacked = torch.stack([torch.as_tensor(values[k], dtype=torch.float64).reshape(()) for k in keys])
-    dist.all_reduce(stacked)
-    return dict(zip(keys, stacked.unbind()))
+    # NCCL reduces CUDA tensors only: the values' device where any is on one
+    on = [v.device for v in values.values() if isinstance(v, torch.Tensor) and v.device.type != "cpu"]
+    tensors = [torch.as_tensor(values[k], dtype=torch.float64, device=on[0] if on else None) for k in keys]
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    sizes = [t.numel() for t in tensors]
+    return {k: part.view_as(t) for k, t, part in zip(keys, tensors, flat.split(sizes))}
 
 
+@_collective
 def any_process(processes: Processes, flag: torch.Tensor) -> torch.Tensor:
     """True where any process's flag is true."""
     if not processes.parallel:
@@ -138,6 +186,7 @@ def global_batch_terms(active: bool):
         _GLOBAL_BATCH.reset(token)
 
 
+@_collective
 def gathered(tensor: torch.Tensor | None) -> torch.Tensor | None:
     """``tensor``'s rows from every process, in rank order, when global batch terms are on; the tensor itself
     otherwise.
@@ -149,19 +198,36 @@ def gathered(tensor: torch.Tensor | None) -> torch.Tensor | None:
     differently across processes and return wrong gradients (found while testing this function)."""
     if tensor is None or not _GLOBAL_BATCH.get():
         return tensor
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    processes = current()
+    if not processes.parallel:
         return tensor
-    world, rank = dist.get_world_size(), dist.get_rank()
-    parts = [torch.empty_like(tensor) for _ in range(world)]
-    dist.all_gather(parts, tensor.detach().contiguous())
-    parts[rank] = world * tensor - (world - 1) * tensor.detach()
+    parts = _rows_of_each_process(tensor.detach())
+    parts[processes.rank] = processes.world * tensor - (processes.world - 1) * tensor.detach()
     return torch.cat(parts)
 
 
+@_collective
+def every_process_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``'s rows from every process, in rank order, without a graph (the tensor itself in one process).
+    Every process must pass the same shape."""
+    if not current().parallel:
+        return tensor
+    return torch.cat(_rows_of_each_process(tensor.detach()))
+
+
+def _rows_of_each_process(tensor: torch.Tensor) -> list[torch.Tensor]:
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return parts
+
+
 __all__ = [
+    "ProcessLost",
     "Processes",
+    "current",
+    "every_process_rows",
     "gathered",
     "global_batch_terms",
     "any_process",

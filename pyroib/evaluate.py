@@ -45,27 +45,40 @@ def split_terms(
     y: torch.Tensor | None = None,
     batch_size: int = 1000,
     analytic_kl: bool = True,
+    processes=None,
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Average of ``objective.terms`` over ``x`` (β = 1, one particle per point): (values, kl_per_dim).
 
     The rate uses closed-form KL where torch has one (``analytic_kl``): the same expectation as the Monte Carlo
-    estimate the training loss uses, without its noise (per-dimension KLs never read negative).
+    estimate the training loss uses, without its noise (per-dimension KLs never read negative). With data-parallel
+    ``processes`` (:class:`pyroib.distributed.Processes`) each process evaluates its own contiguous share of ``x``
+    and the sums are added up across processes, so every process returns the same averages.
     """
-    totals: dict[str, float] = {}
-    per_dim: dict[str, torch.Tensor] = {}
+    from .distributed import total
+
+    parallel = processes is not None and processes.parallel and x.shape[0] >= processes.world
+    share = slice(None)
+    if parallel:
+        bounds = [x.shape[0] * r // processes.world for r in range(processes.world + 1)]
+        share = slice(bounds[processes.rank], bounds[processes.rank + 1])
+    x, y = x[share], None if y is None else y[share]
+    totals: dict[str, torch.Tensor] = {}
     objective = copy.copy(objective)  # the run's objective is left as it was
     objective.analytic_kl = analytic_kl or objective.analytic_kl
     with torch.no_grad():
         for sl in _chunks(x.shape[0], batch_size):
             terms = objective.terms(model, guide, x[sl], None if y is None else y[sl])
             n = sl.stop - sl.start
-            for k, v in terms.values.items():
-                totals[k] = totals.get(k, 0.0) + v * n
-            for k, v in terms.kl_per_dim.items():
-                per_dim[k] = per_dim.get(k, 0.0) + v * n
-    count = x.shape[0]
-    values = {k: float(v) / count for k, v in totals.items()}
-    return values, {k: (v / count).tolist() for k, v in per_dim.items()}
+            for k, v in [*terms.values.items(), *((f"kl_per_dim/{k}", v) for k, v in terms.kl_per_dim.items())]:
+                totals[k] = totals.get(k, 0.0) + torch.as_tensor(v).detach().double() * n
+    totals["points"] = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)
+    if parallel:
+        totals = total(processes, totals)
+    count = float(totals.pop("points"))
+    prefix = "kl_per_dim/"
+    values = {k: float(v) / count for k, v in totals.items() if not k.startswith(prefix)}
+    per_dim = {k[len(prefix) :]: (v / count).float().tolist() for k, v in totals.items() if k.startswith(prefix)}
+    return values, per_dim
 
 
 def max_plate_nesting_of(model, guide, x, y) -> int:

@@ -15,6 +15,11 @@ Runs are independent: a failed run is reported in the table and the others go on
 error naming the failures). Rerunning the same sweep skips finished runs and resumes unfinished ones, so a killed
 sweep continues where it stopped. ``--workers W`` trains W runs at a time in spawned processes, each with
 ``cpu_count // W`` torch threads.
+
+Under torchrun (``torchrun --nproc-per-node K -m pyroib sweep ...``) the K processes train each run together, one run
+after another (data-parallel, :mod:`pyroib.distributed`), and rank 0 alone evaluates and writes the tables; a failed
+run then stops the sweep (the other processes cannot go on to the next run without it), and rerunning the command
+resumes it.
 """
 
 from __future__ import annotations
@@ -113,11 +118,13 @@ def run_one(
     threads: int | None = None,
     iw_samples: int = 0,
     validate: bool = False,
+    evaluate: bool = True,
 ) -> dict:
     """Train (or skip, or resume) the run of ``spec`` in ``out``, then evaluate it on the test split with
     :func:`pyroib.evaluate.evaluate_run` (without the full-data terms, whose O(N² D) cost would dominate a sweep:
     run ``pyroib evaluate`` on a run directory for those); returns the evaluation with ``status`` added.
-    Top-level, so spawned workers can import it."""
+    Top-level, so spawned workers can import it. ``evaluate=False`` trains only (the other data-parallel processes).
+    """
     import pyro
     import torch
 
@@ -132,6 +139,8 @@ def run_one(
     with pyro.validation_enabled(validate):
         if state != "finished":
             train(spec, out, resume=state == "partial", progress=progress)
+        if not evaluate:
+            return {}
         torch.manual_seed(0)
         result = evaluate_run(load_run(out, spec.device), "test", iw_samples=iw_samples, full_data_points=0)
     result["status"] = {"new": "trained", "partial": "resumed", "finished": "skipped (finished earlier)"}[state]
@@ -180,6 +189,14 @@ def run_sweep(
         rows.append(row)
         print(f"β = {beta:.6g}: {row['status']}", flush=True)
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if workers > 1:
+            raise ValueError(
+                "--workers trains several runs at once in processes of its own; under torchrun the K processes train "
+                "each run together: leave out --workers"
+            )
+        _data_parallel_sweep(specs, betas, names, out, iw_samples, progress, validate, record)
+        return _finish(rows, out) if rows else []
     if workers == 1:
         for beta, name, one in zip(betas, names, specs):
             try:
@@ -200,6 +217,33 @@ def run_sweep(
                     record(beta, name, future.result())
                 except Exception as error:
                     record(beta, name, error=error)
+    return _finish(rows, out)
+
+
+def _data_parallel_sweep(specs, betas, names, out, iw_samples, progress, validate, record) -> None:
+    """Every run trained by all processes together; rank 0 alone evaluates them and records the rows."""
+    from .distributed import join, leave
+    from .run import resolve_device
+
+    # joined once for the whole sweep, so every run's train() finds the group and leaves it standing
+    processes, _ = join(resolve_device(specs[0].device))
+    try:
+        for beta, name, one in zip(betas, names, specs):
+            try:
+                main = processes.main
+                result = run_one(one, out / name, progress, None, iw_samples, validate, evaluate=main)
+            except Exception as error:
+                raise RuntimeError(
+                    f"the run for β = {beta:.6g} failed ({type(error).__name__}: {error}); finished runs are kept "
+                    "and rerunning the same sweep resumes it"
+                ) from error
+            if processes.main:
+                record(beta, name, result)
+    finally:
+        leave(processes)
+
+
+def _finish(rows: list[dict], out: Path) -> list[dict]:
     rows.sort(key=lambda r: r["beta"])
     write_table(rows, out)
     plot_sweep(rows, out / "sweep.png")

@@ -37,6 +37,7 @@ from .checkpoint import (
 )
 from .data import BatchIterator, DataSplits, as_images
 from .distributed import (
+    ProcessLost,
     any_process,
     average_gradients,
     barrier,
@@ -260,8 +261,18 @@ def train(
     processes, device = join(resolve_device(spec.device))
     try:
         return _train(spec, Path(out), resume, progress, splits, processes, device)
+    except ProcessLost as error:
+        raise ProcessLost(f"training stopped: {error}; {_what_is_kept(Path(out))}") from error.__cause__
     finally:
         leave(processes)
+
+
+def _what_is_kept(out: Path) -> str:
+    try:
+        epoch = load_checkpoint(out / CHECKPOINT_FILE)["epoch"]
+    except (OSError, ValueError, KeyError):
+        return f"no checkpoint was written in {out}"
+    return f"the checkpoint of epoch {epoch} in {out} is whole: rerun with --resume, with any number of processes"
 
 
 def _train(spec, out, resume, progress, splits, processes, device) -> list[dict]:
@@ -301,16 +312,6 @@ def _train(spec, out, resume, progress, splits, processes, device) -> list[dict]
     torch.manual_seed(spec.seed)
     built = build(spec, device, program)
     model, guide, objective = built.model, built.guide, built.objective
-    if processes.parallel and getattr(objective, "critics", None) is not None:
-        raise ValueError(
-            f"{type(objective).__name__} trains critics beside the model, which data-parallel training does not "
-            "synchronise yet; train it in one process"
-        )
-    if processes.parallel and getattr(objective, "timestep_sampling", "uniform") != "uniform":
-        raise ValueError(
-            "importance-sampled timesteps keep a history per process, which data-parallel training does not "
-            "synchronise yet: use --timestep-sampling uniform, or train in one process"
-        )
     if not resume:
         initialise_pseudo_inputs(built, splits.train)
         if spec.init_from is not None:
@@ -417,7 +418,8 @@ def _train(spec, out, resume, progress, splits, processes, device) -> list[dict]
                 grad_norms[0] += per_point
                 grad_norms[1] = torch.maximum(grad_norms[1], per_point)
             optimizer.step()
-            objective.auxiliary_step(terms)
+            with global_batch_terms(gather):
+                objective.auxiliary_step(terms)
             step += 1
             nonfinite |= ~torch.isfinite(terms.loss)
             per_point = terms.values["loss"]
@@ -434,6 +436,7 @@ def _train(spec, out, resume, progress, splits, processes, device) -> list[dict]
                     distortion=f"{float(terms.values['distortion']):.2f}",
                     beta=f"{weights.beta:.3g}",
                 )
+        train_seconds = time.perf_counter() - started
         nonfinite, exploded = any_process(processes, nonfinite), any_process(processes, exploded)
         if bool(nonfinite) or bool(exploded):
             what = (
@@ -453,7 +456,7 @@ def _train(spec, out, resume, progress, splits, processes, device) -> list[dict]
         model.eval()
         guide.eval()
         val_x, val_y = splits.split("val")
-        val, val_kl = split_terms(model, guide, objective, val_x, val_y)
+        val, val_kl = split_terms(model, guide, objective, val_x, val_y, processes=processes)
         if processes.parallel:  # means over every process's share of the epoch
             sums = total(processes, {**sums, "points seen": torch.tensor(float(seen), device=device)})
             seen_everywhere = float(sums.pop("points seen"))
@@ -486,6 +489,7 @@ def _train(spec, out, resume, progress, splits, processes, device) -> list[dict]
             "val_distortion": val["distortion"],
             **{f"val_{k}": v for k, v in val.items() if k not in ("elbo", "rate", "distortion", "loss")},
             "val_kl_per_dim": val_kl,
+            "train_seconds": train_seconds,  # the training pass alone, without the validation pass
             "seconds": time.perf_counter() - started,
         }
         if not math.isfinite(row["val_elbo"]):

@@ -65,6 +65,59 @@ def test_a_two_process_run_resumes_in_one_process(tmp_path):
     assert "trained" in done.stdout
 
 
+def test_critics_are_trained_by_two_processes_as_by_one_on_the_concatenated_batches(tmp_path):
+    """BIB-AE's data critic (real images against their reconstructions) on the deterministic program: model, guide,
+    critic and the critic's optimiser after 2 epochs in two processes equal one process on the global batch."""
+    program = tmp_path / "critic_ae.py"
+    program.write_text(
+        PROGRAM.read_text()
+        + "\n\nfrom pyroib.objectives import BoundedIBELBO\n\nobjective = BoundedIBELBO\n"
+        + 'options = {"marginal_kl_weight": 0.0, "data_fakes": "reconstructions", "critic_width": 16, '
+        + '"critic_lr": 1e-3}\n'
+    )
+    argv = ["train", *COMMON, "--model", str(program), "--epochs", "2"]
+    _pyroib([*argv, "--batch-size", "16", "--out", str(tmp_path / "two")], processes=2)
+    _pyroib([*argv, "--batch-size", "32", "--out", str(tmp_path / "one")])
+    two, one = _weights(tmp_path / "two"), _weights(tmp_path / "one")
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+    critic_two, critic_one = (
+        load_checkpoint(tmp_path / run / "checkpoint.pt")["objective"]["critics"]["data"] for run in ("two", "one")
+    )
+    for name, value in critic_one["weights"].items():
+        torch.testing.assert_close(critic_two["weights"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+    adam_two, adam_one = critic_two["optimizer"]["state"], critic_one["optimizer"]["state"]
+    for index, state in adam_one.items():
+        torch.testing.assert_close(adam_two[index]["exp_avg_sq"], state["exp_avg_sq"], rtol=1e-3, atol=1e-9)
+    rows = read_jsonl(tmp_path / "two" / "metrics.jsonl")
+    assert rows[-1]["train_critic_data_kl"] == pytest.approx(
+        read_jsonl(tmp_path / "one" / "metrics.jsonl")[-1]["train_critic_data_kl"], rel=1e-4
+    )
+
+
+def test_a_torchrun_sweep_trains_each_run_in_both_processes_and_rank_0_writes_the_table(tmp_path):
+    sweep = tmp_path / "sweep"
+    argv = [*COMMON, "--batch-size", "16", "--epochs", "1", "--no-progress"]
+    done = _pyroib(["sweep", "--beta", "0.5:2:2", *argv, "--out", str(sweep)], processes=2)
+    assert done.stdout.count("swept 2 values") == 1 and done.stdout.count("β = 2: trained") == 1
+    assert len((sweep / "sweep.csv").read_text().strip().splitlines()) == 1 + 2
+    # each β's run is the data-parallel run: the same weights as one process on the concatenated batches
+    _pyroib(["train", *COMMON, "--beta", "2", "--batch-size", "32", "--epochs", "1", "--out", str(tmp_path / "one")])
+    swept, one = _weights(sweep / "beta-2"), _weights(tmp_path / "one")
+    for name in one:
+        torch.testing.assert_close(swept[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert json.loads((sweep / "beta-2" / "config.json").read_text())["processes"] == 2
+
+
+def test_a_torchrun_sweep_refuses_workers(monkeypatch, tmp_path):
+    from pyroib.run import RunSpec
+    from pyroib.sweep import run_sweep
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="under torchrun the K processes train each run together"):
+        run_sweep(RunSpec(model="vae", dataset="digits"), [1.0, 2.0], tmp_path, workers=2)
+
+
 N_POINTS, HALF = 400, 24
 
 
@@ -157,8 +210,55 @@ def test_a_process_that_dies_stops_the_run_and_the_last_checkpoint_resumes(tmp_p
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     done = subprocess.run([*launcher, "-m", "pyroib", *argv], capture_output=True, text=True, timeout=300, env=_env())
     assert done.returncode != 0
+    # rank 0 says what happened and what is kept, in pyroib's words rather than the backend's
+    said = [line for line in done.stderr.splitlines() if line.startswith("pyroib train: error:")]
+    assert said and "another training process stopped" in said[0], done.stderr[-2000:]
+    assert f"the checkpoint of epoch 1 in {run} is whole" in said[0] and "--resume" in said[0]
     rows = read_jsonl(run / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1] and load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
     # rerun in one process (where the program kills nothing): it continues from epoch 1 to the end
     _pyroib([*argv, "--resume"])
     assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+
+
+def _timestep_history(rank, world, directory):
+    """Each process adds its own half of 2 × 6 (timestep, weighted term) pairs through DiffusionELBO's step."""
+    import os
+
+    import torch.distributed as dist
+
+    from pyroib.diffusion import TimestepSampler
+    from pyroib.objectives import DiffusionELBO
+    from pyroib.objectives.core import Terms
+
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["TEST_PORT"])
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    t = torch.tensor([2, 3, 4, 5, 2, 3, 2, 4, 5, 5, 3, 2])
+    losses = torch.arange(1.0, 13.0)
+    if world > 1:
+        t, losses = t[rank * 6 : (rank + 1) * 6], losses[rank * 6 : (rank + 1) * 6]
+    objective = DiffusionELBO(timestep_sampling="importance")
+    objective._sampler = TimestepSampler(5, "importance", history=2)
+    terms = Terms(surrogate=torch.zeros(()), loss=torch.zeros(()))
+    terms.critic_samples["timesteps"] = (t, losses)
+    objective.auxiliary_step(terms)
+    torch.save(objective.state_dict()["sampler"], f"{directory}/{world}-{rank}.pt")
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def test_importance_sampled_timesteps_keep_one_history_across_processes(tmp_path, monkeypatch):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("TEST_PORT", str(s.getsockname()[1]))
+    _timestep_history(0, 1, tmp_path)
+    mp.spawn(_timestep_history, args=(2, tmp_path), nprocs=2)
+    one, rank0, rank1 = (torch.load(tmp_path / name) for name in ("1-0.pt", "2-0.pt", "2-1.pt"))
+    for key, value in one.items():
+        assert torch.equal(rank0[key], value) and torch.equal(rank1[key], value), key
+    assert int(one["counts"].sum()) == 12  # every process's pairs, not only its own six

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -35,6 +36,8 @@ def main(argv: list[str]) -> None:
         progress=args.workers == 1 and not train_args.no_progress,
         validate=train_args.validate,
     )
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 speaks for the sweep
+        return
     print(
         f"swept {len(rows)} values of β; table in {Path(args.out) / 'sweep.md'}, plot in {Path(args.out) / 'sweep.png'}"
     )

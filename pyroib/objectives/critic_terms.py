@@ -22,6 +22,12 @@ calls after each model step, on the detached samples of that step (FactorVAE's s
 Their weights and optimiser states are in :meth:`CriticELBO.state_dict`, which the run checkpoint stores, so a
 resumed run equals the uninterrupted one. Critics are built on first use, sized from the codes (or images) they
 see; ``load_state_dict`` rebuilds them from the saved sizes.
+
+Under data-parallel training (:mod:`pyroib.distributed`) a critic takes rank 0's weights when it is built and its
+gradients are averaged over the processes before each of its steps, so every process holds the same critic and K
+processes train it as one process would on the concatenated batch. The critics of q(z) read the codes of the batch
+they are given: each process's own, or with ``--batch-terms global`` every process's (FactorVAE's permuted codes are
+then drawn from the global batch).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from torch.nn import functional as F
 import pyroib.estimators as estimators
 
 from ..critics import Critic, density_ratio_loss, permute_dims
+from ..distributed import average_gradients, broadcast_weights, current
 from ..handlers import per_dimension
 from .aggregate import batch_marginal_kl, batch_mmd, check_choice, check_weight, latent_codes, prior_draws
 from .core import InfoELBO, choose_site, observed_site_names
@@ -79,6 +86,7 @@ class CriticELBO(InfoELBO):
             self.critic_optimizers[name] = torch.optim.Adam(
                 self.critics[name].parameters(), lr=self.critic_lr, betas=CRITIC_BETAS
             )
+            broadcast_weights(current(), [self.critics[name]])
         critic = self.critics[name]
         if critic.input_dim != input_dim:
             raise ValueError(f"critic {name!r} was built for inputs of size {critic.input_dim}, got {input_dim}")
@@ -106,6 +114,7 @@ class CriticELBO(InfoELBO):
                 loss = density_ratio_loss(critic, samples_p, other)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                average_gradients(current(), critic.parameters())
                 optimizer.step()
             losses[name] = loss.detach()
         return losses

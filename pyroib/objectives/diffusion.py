@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import torch
 
 from ..diffusion import TimestepSampler, timestep_weights
+from ..distributed import every_process_rows
 from .core import InfoELBO, Terms
 
 
@@ -108,8 +109,11 @@ class DiffusionELBO(InfoELBO):
         return terms
 
     def auxiliary_step(self, terms: Terms) -> dict[str, torch.Tensor]:
-        if self._sampler is not None and "timesteps" in terms.critic_samples:
-            self._sampler.update(*terms.critic_samples["timesteps"])
+        sampler = self._sampler
+        if sampler is not None and sampler.kind != "uniform" and "timesteps" in terms.critic_samples:
+            # under data-parallel training every process adds every process's timesteps, in rank order, so their
+            # histories, and so their p(t), stay identical
+            sampler.update(*(every_process_rows(v) for v in terms.critic_samples["timesteps"]))
         return {}
 
     def state_dict(self) -> dict:
