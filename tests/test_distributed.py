@@ -2,6 +2,7 @@
 the concatenated batches, one run directory written by rank 0, and a resume with another number of processes."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -262,3 +263,18 @@ def test_importance_sampled_timesteps_keep_one_history_across_processes(tmp_path
     for key, value in one.items():
         assert torch.equal(rank0[key], value) and torch.equal(rank1[key], value), key
     assert int(one["counts"].sum()) == 12  # every process's pairs, not only its own six
+
+
+def test_a_torchrun_beta_tcvae_run_with_global_batch_terms_resumes_and_reports(tmp_path):
+    run = tmp_path / "run"
+    argv = ["train", "--model", "beta-tcvae", "--dataset", "digits", "--train-size", "320", "--latent-dim", "3"]
+    argv += ["--device", "cpu", "--no-progress", "--batch-size", "16", "--batch-terms", "global", "--out", str(run)]
+    _pyroib([*argv, "--epochs", "1"], processes=2)
+    config = json.loads((run / "config.json").read_text())
+    assert config["processes"] == 2 and config["batch_terms"] == "global"
+    _pyroib([*argv, "--epochs", "2", "--resume"])
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2] and all(math.isfinite(r["train_total_correlation"]) for r in rows)
+    _pyroib(["report", str(run)])
+    report = (run / "report" / "report.md").read_text()
+    assert "total_correlation" in report and (run / "report" / "training_curves.png").is_file()
