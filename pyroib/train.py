@@ -267,6 +267,25 @@ def train(
         leave(processes)
 
 
+def _epoch_sums(logged, explosion_limit, device) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """From each step's (loss, values, batch size): every value summed over the epoch's points (float64), whether a
+    loss was NaN or infinite, and whether a per-point loss exceeded the explosion limit."""
+    if not logged:
+        false = torch.zeros((), dtype=torch.bool, device=device)
+        return {}, false, false
+    losses = torch.stack([loss.reshape(()) for loss, _, _ in logged])
+    sizes = torch.tensor([size for _, _, size in logged], dtype=torch.float64, device=losses.device)
+    columns: dict[str, list[torch.Tensor]] = {}
+    weights: dict[str, list[int]] = {}
+    for i, (_, values, _) in enumerate(logged):
+        for k, v in values.items():
+            columns.setdefault(k, []).append(v.detach().reshape(()))
+            weights.setdefault(k, []).append(i)
+    sums = {k: (torch.stack(v).double() * sizes[weights[k]]).sum() for k, v in columns.items()}
+    per_point = torch.stack(columns["loss"])
+    return sums, ~torch.isfinite(losses).all(), (per_point > explosion_limit).any()
+
+
 def _what_is_kept(out: Path) -> str:
     try:
         epoch = load_checkpoint(out / CHECKPOINT_FILE)["epoch"]
@@ -390,9 +409,9 @@ def _train(spec, out, resume, progress, splits, processes, device) -> list[dict]
     for epoch in range(epoch + 1, spec.epochs + 1):
         model.train()
         guide.train()
-        sums: dict[str, torch.Tensor] = {}
-        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        exploded = torch.zeros((), dtype=torch.bool, device=device)
+        # each step's detached values, summed once at the end of the epoch: per-step accumulation cost ~0.1 ms of
+        # small tensor operations per step, a tenth of pyroib's cost over a hand-written step at batch 32
+        logged: list[tuple[torch.Tensor, dict[str, torch.Tensor], int]] = []
         clipped = torch.zeros((), dtype=torch.long, device=device)
         grad_norms = torch.zeros(2, device=device)  # sum and max of the per-point norm, kept on the device: no sync
         seen = 0
@@ -421,13 +440,9 @@ def _train(spec, out, resume, progress, splits, processes, device) -> list[dict]
             with global_batch_terms(gather):
                 objective.auxiliary_step(terms)
             step += 1
-            nonfinite |= ~torch.isfinite(terms.loss)
-            per_point = terms.values["loss"]
             if explosion_limit is None:  # set on the run's first step: the loss of the initial weights
-                explosion_limit = EXPLOSION_FACTOR * per_point.detach().abs().clamp_min(1.0)
-            exploded |= per_point > explosion_limit
-            for k, v in terms.values.items():
-                sums[k] = sums.get(k, 0.0) + v.detach() * x.shape[0]
+                explosion_limit = EXPLOSION_FACTOR * terms.values["loss"].detach().abs().clamp_min(1.0)
+            logged.append((terms.loss, terms.values, x.shape[0]))
             seen += x.shape[0]
             if progress and (i % 20 == 0):
                 bar.set_postfix(
@@ -436,6 +451,8 @@ def _train(spec, out, resume, progress, splits, processes, device) -> list[dict]
                     distortion=f"{float(terms.values['distortion']):.2f}",
                     beta=f"{weights.beta:.3g}",
                 )
+        sums, nonfinite, exploded = _epoch_sums(logged, explosion_limit, device)
+        del logged
         train_seconds = time.perf_counter() - started
         nonfinite, exploded = any_process(processes, nonfinite), any_process(processes, exploded)
         if bool(nonfinite) or bool(exploded):
