@@ -66,6 +66,21 @@ def test_importance_nll_with_the_exact_posterior_is_exact_for_any_k():
         assert torch.allclose(nll, exact, atol=1e-4)
 
 
+def test_importance_nll_default_passes_split_k_and_the_batch_and_stay_exact(monkeypatch):
+    """The default pass size (rows per pass) cuts K = 1000 into passes of 2048 // 16 = 128 particles and a remainder
+    of 104, and the 40 points into batches of 16, 16 and 8: every particle still counts once."""
+    import pyroib.evaluate as evaluate
+
+    x = data()
+    exact = -LinearGaussian().marginal().log_prob(x)
+    passes = []
+    original = evaluate.importance_log_weights
+    monkeypatch.setattr(evaluate, "importance_log_weights", lambda *a, **k: passes.append(a[4]) or original(*a, **k))
+    nll = importance_nll(LinearGaussian(), Posterior(), x, samples=1000, batch_size=16)
+    assert torch.allclose(nll, exact, atol=1e-4)
+    assert passes == ([128] * 7 + [104]) * 3
+
+
 def test_importance_nll_with_a_poor_guide_tightens_towards_the_truth_as_k_grows():
     x = data()
     exact = float(-LinearGaussian().marginal().log_prob(x).mean())
