@@ -119,15 +119,33 @@ def test_a_torchrun_sweep_refuses_workers(monkeypatch, tmp_path):
         run_sweep(RunSpec(model="vae", dataset="digits"), [1.0, 2.0], tmp_path, workers=2)
 
 
+def _free_port(monkeypatch) -> None:
+    """A free local port for the spawned processes' rendezvous, in TEST_PORT."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("TEST_PORT", str(s.getsockname()[1]))
+
+
+def _join(rank: int, world: int) -> None:
+    """Join the gloo group of ``world`` spawned processes (nothing for one process)."""
+    import os
+
+    import torch.distributed as dist
+
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["TEST_PORT"])
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
 N_POINTS, HALF = 400, 24
 
 
 def _terms_on(rank, world, gather, directory):
     """TC, its neighbours and the gradients of β-TCVAE's loss on this process's half of a fixed batch of 2 × HALF
     points, with the codes held fixed (the guide conditioned on them) so that nothing is random."""
-    import os
 
-    import torch.distributed as dist
     from pyro.poutine.messenger import Messenger
 
     from pyroib.distributed import Processes, average_gradients, global_batch_terms
@@ -135,9 +153,7 @@ def _terms_on(rank, world, gather, directory):
     from pyroib.models.vae import Config, Model
     from pyroib.objectives import TotalCorrelationELBO
 
-    if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["TEST_PORT"])
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+    _join(rank, world)
     torch.manual_seed(0)
     config = Config(data_shape=(1, 4, 4), latent_dim=3, hidden=(8,))
     model, guide = Model(config), Guide(config)
@@ -166,17 +182,13 @@ def _terms_on(rank, world, gather, directory):
             f"{directory}/{world}-{gather}.pt",
         )
     if world > 1:
-        dist.destroy_process_group()
+        torch.distributed.destroy_process_group()
 
 
 def test_global_batch_terms_equal_one_process_on_the_concatenated_batch(tmp_path, monkeypatch):
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        monkeypatch.setenv("TEST_PORT", str(s.getsockname()[1]))
+    _free_port(monkeypatch)
     _terms_on(0, 1, False, tmp_path)
     mp.spawn(_terms_on, args=(2, True, tmp_path), nprocs=2)
     one, two = torch.load(tmp_path / "1-False.pt"), torch.load(tmp_path / "2-True.pt")
@@ -224,17 +236,12 @@ def test_a_process_that_dies_stops_the_run_and_the_last_checkpoint_resumes(tmp_p
 
 def _timestep_history(rank, world, directory):
     """Each process adds its own half of 2 × 6 (timestep, weighted term) pairs through DiffusionELBO's step."""
-    import os
-
-    import torch.distributed as dist
 
     from pyroib.diffusion import TimestepSampler
     from pyroib.objectives import DiffusionELBO
     from pyroib.objectives.core import Terms
 
-    if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["TEST_PORT"])
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+    _join(rank, world)
     t = torch.tensor([2, 3, 4, 5, 2, 3, 2, 4, 5, 5, 3, 2])
     losses = torch.arange(1.0, 13.0)
     if world > 1:
@@ -246,17 +253,13 @@ def _timestep_history(rank, world, directory):
     objective.auxiliary_step(terms)
     torch.save(objective.state_dict()["sampler"], f"{directory}/{world}-{rank}.pt")
     if world > 1:
-        dist.destroy_process_group()
+        torch.distributed.destroy_process_group()
 
 
 def test_importance_sampled_timesteps_keep_one_history_across_processes(tmp_path, monkeypatch):
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        monkeypatch.setenv("TEST_PORT", str(s.getsockname()[1]))
+    _free_port(monkeypatch)
     _timestep_history(0, 1, tmp_path)
     mp.spawn(_timestep_history, args=(2, tmp_path), nprocs=2)
     one, rank0, rank1 = (torch.load(tmp_path / name) for name in ("1-0.pt", "2-0.pt", "2-1.pt"))
