@@ -5,8 +5,9 @@ have realistic sizes; random weights make the likelihood's exponentials underflo
 importance sample costs one decoder evaluation, so the figure is microseconds per decoder evaluation for
 ``importance_nll`` on ``--points`` test images with ``--samples`` K, in interleaved rounds for the pass sizes
 compared. The FLOP bound is the decoder's multiply-adds, 2 (20·400 + 400·784) FLOPs per evaluation, at the best
-throughput measured for its two matrix products on this CPU (the encoder runs once per pass of K / particles, under
-1% of the work at K = 5,000). The breakdown times the decoder's pieces on a pass of the default size.
+throughput measured for its two matrix products on this CPU (the encoder runs once per pass, for the pass's 100
+points: about 5% of the multiply-adds of a default pass of 2,048 rows, left out of the bound). The breakdown times
+the decoder's pieces on a pass of the default size.
 
     python benchmarks/iw_speed.py [--points 200] [--samples 5000] [--rounds 2] [--record]
 """

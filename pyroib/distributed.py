@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime
 import functools
 import os
 import re
@@ -52,14 +53,36 @@ class ProcessLost(RuntimeError):
     """A collective failed: another training process died, was killed or lost its connection."""
 
 
+# what gloo and NCCL say when the other side of a collective is gone
+_LOST = re.compile(r"gloo|nccl|connection|peer|socket|timed out|timeout|closed", re.IGNORECASE)
+# set while one process works alone inside a data-parallel job (rank 0 evaluating a sweep's run): collectives that
+# read current() then see one process
+_ALONE = contextvars.ContextVar("pyroib_alone", default=False)
+
+
+@contextlib.contextmanager
+def alone():
+    """Within this block, :func:`current` reports one process, so code that synchronises through it (critics,
+    codebooks, global batch terms) runs no collective: for work one process does while the others do something else."""
+    token = _ALONE.set(True)
+    try:
+        yield
+    finally:
+        _ALONE.reset(token)
+
+
 def _collective(function):
     @functools.wraps(function)
     def guarded(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except ProcessLost:
+        except (ProcessLost, torch.OutOfMemoryError):
             raise
         except RuntimeError as error:  # torch.distributed.DistError and the backends' own RuntimeErrors
+            import torch.distributed as dist
+
+            if not isinstance(error, dist.DistError) and not _LOST.search(str(error)):
+                raise  # a mistake of ours (a CPU tensor handed to NCCL, say), not a lost process
             # the backend's first sentence, without the source location gloo puts in front
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             reason = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0]
@@ -73,14 +96,15 @@ def current() -> Processes:
     none. For code that runs inside a training step, e.g. the objectives' critics."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if _ALONE.get() or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return Processes()
     return Processes(dist.get_rank(), dist.get_world_size())
 
 
-def join(device: torch.device) -> tuple[Processes, torch.device]:
+def join(device: torch.device, timeout: datetime.timedelta | None = None) -> tuple[Processes, torch.device]:
     """The process group torchrun describes in the environment (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, ...),
-    joined if need be; one process otherwise. On CUDA each process takes the GPU of its local rank."""
+    joined if need be; one process otherwise. On CUDA each process takes the GPU of its local rank. ``timeout``:
+    how long a collective waits for the other processes (torch's default: 30 minutes for gloo, 10 for NCCL)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Processes(), device
@@ -91,7 +115,7 @@ def join(device: torch.device) -> tuple[Processes, torch.device]:
         torch.cuda.set_device(device)
     started = not dist.is_initialized()
     if started:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return Processes(dist.get_rank(), dist.get_world_size(), started), device
 
 
@@ -226,6 +250,7 @@ def _rows_of_each_process(tensor: torch.Tensor) -> list[torch.Tensor]:
 __all__ = [
     "ProcessLost",
     "Processes",
+    "alone",
     "current",
     "every_process_rows",
     "gathered",

@@ -51,27 +51,28 @@ def split_terms(
 
     The rate uses closed-form KL where torch has one (``analytic_kl``): the same expectation as the Monte Carlo
     estimate the training loss uses, without its noise (per-dimension KLs never read negative). With data-parallel
-    ``processes`` (:class:`pyroib.distributed.Processes`) each process evaluates its own contiguous share of ``x``
-    and the sums are added up across processes, so every process returns the same averages.
+    ``processes`` (:class:`pyroib.distributed.Processes`) the chunks of one process's evaluation are dealt out (chunk
+    j to process j mod K) and the sums added up across processes, so every process returns the same averages, those
+    of one process up to the order of summation and the random draws; with fewer chunks than processes each process
+    evaluates all of them alone.
     """
     from .distributed import total
 
-    parallel = processes is not None and processes.parallel and x.shape[0] >= processes.world
-    share = slice(None)
+    chunks = list(_chunks(x.shape[0], batch_size))
+    parallel = processes is not None and processes.parallel and len(chunks) >= processes.world
     if parallel:
-        bounds = [x.shape[0] * r // processes.world for r in range(processes.world + 1)]
-        share = slice(bounds[processes.rank], bounds[processes.rank + 1])
-    x, y = x[share], None if y is None else y[share]
+        chunks = chunks[processes.rank :: processes.world]
     totals: dict[str, torch.Tensor] = {}
     objective = copy.copy(objective)  # the run's objective is left as it was
     objective.analytic_kl = analytic_kl or objective.analytic_kl
     with torch.no_grad():
-        for sl in _chunks(x.shape[0], batch_size):
+        for sl in chunks:
             terms = objective.terms(model, guide, x[sl], None if y is None else y[sl])
             n = sl.stop - sl.start
             for k, v in [*terms.values.items(), *((f"kl_per_dim/{k}", v) for k, v in terms.kl_per_dim.items())]:
                 totals[k] = totals.get(k, 0.0) + torch.as_tensor(v).detach().double() * n
-    totals["points"] = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)
+    points = sum(sl.stop - sl.start for sl in chunks)
+    totals["points"] = torch.tensor(float(points), dtype=torch.float64, device=x.device)
     if parallel:
         totals = total(processes, totals)
     count = float(totals.pop("points"))
@@ -153,10 +154,10 @@ def _trim_heap() -> None:
 
 
 # rows (particles × points) per importance-sampling pass. On the CPU, small passes keep each layer's activations in
-# cache: at 2,000 rows the 784-400-20 VAE cost 10.5 µs per decoder evaluation against 16.7 µs at 25,000 rows
-# (benchmarks/results/iw_speed.md); a GPU wants large passes
+# cache: at 2,000 rows the 784-400-20 VAE cost 9.1 µs per decoder evaluation against 15.9 µs at 25,000 rows
+# (benchmarks/results/iw_speed.md); a GPU keeps the large passes it had
 ROWS_PER_PASS = {"cpu": 2048}
-ROWS_PER_PASS_ELSEWHERE = 32768
+ROWS_PER_PASS_ELSEWHERE = 25000
 
 
 def importance_nll(

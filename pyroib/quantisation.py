@@ -28,6 +28,8 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch import nn
 from torch.distributions import constraints
 
+from .distributed import current
+
 CODEBOOK_UPDATES = ("ema", "gradient")
 COUNT_FLOOR = 0.01  # pseudo-counts per codeword in the entropy model
 
@@ -237,7 +239,7 @@ def _all_reduced(tensor: torch.Tensor) -> torch.Tensor:
     """Summed over the processes of a data-parallel run (every rank's codebook sees every rank's batch)."""
     import torch.distributed as td
 
-    if td.is_available() and td.is_initialized() and td.get_world_size() > 1:
+    if current().parallel:
         td.all_reduce(tensor)
     return tensor
 
@@ -246,5 +248,5 @@ def _broadcast(tensor: torch.Tensor) -> None:
     """Rank 0's restarts win, so the processes' codebooks stay equal."""
     import torch.distributed as td
 
-    if td.is_available() and td.is_initialized() and td.get_world_size() > 1:
+    if current().parallel:
         td.broadcast(tensor, 0)

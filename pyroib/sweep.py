@@ -25,6 +25,7 @@ resumes it.
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import math
 import os
@@ -35,6 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import save_figure, write_text_atomic
+
+# how long the other processes of a torchrun sweep wait for rank 0's evaluation of a run (--iw-samples 5000 on
+# 10,000 images takes about 8 minutes on one CPU thread)
+SWEEP_WAIT = datetime.timedelta(hours=3)
 
 TABLE_COLUMNS = (
     "epoch",
@@ -128,6 +133,7 @@ def run_one(
     import pyro
     import torch
 
+    from .distributed import alone
     from .evaluate import evaluate_run
     from .run import load_run
     from .train import train
@@ -142,7 +148,9 @@ def run_one(
         if not evaluate:
             return {}
         torch.manual_seed(0)
-        result = evaluate_run(load_run(out, spec.device), "test", iw_samples=iw_samples, full_data_points=0)
+        # one process evaluates: nothing in it may wait for the others (a critic loaded from the checkpoint, say)
+        with alone():
+            result = evaluate_run(load_run(out, spec.device), "test", iw_samples=iw_samples, full_data_points=0)
     result["status"] = {"new": "trained", "partial": "resumed", "finished": "skipped (finished earlier)"}[state]
     return result
 
@@ -225,8 +233,9 @@ def _data_parallel_sweep(specs, betas, names, out, iw_samples, progress, validat
     from .distributed import join, leave
     from .run import resolve_device
 
-    # joined once for the whole sweep, so every run's train() finds the group and leaves it standing
-    processes, _ = join(resolve_device(specs[0].device))
+    # joined once for the whole sweep, so every run's train() finds the group and leaves it standing; while rank 0
+    # evaluates a run the others wait at the next run's first barrier, so the wait may be as long as an evaluation
+    processes, _ = join(resolve_device(specs[0].device), timeout=SWEEP_WAIT)
     try:
         for beta, name, one in zip(betas, names, specs):
             try:

@@ -110,6 +110,18 @@ def test_a_torchrun_sweep_trains_each_run_in_both_processes_and_rank_0_writes_th
     assert json.loads((sweep / "beta-2" / "config.json").read_text())["processes"] == 2
 
 
+def test_a_torchrun_sweep_of_a_critic_objective_evaluates_on_rank_0_alone(tmp_path):
+    """Rank 0 rebuilds the critics from each run's checkpoint to evaluate it while the others wait: nothing in that
+    evaluation may wait for them (a critic built from a checkpoint once broadcast its weights there)."""
+    sweep = tmp_path / "sweep"
+    argv = ["--model", "factorvae", "--dataset", "digits", "--train-size", "320", "--latent-dim", "3", "--device"]
+    argv += ["cpu", "--no-progress", "--batch-size", "16", "--epochs", "1", "--critic-width", "16"]
+    done = _pyroib(["sweep", "--beta", "1:2:2", *argv, "--out", str(sweep)], processes=2)
+    assert done.stdout.count("β = 2: trained") == 1
+    rows = (sweep / "sweep.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and all(",trained," in row for row in rows[1:])
+
+
 def test_a_torchrun_sweep_refuses_workers(monkeypatch, tmp_path):
     from pyroib.run import RunSpec
     from pyroib.sweep import run_sweep

@@ -202,6 +202,30 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 1
 
 
+def test_an_epoch_summed_in_folds_logs_what_one_sum_logs_and_a_nan_in_an_early_fold_still_stops(tmp_path, monkeypatch):
+    import pyroib.train as training
+
+    whole = train(spec(epochs=1), tmp_path / "whole", progress=False)
+    monkeypatch.setattr(training, "FOLD_STEPS", 3)  # digits at batch 64: 26 steps, so 8 folds and a rest
+    folded = train(spec(epochs=1), tmp_path / "folded", progress=False)
+    assert whole[0]["step"] == folded[0]["step"] > 3 * 3
+    for key, value in whole[0].items():
+        if key.startswith("train_") and key != "train_seconds":
+            assert folded[0][key] == pytest.approx(value, rel=1e-9), key
+    original, calls = InfoELBO.terms, []
+
+    def nan_at_step_two(self, *args, **kwargs):
+        terms = original(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            terms.loss = terms.loss * float("nan")
+        return terms
+
+    monkeypatch.setattr(InfoELBO, "terms", nan_at_step_two)
+    with pytest.raises(TrainingDiverged, match="NaN or infinite"):
+        train(spec(epochs=1), tmp_path / "poisoned", progress=False)
+
+
 def test_an_exploding_finite_loss_stops_as_diverged(tmp_path):
     train(spec(epochs=1), tmp_path / "run", progress=False)
     good = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
