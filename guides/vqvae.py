@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pyroib.models.vqvae import noise_distribution
-from pyroib.networks import GaussianEncoder
+from pyroib.networks import GaussianEncoder, SpatialEncoder
 from pyroib.plates import data_plate
 
 
@@ -18,13 +18,17 @@ class Guide(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        # the location half of a Gaussian encoder's head; its scale half is unused
-        self.encoder = GaussianEncoder(
-            config.data_shape, config.hidden, config.positions * config.code_dim, config.network
-        )
+        if config.spatial:  # one code per cell of the conv feature map
+            self.encoder = SpatialEncoder(config.data_shape, config.hidden, config.code_dim)
+        else:  # the location half of a Gaussian encoder's head; its scale half is unused
+            self.encoder = GaussianEncoder(
+                config.data_shape, config.hidden, config.positions * config.code_dim, config.network
+            )
 
     def encode_codes(self, x: torch.Tensor) -> torch.Tensor:
         """e(x) as (..., M, D), before quantisation."""
+        if self.config.spatial:
+            return self.encoder(x)
         loc = self.encoder(x)[0]
         return loc.reshape(*loc.shape[:-1], self.config.positions, self.config.code_dim)
 

@@ -26,7 +26,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyroib.likelihoods import likelihood_and_decoder
+from pyroib.likelihoods import likelihood_and_decoder, make_likelihood
+from pyroib.networks import SpatialDecoder, feature_cells
 from pyroib.plates import data_plate
 from pyroib.quantisation import CODEBOOK_UPDATES, CodebookPrior, VectorQuantiser, code_counts, position_entropy
 
@@ -49,6 +50,9 @@ class Config:
     # U ~ N(0, I) of this size enters the decoder beside ẑ (generative compression); the guide draws it from the
     # same N(0, I), so it costs no rate and the decoded image is a sample, not a mean, given the code
     noise_dim: int = 0
+    # one code per cell of the conv network's feature map (positions = its cells, code_dim its channels), decoded by
+    # transposed convolutions from that grid: a code that keeps the image's layout, for rates of hundreds of bits
+    spatial: bool = False
 
     def __post_init__(self):
         if min(self.positions, self.codebook_size, self.code_dim) < 1:
@@ -66,6 +70,17 @@ class Config:
             raise ValueError(f"rate_penalty must be >= 0, got {self.rate_penalty}")
         if self.commitment < 0:
             raise ValueError(f"the commitment weight must be >= 0, got {self.commitment}")
+        if self.spatial:
+            if self.network != "conv":
+                raise ValueError("a spatial code is the feature map of the conv network: pass --network conv")
+            cells = feature_cells(tuple(self.data_shape), tuple(self.hidden))
+            if self.positions != cells:
+                side = 2 ** len(self.hidden)
+                grid = f"{self.data_shape[1] // side} x {self.data_shape[2] // side}"
+                raise ValueError(
+                    f"a spatial code has one position per cell of the conv feature map ({grid} for a "
+                    f"{tuple(self.data_shape)} image and {len(self.hidden)} stride-2 layers): pass --positions {cells}"
+                )
 
     @property
     def max_bits(self) -> float:
@@ -87,9 +102,18 @@ class Model(nn.Module):
             decay=config.ema_decay,
             rate_penalty=config.rate_penalty,
         )
-        self.likelihood, self.decoder = likelihood_and_decoder(
-            config.positions * config.code_dim + config.noise_dim, config
-        )
+        if config.spatial:
+            self.likelihood = make_likelihood(config.likelihood, config.data_shape)
+            self.decoder = SpatialDecoder(
+                config.code_dim + config.noise_dim,
+                config.hidden,
+                config.data_shape,
+                out_factor=self.likelihood.params_per_pixel,
+            )
+        else:
+            self.likelihood, self.decoder = likelihood_and_decoder(
+                config.positions * config.code_dim + config.noise_dim, config
+            )
 
     def prior(self, batch_size: int) -> CodebookPrior:
         log_probs = self.quantiser.log_probabilities()
@@ -103,33 +127,44 @@ class Model(nn.Module):
                 pyro.factor("commitment", -self.config.commitment * (z - codewords.detach()).pow(2).sum((-2, -1)))
             if self.config.codebook_update == "gradient":
                 pyro.factor("codebook", -(z.detach() - codewords).pow(2).sum((-2, -1)))
-            code = quantised.flatten(-2)
+            u = None
             if self.config.noise_dim:
-                u = pyro.sample("u", noise_distribution(code, self.config.noise_dim))
-                code = torch.cat([code, u.expand(*code.shape[:-1], -1)], -1)
-            pyro.sample("x", self.likelihood(self.decoder(code)), obs=x)
+                u = pyro.sample("u", noise_distribution(quantised.flatten(-2), self.config.noise_dim))
+            pyro.sample("x", self.likelihood(self.decoder(self._decoder_input(quantised, u))), obs=x)
         return z
+
+    def _decoder_input(self, quantised: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+        """ẑ (..., M, D) and the noise U as the decoder reads them: one flat vector, or for a spatial code U's
+        channels beside every cell's codeword."""
+        if self.config.spatial:
+            if u is None:
+                return quantised
+            return torch.cat([quantised, u.unsqueeze(-2).expand(*quantised.shape[:-1], -1)], -1)
+        code = quantised.flatten(-2)
+        return code if u is None else torch.cat([code, u.expand(*code.shape[:-1], -1)], -1)
 
     def check_data(self, x: torch.Tensor, binarize: str) -> None:
         self.likelihood.check_data(x, binarize)
 
-    def _decode_code(self, code: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _decode_code(self, quantised: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Mean image of codewords ẑ (..., M, D), U drawn with ``generator`` when the program has noise."""
+        u = None
         if self.config.noise_dim:
-            u = torch.randn(*code.shape[:-1], self.config.noise_dim, generator=generator, device=code.device)
-            code = torch.cat([code, u.to(code.dtype)], -1)
-        return self.likelihood.mean(self.decoder(code))
+            u = torch.randn(*quantised.shape[:-2], self.config.noise_dim, generator=generator, device=quantised.device)
+            u = u.to(quantised.dtype)
+        return self.likelihood.mean(self.decoder(self._decoder_input(quantised, u)))
 
     def decode(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean image E[x | ẑ, u] of codes z (..., M, D) or (..., M·D), quantised first (u ~ N(0, I) drawn with
         ``generator`` when the program has noise)."""
         z = z.reshape(*z.shape[:-1], self.config.positions, self.config.code_dim) if z.dim() == 2 else z
-        return self._decode_code(self.quantiser(z)[0].flatten(-2), generator)
+        return self._decode_code(self.quantiser(z)[0], generator)
 
     def decode_indices(self, index: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean image of codeword indices (..., M): the decompressor's half."""
         from pyroib.quantisation import lookup
 
-        return self._decode_code(lookup(index, self.quantiser.codebook).flatten(-2), generator)
+        return self._decode_code(lookup(index, self.quantiser.codebook), generator)
 
     def code_probabilities(self) -> torch.Tensor:
         """π (M, K): the entropy model the codec writes the indices under."""

@@ -169,3 +169,55 @@ class Decoder(nn.Module):
         batch_shape = z.shape[:-1]
         out = self.body(z.reshape(-1, z.shape[-1]))
         return out.reshape(*batch_shape, *self.out_shape)
+
+
+def feature_cells(data_shape: tuple[int, ...], hidden: tuple[int, ...]) -> int:
+    """Cells of the feature map a ``conv`` stack of ``len(hidden)`` stride-2 layers leaves of a (C, H, W) image."""
+    _check("conv", data_shape, hidden)
+    factor = 2 ** len(hidden)
+    return (data_shape[1] // factor) * (data_shape[2] // factor)
+
+
+class SpatialEncoder(nn.Module):
+    """x (..., C, H, W) -> codes (..., M, D): the ``conv`` stack's feature map with a 1x1 convolution to D channels,
+    one D-dimensional code per cell (M = H W / 4^L), row by row: a code that keeps the image's layout."""
+
+    def __init__(self, data_shape: tuple[int, ...], hidden: tuple[int, ...], code_dim: int):
+        super().__init__()
+        self.cells = feature_cells(data_shape, hidden)
+        self.data_shape = tuple(data_shape)
+        convs: list[nn.Module] = []
+        channels = data_shape[0]
+        for h in hidden:
+            convs += [nn.Conv2d(channels, h, 4, stride=2, padding=1), nn.SiLU()]
+            channels = h
+        self.body = nn.Sequential(*convs, nn.Conv2d(channels, code_dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch_shape = x.shape[: x.dim() - len(self.data_shape)]
+        features = self.body(x.reshape(-1, *self.data_shape))  # (n, D, h, w)
+        codes = features.flatten(2).transpose(1, 2)  # (n, h w, D), row by row
+        return codes.reshape(*batch_shape, *codes.shape[1:])
+
+
+class SpatialDecoder(nn.Module):
+    """codes (..., M, C) on the encoder's grid -> the likelihood's parameters (..., out_factor * C_x, H, W): a 1x1
+    convolution to the deepest hidden width, then transposed convolutions back up (the ``conv`` decoder's)."""
+
+    def __init__(self, in_channels: int, hidden: tuple[int, ...], data_shape: tuple[int, ...], out_factor: int = 1):
+        super().__init__()
+        feature_cells(data_shape, hidden)
+        factor = 2 ** len(hidden)
+        self.grid = (data_shape[1] // factor, data_shape[2] // factor)
+        self.out_shape = (data_shape[0] * out_factor, *data_shape[1:])
+        rev = list(reversed(hidden))
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, rev[0], 1), nn.SiLU(), *_upsampling(rev, self.out_shape[0], nn.SiLU)
+        )
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        batch_shape, (cells, channels) = codes.shape[:-2], codes.shape[-2:]
+        if cells != self.grid[0] * self.grid[1]:
+            raise ValueError(f"the decoder reads {self.grid[0]} x {self.grid[1]} cells, got {cells} codes")
+        grid = codes.reshape(-1, cells, channels).transpose(1, 2).reshape(-1, channels, *self.grid)
+        return self.body(grid).reshape(*batch_shape, *self.out_shape)

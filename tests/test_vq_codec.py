@@ -5,6 +5,7 @@ the codec's bitstream round trip, and the per-point scores."""
 import csv
 import json
 import math
+import re
 
 import numpy as np
 import pyro
@@ -339,3 +340,53 @@ def test_report_shows_decompressed_images_entropy_model_samples_and_bits_per_pos
     for png in ("codec_reconstructions.png", "codec_samples.png", "codec_positions.png"):
         assert (vq_run / "report" / png).stat().st_size > 1000 and png in report
     assert "| bits_per_image |" in report and "| factor/commitment |" in report
+
+
+SPATIAL = ["--network", "conv", "--spatial", "true", "--hidden", "16", "--positions", "16", "--codebook-size", "16"]
+SPATIAL += ["--code-dim", "4", "--ema-decay", "0.9", "--dataset", "digits", "--device", "cpu", "--no-progress"]
+
+
+def test_a_spatial_code_keeps_the_layout_of_the_image_and_round_trips_through_the_codec(tmp_path, capsys):
+    run_dir = tmp_path / "spatial"
+    assert main(["train", "--model", "vqvae", *SPATIAL, "--epochs", "2", "--out", str(run_dir)]) == 0
+    run = load_run(run_dir)
+    # 8 x 8 digits through one 4x4 stride-2 layer: a 4 x 4 grid, row by row (position 4 i + j for cell (i, j)). A
+    # pixel in the bottom-left corner reaches only cell (3, 0), position 12; the codeword of cell (0, 1), position 1,
+    # reaches only pixels of rows 0-2 (a column-major grid would put both elsewhere)
+    x = torch.rand(3, 1, 8, 8)
+    moved = x.clone()
+    moved[..., 7, 0] += 1.0
+    with torch.no_grad():
+        codes, moved_codes = run.guide.encode_codes(x), run.guide.encode_codes(moved)
+    assert codes.shape == (3, 16, 4)
+    changed = [m for m in range(16) if not torch.equal(codes[:, m], moved_codes[:, m])]
+    assert changed == [12]
+    index = run.model.quantiser.assign(codes)
+    other = index.clone()
+    other[:, 1] = (other[:, 1] + 1) % 16
+    with torch.no_grad():
+        image, other_image = run.model.decode_indices(index), run.model.decode_indices(other)
+    rows = [r for r in range(8) if not torch.equal(image[..., r, :], other_image[..., r, :])]
+    assert rows and max(rows) <= 2
+    # the bitstream holds 16 positions per image and decodes back to the same indices
+    file, out = tmp_path / "test.bin", tmp_path / "decoded"
+    capsys.readouterr()
+    assert main(["compress", str(run_dir), "--out", str(file), "--json", "--device", "cpu"]) == 0
+    assert main(["decompress", str(file), "--out", str(out), "--device", "cpu"]) == 0
+    from pyroib.data import load_spec_dataset
+
+    test_x, _ = load_spec_dataset(run.spec, "cpu").split("test")
+    assert np.array_equal(np.load(out / "codes.npy"), code_indices(run, test_x).numpy())
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--spatial", "true", "--positions", "16", "--hidden", "16"], "feature map of the conv network"),
+        (["--spatial", "true", "--network", "conv", "--hidden", "16"], "4 x 4 .* pass --positions 16"),
+    ],
+)
+def test_a_spatial_code_needs_the_conv_network_and_one_position_per_cell(tmp_path, capsys, flags, message):
+    argv = ["train", "--model", "vqvae", "--dataset", "digits", "--device", "cpu", "--out", str(tmp_path / "r")]
+    assert main([*argv, *flags]) == 2
+    assert re.search(message, capsys.readouterr().err)
