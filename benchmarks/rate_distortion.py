@@ -48,6 +48,19 @@ CODECS = {
     "vq 4x64": ["--model", "vqvae", "--positions", "4", "--codebook-size", "64", "--code-dim", "8", *MLP],
     **{f"vq {m}x256": _vq("vqvae", m) for m in (8, 16, 32, 64, 128, 256)},
     "vq 64x256 λ=0.5": _vq("vqvae", 64, "--rate-penalty", "0.5"),
+    # spatial codes (one per cell of the conv feature map, shared codebook): 7 x 7 and 14 x 14 grids
+    "vq spatial 7x7x256": [
+        *("--model", "vqvae", "--network", "conv", "--spatial", "true", "--hidden", "64,128", "--positions", "49"),
+        *("--code-dim", "32", "--codebook-size", "256", "--shared-codebook", "true"),
+    ],
+    "vq spatial 14x14x64": [
+        *("--model", "vqvae", "--network", "conv", "--spatial", "true", "--hidden", "64", "--positions", "196"),
+        *("--code-dim", "16", "--codebook-size", "64", "--shared-codebook", "true"),
+    ],
+    "vq spatial 14x14x256": [
+        *("--model", "vqvae", "--network", "conv", "--spatial", "true", "--hidden", "64", "--positions", "196"),
+        *("--code-dim", "16", "--codebook-size", "256", "--shared-codebook", "true"),
+    ],
     "generative 16x256": _vq("generative-codec", 16),
     "generative 64x256": _vq("generative-codec", 64),
 }
