@@ -8,8 +8,9 @@ over seeds. k-means is scikit-learn's (10 clusters, 10 initialisations, seeded).
 posterior, the seed's claim being that TC falls with depth. Published Fashion-MNIST anchors (Hungarian accuracy,
 10-run means): k-means on an autoencoder's codes 0.606, DEC 0.618, ClusterGAN 0.612, N2D 0.672.
 
-Resumable: each (data set, method, seed) is a folder under ``--out`` with its scores; a run cut short resumes from
-its checkpoint. ``--minutes`` stops starting new units after that long; run the same command again to go on.
+Resumable: each (data set, method, seed) trains in a folder under ``--out`` (a run cut short resumes from its
+checkpoint) and its scores are a unit of ``harness.Units`` (committed with ``--record``, so a later checkout goes on).
+``--minutes`` stops starting new units after that long; run the same command again to go on.
 
     python benchmarks/clustering.py --record [--seeds 5] [--epochs 30] [--workers 2] [--minutes 80]
 """
@@ -45,11 +46,14 @@ def _kmeans_scores(features, labels, seed: int) -> dict:
     return clustering_scores(labels, clusters)
 
 
-def _unit(dataset: str, method: str, seed: int, epochs: int, out: Path) -> dict:
+def _unit_name(dataset: str, method: str, seed: int) -> str:
+    return f"{dataset}-{METHODS_SLUG[method]}-s{seed}"
+
+
+def _unit(dataset: str, method: str, seed: int, epochs: int, out: Path, units: harness.Units) -> dict:
+    if (done := units.get(_unit_name(dataset, method, seed))) is not None:
+        return done
     folder = out / dataset / f"{METHODS_SLUG[method]}-s{seed}"
-    scores_file = folder / "scores.json"
-    if scores_file.is_file():
-        return json.loads(scores_file.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     flags = METHODS[method]
@@ -78,11 +82,8 @@ def _unit(dataset: str, method: str, seed: int, epochs: int, out: Path) -> dict:
             scores = {k: result[k] for k in SCORES}
             scores.update({k: v for k, v in result.items() if k.startswith(("layer_tc/", "layer_mi/", "rate/"))})
             scores["clusters_used"] = result["clusters_used"]
-    scores["seconds"] = time.perf_counter() - started
-    tmp = scores_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(scores, indent=1))
-    tmp.replace(scores_file)
-    return scores
+    scores.update(seconds=time.perf_counter() - started, epochs=epochs)
+    return units.put(_unit_name(dataset, method, seed), scores)
 
 
 def _codes_kmeans(run: Path, seed: int) -> dict:
@@ -117,7 +118,8 @@ def _report(results: dict, args, wall: float) -> str:
         "",
         f"Command: `{harness.command()}`  ",
         f"Machine: {harness.machine(1)}; {args.workers} units at a time, one thread each  ",
-        f"Wall time of this slice: {wall / 60:.1f} min; each unit's own time is in its scores.json under `{args.out}`",
+        f"Wall time of this slice: {wall / 60:.1f} min; each unit's own time is in its file under "
+        f"`{args.units.folder.relative_to(ROOT)}`",
         "",
         f"Each model trains {_epochs_text(args)} with its architecture's defaults (hvae and gmvae: grey levels, "
         "Gaussian likelihood, batch 32; β-VAE: β = 4, 10 latents, Bernoulli, dynamic binarisation); mean ± sd over "
@@ -167,14 +169,13 @@ def main():
     epochs = {d: args.epochs for d in args.datasets}
     epochs.update({k: int(v) for k, v in (item.split("=") for item in args.dataset_epochs.split(",") if item)})
     args.epochs_by_dataset = epochs
+    args.units = store = harness.Units(args, "clustering")
 
     def work(unit):
-        dataset, method, seed = unit
-        finished = out / dataset / f"{METHODS_SLUG[method]}-s{seed}" / "scores.json"
         late = args.minutes is not None and time.perf_counter() - started > 60 * args.minutes
-        if late and not finished.is_file():
+        if late and not store.done(_unit_name(*unit)):
             return unit, None
-        return unit, _unit(*unit, epochs[dataset], out)
+        return unit, _unit(*unit, epochs[unit[0]], out, store)
 
     results: dict = {}
     with ThreadPoolExecutor(args.workers) as pool:

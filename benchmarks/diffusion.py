@@ -11,7 +11,10 @@ aggregate posterior for the VAE), their squared Fréchet distance to the 10,000 
 features. The VAE samplers of ``sample_quality.md`` (10,000 samples, Bernoulli VAE) are the issue's comparison: best
 sampler there 54.37 (joint aggregate), N(0, I) 126.66.
 
-Resumable: each run is a folder under ``--out``; ``--minutes`` stops starting new ones after that long.
+Resumable: each run trains in a folder under ``--out``; its measured result is a unit of ``harness.Units``, keyed by
+its budget (epochs, U-Net widths, training images) and committed with ``--record``, so a later checkout goes on.
+``--only`` chooses what to train; the table and figure show every unit measured so far, each with its budget.
+``--minutes`` stops starting new ones after that long.
 
     python benchmarks/diffusion.py --record [--epochs 10] [--samples 2000] [--steps 100] [--minutes 120]
 """
@@ -78,16 +81,21 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-")[:60]
 
 
-def unit(name: str, args) -> dict:
+def _unit_name(name: str, args) -> str:
+    budget = f"-e{args.epochs}" + (f"-c{args.channels.replace(',', '-')}" if name.startswith("diffusion") else "")
+    return _slug(name) + budget + (f"-n{args.train_size}" if args.train_size else "")
+
+
+def unit(name: str, args, units: harness.Units) -> dict:
     import torch
 
     from pyroib.frechet import frechet_distance, image_features, load_feature_network
     from pyroib.run import load_run
 
-    folder = args.out / _slug(name)
-    result_file = folder / "result.json"
-    if (done := harness.stored(result_file)) is not None:
+    if (done := units.get(_unit_name(name, args))) is not None:
         return done
+    folder = args.out / _unit_name(name, args)
+    folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     flags = [args.channels if f == "32,64,64" else f for f in RUNS[name]]
     flags += ["--dataset", "fashion-mnist", "--epochs", str(args.epochs), "--seed", str(args.seed)]
@@ -105,7 +113,8 @@ def unit(name: str, args) -> dict:
     reference = image_features(test, network)
     generator = torch.Generator().manual_seed(args.seed)
     dims = math.prod(test.shape[1:])
-    result = {"name": name, "epochs": args.epochs, "train_seconds": trained}
+    result = {"name": name, "epochs": args.epochs, "train_seconds": trained, "samples": args.samples}
+    result.update(channels=args.channels if name.startswith("diffusion") else None, train_size=args.train_size)
     if "bits_per_dim" in evaluation:
         result.update({k: evaluation[k] for k in ("bits_per_dim", "bits_per_dim_se", "kl_per_timestep", "data_term",
                                                   "prior_term")})  # fmt: skip
@@ -125,8 +134,7 @@ def unit(name: str, args) -> dict:
                 images = run.model.decode(prior_draws(prior, args.samples, generator))
             result["frechet"][label] = frechet_distance(image_features(images, network), reference)
     result["seconds"] = time.perf_counter() - started
-    result_file.write_text(json.dumps(result, indent=2))
-    return result
+    return units.put(_unit_name(name, args), result)
 
 
 def main() -> None:
@@ -143,34 +151,40 @@ def main() -> None:
     harness.add_record_flag(parser)
     args = parser.parse_args()
     started = time.perf_counter()
-    results, pending = [], []
+    units, pending = harness.Units(args, "diffusion"), []
     for name in RUNS:
-        if args.only is not None and name not in args.only:
+        if (args.only is not None and name not in args.only) or units.done(_unit_name(name, args)):
             continue
         if args.minutes is not None and time.perf_counter() - started > 60 * args.minutes:
             pending.append(name)
             continue
-        results.append(unit(name, args))
+        unit(name, args, units)
         print(f"{name}: done ({time.perf_counter() - started:.0f} s)", flush=True)
+    order = {name: i for i, name in enumerate(RUNS)}
+    stored = [json.loads(path.read_text()) for path in units.folder.glob("*.json")]
+    results = sorted(stored, key=lambda r: (order.get(r["name"], len(order)), r["epochs"]))
     lines = [
         "# Diffusion against the VAE on Fashion-MNIST (grey levels, 8-bit discretised likelihood)",
         "",
         f"Command: `{harness.command()}`  ",
         f"Machine: {harness.machine()}  ",
-        f"Budget: {args.epochs} epochs per model"
-        + (f" on {args.train_size} training images" if args.train_size else "")
-        + f", U-Net channels {args.channels}, batch 128, Adam 1e-3, seed {args.seed}, one thread per process. "
-        f"Samples: {args.samples} per sampler against the 10,000 test images (fewer samples bias the Fréchet distance "
-        "upwards; every row here uses the same number).",
+        f"Every row: its epochs (and U-Net widths) as stated, batch 128, Adam 1e-3, seed {args.seed}, one thread per "
+        "process. Samples: the stated number per sampler against the 10,000 test images (fewer samples bias the "
+        "Fréchet distance upwards).",
         "",
-        "| model | test bound (bits/dim) | sampler | Fréchet distance | train (min) |",
-        "|---|---|---|---|---|",
+        "| model | budget | test bound (bits/dim) | sampler | samples | Fréchet distance | train (min) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         bound = f"{r['bits_per_dim']:.3f}" + (f" ± {r['bits_per_dim_se']:.3f}" if "bits_per_dim_se" in r else " (IW)")
+        budget = f"{r['epochs']} epochs" + (f", U-Net {r['channels']}" if r.get("channels") else "")
+        budget += f", {r['train_size']} images" if r.get("train_size") else ""
         for sampler, fid in r["frechet"].items():
-            lines.append(f"| {r['name']} | {bound} | {sampler} | {fid:.2f} | {r['train_seconds'] / 60:.0f} |")
-    curves = {r["name"]: r["kl_per_timestep"] for r in results if "kl_per_timestep" in r}
+            lines.append(
+                f"| {r['name']} | {budget} | {bound} | {sampler} | {r.get('samples', '—')} | {fid:.2f} | "
+                f"{r['train_seconds'] / 60:.0f} |"
+            )
+    curves = {f"{r['name']} ({r['epochs']} ep.)": r["kl_per_timestep"] for r in results if "kl_per_timestep" in r}
     if curves:
         from pyroib.evaluate_diffusion import plot_kl_per_timestep
         from pyroib.figures import plot

@@ -8,8 +8,9 @@ Adam 1e-4; the budget here is ``--steps`` steps, stated in the results with the 
 over many seeds at 300k steps (Locatello et al. 2019), roughly: MIG 0.1-0.25, BetaVAE score 0.75-0.85, FactorVAE
 score 0.55-0.75, DCI disentanglement 0.15-0.35.
 
-Resumable: each (configuration, seed) is a folder under ``--out`` holding its run and, when finished, its scores;
-``--minutes`` stops starting new units after that long; the same command again goes on.
+Resumable: each (configuration, seed) trains in a folder under ``--out``; its scores, once measured, are a unit of
+``harness.Units`` (committed with ``--record``, so a later checkout goes on); ``--minutes`` stops starting new units
+after that long; the same command again goes on.
 
     python benchmarks/disentanglement.py --record [--seeds 3] [--steps 20000] [--workers 2] [--minutes 90]
 """
@@ -53,11 +54,10 @@ SLUGS = {name: "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-
 TRAIN_POINTS = 737_280 - 20_000  # the training split: everything but the test and validation images
 
 
-def _unit(name: str, seed: int, args) -> dict:
+def _unit(name: str, seed: int, args, units: harness.Units) -> dict:
+    if (done := units.get(f"{SLUGS[name]}-s{seed}")) is not None:
+        return done
     folder = Path(args.out) / f"{SLUGS[name]}-s{seed}"
-    scores = folder / "scores.json"
-    if scores.is_file():
-        return json.loads(scores.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     run = folder / "run"
     epochs = max(1, math.ceil(args.steps * 64 / args.train_size))
@@ -70,11 +70,8 @@ def _unit(name: str, seed: int, args) -> dict:
     evaluate += ["--disentanglement", "--disentanglement-scale", str(args.scale), "--seed", str(seed)]
     result = json.loads(harness.pyroib(evaluate, folder / "log.txt", capture=True))
     keep = {k: result[k] for k in (*METRICS, "mig_chen", "dci_completeness", "rate", "distortion")}
-    keep.update(train_minutes=trained / 60, steps=epochs * math.ceil(args.train_size / 64))
-    tmp = scores.with_suffix(".tmp")
-    tmp.write_text(json.dumps(keep, indent=1))
-    tmp.replace(scores)
-    return keep
+    keep.update(train_minutes=trained / 60, steps=epochs * math.ceil(args.train_size / 64), seed=seed)
+    return units.put(f"{SLUGS[name]}-s{seed}", keep)
 
 
 def main():
@@ -90,13 +87,14 @@ def main():
     args = p.parse_args()
     names = args.only or list(CONFIGURATIONS)
     started = time.perf_counter()
+    units = harness.Units(args, "disentanglement")
 
     def work(unit):
         name, seed = unit
-        finished = (Path(args.out) / f"{SLUGS[name]}-s{seed}" / "scores.json").is_file()
+        finished = units.done(f"{SLUGS[name]}-s{seed}")
         if not finished and args.minutes is not None and time.perf_counter() - started > 60 * args.minutes:
             return unit, None
-        return unit, _unit(name, seed, args)
+        return unit, _unit(name, seed, args, units)
 
     results: dict = {}
     with ThreadPoolExecutor(args.workers) as pool:

@@ -48,13 +48,17 @@ def results_path(args: argparse.Namespace, filename: str) -> Path:
     return path
 
 
+NOTES_MARK = "<!-- notes written by hand: kept when the benchmark rewrites this file -->"
+
+
 def write_results(args: argparse.Namespace, filename: str, text: str) -> Path:
-    """Print ``text``, write it atomically (a kill leaves the old file whole) and say where."""
+    """Print ``text``, write it atomically (a kill leaves the old file whole) and say where. Whatever follows
+    ``NOTES_MARK`` in the file already there (a slice's notes, written after the run) is carried over."""
     print(text)
     path = results_path(args, filename)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    if path.is_file() and NOTES_MARK in (old := path.read_text()):
+        text = text.rstrip("\n") + "\n\n" + NOTES_MARK + old.split(NOTES_MARK, 1)[1]
+    _write_atomically(path, text)
     print(f"results written to {path}" + ("" if args.record else " (pass --record to update the recorded results)"))
     return path
 
@@ -135,6 +139,39 @@ def mean_sd(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+class Units:
+    """The finished units of a resumable benchmark (a trained and measured configuration, a seed), one JSON file each.
+
+    A recorded run (``--record``) keeps them in ``benchmarks/results/units/NAME/``, committed with the results file:
+    a later checkout has no ``runs/`` (git ignores it), and without them its next slice would start over. Other runs
+    keep them in the work directory. A unit's run folder (checkpoints) stays under ``runs/`` either way: an unfinished
+    unit resumes from it on the machine it started on, and starts again on another."""
+
+    def __init__(self, args: argparse.Namespace, name: str):
+        self.folder = (RESULTS if args.record else WORK) / "units" / name
+
+    def path(self, unit: str) -> Path:
+        return self.folder / f"{unit}.json"
+
+    def get(self, unit: str) -> dict | None:
+        path = self.path(unit)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def done(self, unit: str) -> bool:
+        return self.path(unit).is_file()
+
+    def put(self, unit: str, result: dict) -> dict:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self.path(unit), json.dumps(result, indent=1) + "\n")
+        return result
 
 
 def stored(result_file: Path) -> dict | None:

@@ -16,8 +16,9 @@ measured payload. The perception table compares, at matched rate, the plain code
 noise U, a critic on reconstructions): MSE against the Fréchet distance of the decoded test images to the test images
 in pyroib's Fashion-MNIST features.
 
-Resumable: each learned codec is a folder under ``--out`` holding its run and its measured point; ``--minutes`` stops
-starting new ones after that long; run the same command again to go on.
+Resumable: each learned codec trains in a folder under ``--out``; its measured point is a unit of ``harness.Units``
+(keyed by epochs and seed, committed with ``--record``, so a later checkout goes on). ``--only`` chooses what to
+train; the tables show every point measured so far. ``--minutes`` stops starting new ones after that long.
 
     python benchmarks/rate_distortion.py --record [--epochs 30] [--minutes 60]
 """
@@ -144,10 +145,8 @@ def learned_codec(name: str, folder: Path, epochs: int, seed: int, images: np.nd
     from pyroib.frechet import frechet_distance, image_features, load_feature_network
     from pyroib.run import load_run
 
-    if (done := harness.stored(folder / "result.json")) is not None:
-        return _with_entropy(done, folder)
-    result_file = folder / "result.json"
     started = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
     run_dir = _train(folder, CODECS[name], epochs, seed)
     file = folder / "test.bin"
     sizes = json.loads(
@@ -178,9 +177,9 @@ def learned_codec(name: str, folder: Path, epochs: int, seed: int, images: np.nd
         "psnr": float((-10 * mse_per_image.clamp_min(1e-12).log10()).mean()),
         "frechet": fid,
         "epochs": epochs,
+        "seed": seed,
         "seconds": time.perf_counter() - started,
     }
-    result_file.write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -191,20 +190,6 @@ def _code_entropy_bits(index, codebook_size: int) -> float:
     return float(position_entropy(index, codebook_size).sum()) / math.log(2)
 
 
-def _with_entropy(result: dict, folder: Path) -> dict:
-    """Results measured before the entropy column existed get it from their file."""
-    if "entropy_bits" not in result:
-        from pyroib.codec import decode_file, read_file
-        from pyroib.run import load_run
-
-        run = load_run(folder / "run")
-        result["entropy_bits"] = _code_entropy_bits(
-            decode_file(run, *read_file(folder / "test.bin")), run.model.quantiser.size
-        )
-        (folder / "result.json").write_text(json.dumps(result, indent=2))
-    return result
-
-
 def vae_point(name: str, folder: Path, epochs: int, seed: int) -> dict:
     """The VAE's bits-back rate KL(q || p) and the MSE of its decoder mean at the posterior mean."""
     import torch
@@ -212,10 +197,8 @@ def vae_point(name: str, folder: Path, epochs: int, seed: int) -> dict:
     from pyroib.evaluate import load_splits
     from pyroib.run import load_run
 
-    result_file = folder / "result.json"
-    if (done := harness.stored(result_file)) is not None:
-        return done
     started = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
     run_dir = _train(folder, VAES[name], epochs, seed)
     argv = ["evaluate", str(run_dir), "--json", "--device", "cpu", "--iw-samples", "0", "--full-data-points", "0"]
     evaluation = json.loads(harness.pyroib(argv, folder / "log.txt", capture=True))
@@ -230,10 +213,14 @@ def vae_point(name: str, folder: Path, epochs: int, seed: int) -> dict:
         "mse": float(mse.mean()),
         "psnr": float((-10 * mse.clamp_min(1e-12).log10()).mean()),
         "epochs": epochs,
+        "seed": seed,
         "seconds": time.perf_counter() - started,
     }
-    result_file.write_text(json.dumps(result, indent=2))
     return result
+
+
+def _label(row: dict) -> str:
+    return row["codec"] + (f" ({row['epochs']} ep.)" if "epochs" in row else "")
 
 
 def target_rows(standard: list[dict], learned: list[dict]) -> list[str]:
@@ -244,7 +231,7 @@ def target_rows(standard: list[dict], learned: list[dict]) -> list[str]:
         better = [c for c in learned if c["payload_bits"] <= row["payload_bits"] and c["mse"] < row["mse"]]
         best = min(better, key=lambda c: c["mse"]) if better else None
         verdict = (
-            f"met by {best['codec']} (MSE {best['mse']:.5f} at {best['payload_bits']:.0f} bits)"
+            f"met by {_label(best)} (MSE {best['mse']:.5f} at {best['payload_bits']:.0f} bits)"
             if best
             else ("**not met**")
         )
@@ -263,31 +250,33 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     images = _test_images()
-    standard_file = args.out / "standard.json"
-    if standard_file.is_file():
-        standard = json.loads(standard_file.read_text())
-    else:
-        args.out.mkdir(parents=True, exist_ok=True)
-        standard = standard_codecs(images)
-        standard_file.write_text(json.dumps(standard, indent=2))
-    learned, vaes, pending = [], [], []
-    names = [n for n in [*CODECS, *VAES] if args.only is None or n in args.only]
-    for name in names:
+    units = harness.Units(args, "rate_distortion")
+    if (standard := units.get("standard-codecs")) is None:
+        standard = units.put("standard-codecs", {"rows": standard_codecs(images)})
+    standard = standard["rows"]
+    pending = []
+    for name in [*CODECS, *VAES]:
+        key = f"{_slug(name)}-e{args.epochs}-s{args.seed}"
+        if (args.only is not None and name not in args.only) or units.done(key):
+            continue
         if args.minutes is not None and time.perf_counter() - started > 60 * args.minutes:
             pending.append(name)
             continue
-        folder = args.out / _slug(name)
+        folder = args.out / key
         if name in CODECS:
-            learned.append(learned_codec(name, folder, args.epochs, args.seed, images))
+            units.put(key, learned_codec(name, folder, args.epochs, args.seed, images))
         else:
-            vaes.append(vae_point(name, folder, args.epochs, args.seed))
+            units.put(key, vae_point(name, folder, args.epochs, args.seed))
         print(f"{name}: done ({time.perf_counter() - started:.0f} s)", flush=True)
+    stored = [json.loads(path.read_text()) for path in sorted(units.folder.glob("*.json"))]
+    learned = [r for r in stored if r.get("codec") in CODECS]
+    vaes = [r for r in stored if r.get("codec") in VAES]
     lines = [
         "# Rate-distortion on Fashion-MNIST: learned codecs against JPEG, WebP and PNG",
         "",
         f"Command: `{harness.command()}`  ",
         f"Machine: {harness.machine()}  ",
-        f"Learned codecs: {args.epochs} epochs each, seed {args.seed}; measured on the 10,000 test images from the "
+        "Learned codecs: trained for the epochs in brackets; measured on the 10,000 test images from the "
         "file `pyroib compress` wrote. Rates are payload bits per image (headers apart), MSE on [0, 1] grey levels.",
         "",
         "| codec | payload bits / image | header bytes (once per file) | MSE | PSNR (dB) | code length bits | "
@@ -300,7 +289,7 @@ def main() -> None:
 
     for row in sorted(standard + learned + vaes, key=lambda r: r["payload_bits"]):
         lines.append(
-            f"| {row['codec']} | {row['payload_bits']:.1f} | {row.get('header_bytes', '—')} | {row['mse']:.5f} | "
+            f"| {_label(row)} | {row['payload_bits']:.1f} | {row.get('header_bytes', '—')} | {row['mse']:.5f} | "
             f"{row['psnr']:.2f} | {cell(row, 'code_length_bits', 1)} | {cell(row, 'entropy_bits', 1)} | "
             f"{cell(row, 'frechet', 2)} | "
             f"{cell(row, 'seconds', 0)} |"
@@ -325,7 +314,7 @@ def main() -> None:
         for name in pair:
             if name in done:
                 c = done[name]
-                lines.append(f"| {name} | {c['payload_bits']:.1f} | {c['mse']:.5f} | {c['frechet']:.2f} |")
+                lines.append(f"| {_label(c)} | {c['payload_bits']:.1f} | {c['mse']:.5f} | {c['frechet']:.2f} |")
     if pending:
         lines += ["", f"Not yet run (rerun the command to go on): {', '.join(pending)}."]
     harness.write_results(args, "rate_distortion.md", "\n".join(lines) + "\n")

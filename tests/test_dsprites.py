@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pyroib import dsprites
+from pyroib.architectures import ARCHITECTURES
 from pyroib.decoded_cache import cache_dir
 
 
@@ -177,3 +178,25 @@ def test_report_of_a_dsprites_run_has_the_metrics_heat_map_and_traversals(monkey
     assert "| mig |" in text and "| dci_disentanglement |" in text
     for figure in ("factor_information.png", "factor_traversals.png"):
         assert f"({figure})" in text and (run / "report" / figure).stat().st_size > 0
+
+
+SMALL_FLAGS = {
+    "hvae": ["--layer-sizes", "4,10", "--layer-types", "gaussian,categorical"],
+    "gmvae": ["--layer-sizes", "4,10", "--hidden", "16"],
+    "vqvae": ["--positions", "4", "--codebook-size", "16", "--hidden", "16"],
+    "generative-codec": ["--positions", "4", "--codebook-size", "16", "--hidden", "16"],
+    "diffusion": ["--channels", "4,8,8", "--timesteps", "20"],
+}
+
+
+@pytest.mark.parametrize("model", list(ARCHITECTURES))
+def test_every_architecture_trains_on_dsprites_from_the_command_line(model, monkeypatch, tmp_path, capsys):
+    from pyroib.cli import main
+
+    _small_dsprites(monkeypatch)
+    argv = ["train", "--model", model, "--dataset", "dsprites", "--train-size", "128", "--val-size", "64"]
+    argv += ["--epochs", "1", "--batch-size", "64", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "r")]
+    argv += SMALL_FLAGS.get(model, ["--hidden", "16", "--latent-dim", "3"])
+    assert main(argv) == 0, capsys.readouterr().err
+    (row,) = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert math.isfinite(row["val_elbo"] if "val_elbo" in row else row["val_loss"]), row
