@@ -116,6 +116,7 @@ class DSprites:
 
     factor_names = FACTOR_NAMES
     factor_sizes = FACTOR_SIZES
+    chen_factors = (1, 2, 3, 4)  # Chen et al.'s MIG on dSprites averages over scale, orientation and position only
 
     def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return np.stack([rng.integers(0, size, n) for size in FACTOR_SIZES], 1)

@@ -293,12 +293,16 @@ def marginal_kl(
     return (log_qz - (log_pz.sum(-1) if log_pz.dim() == 2 else log_pz)).mean()
 
 
-def exact_log_qz(z: Tensor, dataset_loc: Tensor, dataset_scale: Tensor, chunk_size: int = 512) -> tuple[Tensor, Tensor]:
+def exact_log_qz(
+    z: Tensor, dataset_loc: Tensor, dataset_scale: Tensor, chunk_size: int = 512, exclude_self: bool = False
+) -> tuple[Tensor, Tensor]:
     """Exact log q(z) (Q,) and log q_j(z_j) (Q, D) of the mixture of all N encodings.
 
     q(z) = (1/N) sum_n N(z; loc_n, diag(scale_n^2)). Queries and components are taken in
     blocks of ``chunk_size`` and the log-sum-exp over components is accumulated block by
     block, so memory is O(chunk_size^2 * D) whatever Q and N; time is O(Q N D).
+    ``exclude_self``: z_n was drawn from component n (Q = N); each query leaves its own component out, the mixture
+    of the other N - 1 (its own term dominates a mixture of narrow components that few points share).
     """
     if dataset_loc.dim() != 2 or dataset_scale.shape != dataset_loc.shape:
         raise ValueError(
@@ -310,7 +314,9 @@ def exact_log_qz(z: Tensor, dataset_loc: Tensor, dataset_scale: Tensor, chunk_si
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     chunk_size = int(chunk_size)  # numpy integers too; torch's split wants a Python int
-    log_n = math.log(dataset_loc.shape[0])
+    if exclude_self and (z.shape[0] != dataset_loc.shape[0] or z.shape[0] < 2):
+        raise ValueError(f"exclude_self needs one query per component and two or more; got {z.shape[0]} queries")
+    log_n = math.log(dataset_loc.shape[0] - exclude_self)
     # Components sit on the last, contiguous axis of each (query, D, component) block: the
     # reductions over components run several times faster than over a middle axis.
     components = [
@@ -318,12 +324,15 @@ def exact_log_qz(z: Tensor, dataset_loc: Tensor, dataset_scale: Tensor, chunk_si
         for loc, scale in zip(dataset_loc.split(chunk_size), dataset_scale.split(chunk_size))
     ]
     joint_parts, per_dim_parts = [], []
-    for query in z.split(chunk_size):
+    for query_block, query in enumerate(z.split(chunk_size)):
         joint = query.new_full(query.shape[:1], -math.inf)
         per_dim = query.new_full(query.shape, -math.inf)
-        for loc_t, inv_scale_t, log_norm_t in components:
+        for component_block, (loc_t, inv_scale_t, log_norm_t) in enumerate(components):
             standardised = (query.unsqueeze(-1) - loc_t) * inv_scale_t
             block = torch.addcmul(log_norm_t, standardised, standardised, value=-0.5)
+            if exclude_self and query_block == component_block:
+                own = torch.arange(query.shape[0], device=query.device)
+                block[own, :, own] = -1e30  # finite, so that a block holding only the query's own term stays finite
             joint = torch.logaddexp(joint, logsumexp_floored(block.sum(1), dim=-1))
             per_dim = torch.logaddexp(per_dim, logsumexp_floored(block, dim=-1))
         joint_parts.append(joint - log_n)

@@ -83,6 +83,19 @@ def test_the_ground_truth_itself_scores_at_the_top(represent):
     assert scores["modularity"] > 0.99 and scores["explicitness_test"] > 0.95
 
 
+def test_factor_vae_prunes_on_the_standard_deviation_not_the_variance():
+    """disentanglement_lib drops a code whose standard deviation is below 0.05: factor 3 (5 values, variance 2)
+    scaled by 0.06 has sd 0.085 (variance 0.0072), so it stays, and every vote can be right."""
+
+    def narrow(x):
+        return x.numpy() * np.array([1.0, 1.0, 1.0, 0.06])
+
+    factor = metrics.factor_vae_score(
+        GROUND_TRUTH, narrow, _rng(), batch_size=32, num_train=300, num_eval=2000, num_variance_estimate=2000
+    )
+    assert factor["num_active_dims"] == 4 and factor["eval_accuracy"] == 1.0
+
+
 def test_dci_of_the_ground_truth_constant_codes_and_duplicates():
     truth = metrics.dci(GROUND_TRUTH, permuted_rescaled, _rng(), num_train=1000, num_test=500)
     assert truth["disentanglement"] > 0.95 and truth["completeness"] > 0.95
@@ -176,6 +189,38 @@ def test_chen_mig_of_encoders_with_known_information():
     assert abs(metrics.mig_chen(GROUND_TRUTH, blind, _rng(), num_points=3000)["mig_chen"]) < 0.02
     wide = metrics.mig_chen(GROUND_TRUTH, encoder(1.0), _rng(), num_points=3000)["mig_chen"]
     assert 0.05 < wide < sharp  # noise of sd 1 on integer factors hides part of each
+
+
+def test_chen_mig_credits_nothing_to_narrow_codes_that_ignore_the_factors():
+    """Codes drawn afresh for every image (independent of every factor) with a narrow posterior: each point's own
+    component would dominate its conditional mixture, and I(z_j; v_k) would come out near log of the mixture sizes'
+    ratio; left out, the information is 0 (clamped, as Chen et al.'s)."""
+    draws = np.random.default_rng(7)
+
+    def random_codes(x):
+        loc = torch.from_numpy(draws.standard_normal((x.shape[0], 4)))
+        return loc, torch.full_like(loc, 0.002)
+
+    result = metrics.mig_chen(GROUND_TRUTH, random_codes, _rng(), num_points=2000)
+    assert result["mutual_information"].max() < 0.02 and result["mig_chen"] < 0.02
+
+
+def test_chen_mig_averages_over_the_factors_the_ground_truth_names():
+    """Factor 0 is in no code: its gap is 0. Over all four factors MIG is 3/4 of the recovered ones'; a ground truth
+    that lists factors 1-3 as Chen's (as dSprites leaves shape out) scores the rest alone."""
+
+    def three(x):
+        loc = x.double().clone()
+        loc[:, 0] = 0.0
+        return loc, torch.full_like(loc, 0.05)
+
+    class ChenGrid(Grid):
+        chen_factors = (1, 2, 3)
+
+    every = metrics.mig_chen(GROUND_TRUTH, three, _rng(), num_points=3000)
+    chosen = metrics.mig_chen(ChenGrid(), three, _rng(), num_points=3000)
+    assert chosen["mig_chen"] > 0.98 and chosen["factors"] == [1, 2, 3]
+    assert every["mig_chen"] == pytest.approx(0.75 * chosen["mig_chen"], abs=0.01)
 
 
 def test_representation_of_a_guide_gives_means_or_draws():

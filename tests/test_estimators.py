@@ -134,6 +134,19 @@ def test_chunked_mixture_matches_one_unchunked_tensor():
     assert torch.allclose(per_dim, ref_per_dim, atol=1e-10)
 
 
+@pytest.mark.parametrize("chunk_size", [37, 301, 1000])
+def test_leaving_each_query_s_own_component_out_matches_the_other_components_alone(chunk_size):
+    z, loc, scale, _ = gaussian_encodings(301, 3, seed=4)  # 301 = 8 · 37 + 5: a last block of five, and of one
+    joint, per_dim = exact_log_qz(z, loc, scale, chunk_size=chunk_size, exclude_self=True)
+    for n in (0, 36, 37, 150, 300):
+        others = torch.cat([torch.arange(n), torch.arange(n + 1, 301)])
+        ref_joint, ref_per_dim = brute_force_log_qz(z[n : n + 1], loc[others], scale[others])
+        assert torch.allclose(joint[n], ref_joint[0], atol=1e-10)
+        assert torch.allclose(per_dim[n], ref_per_dim[0], atol=1e-10)
+    with pytest.raises(ValueError, match="one query per component"):
+        exact_log_qz(z[:10], loc, scale, exclude_self=True)
+
+
 def test_full_data_terms_identity_and_rate():
     _, loc, scale, gen = gaussian_encodings(300, 3, seed=3)
     terms = full_data_terms(loc, scale, n_samples_per_point=8, chunk_size=64, generator=gen)
