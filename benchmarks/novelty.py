@@ -14,7 +14,9 @@ Baselines on the same split: scikit-learn's OneClassSVM (RBF, ν = 0.1, γ = "sc
 the published 92.8) and IsolationForest (100 trees), on pixels. Published mean AUROC anchors: Deep SVDD 89.2,
 OC-SVM 92.8 (tuned on test), GEOM 93.5 (its hardest class, shirt, 83.3).
 
-Resumable: each (model, class) is a folder under ``--out``; ``--minutes`` stops starting new ones after that long.
+Resumable: each (model, class) trains and scores in a folder under ``--out``; its AUROCs are a unit of
+``harness.Units`` (committed with ``--record``, so a later checkout goes on); ``--minutes`` stops starting new ones
+after that long.
 
     python benchmarks/novelty.py --record [--epochs 20] [--minutes 60]
 """
@@ -63,11 +65,14 @@ def _read_scores(path: Path) -> dict[str, np.ndarray]:
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
 
 
+def _unit_name(name: str, normal: int, epochs: int | None = None, seed: int | None = None) -> str:
+    slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
+    return f"{slug}-c{normal}" + (f"-e{epochs}-s{seed}" if epochs is not None else "")
+
+
 def model_unit(model: str, normal: int, epochs: int, seed: int, out: Path) -> dict:
     folder = out / f"{model.replace(' ', '-')}-c{normal}"
-    result_file = folder / "auroc.json"
-    if (done := harness.stored(result_file)) is not None:
-        return done
+    folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     flags = [*MODELS[model], "--dataset", "fashion-mnist", "--classes", str(normal), "--epochs", str(epochs)]
     run = harness.train_run(folder, [*flags, "--seed", str(seed)])
@@ -101,9 +106,7 @@ def model_unit(model: str, normal: int, epochs: int, seed: int, out: Path) -> di
         mean, sd = (sign * val[column]).mean(), (sign * val[column]).std() + 1e-12
         standardised.append((sign * test[column] - mean) / sd)
     aurocs["combined"] = _auroc(novel, np.mean(standardised, 0))
-    result = {"model": model, "class": normal, "auroc": aurocs, "seconds": time.perf_counter() - started}
-    result_file.write_text(json.dumps(result, indent=2))
-    return result
+    return {"model": model, "class": normal, "auroc": aurocs, "seconds": time.perf_counter() - started}
 
 
 def baseline_unit(name: str, normal: int, out: Path) -> dict:
@@ -112,9 +115,6 @@ def baseline_unit(name: str, normal: int, out: Path) -> dict:
 
     from pyroib.data import load_dataset
 
-    result_file = out / f"{name.replace(' ', '-')}-c{normal}" / "auroc.json"
-    if (done := harness.stored(result_file)) is not None:
-        return done
     started = time.perf_counter()
     splits = load_dataset("fashion-mnist", binarize="none", classes=[normal])
     train = splits.train.flatten(1).float().numpy()
@@ -127,7 +127,6 @@ def baseline_unit(name: str, normal: int, out: Path) -> dict:
     # score_samples is larger for normal points
     result = {"model": name, "class": normal, "auroc": {"score": _auroc(novel, -detector.score_samples(test))}}
     result["seconds"] = time.perf_counter() - started
-    result_file.write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -164,17 +163,20 @@ def main() -> None:
     started = time.perf_counter()
     names = [*MODELS, "OC-SVM", "Isolation Forest"]
     names = [n for n in names if args.models is None or n in args.models]
-    results, pending = [], []
+    results, pending, units = [], [], harness.Units(args, "novelty")
     for normal in range(10):
         for name in names:
-            if args.minutes is not None and time.perf_counter() - started > 60 * args.minutes:
-                pending.append(f"{name} c{normal}")
-                continue
-            unit = (
-                model_unit(name, normal, args.epochs, args.seed, args.out)
-                if name in MODELS
-                else (baseline_unit(name, normal, args.out))
-            )
+            key = _unit_name(name, normal, args.epochs, args.seed) if name in MODELS else _unit_name(name, normal)
+            if (unit := units.get(key)) is None:
+                if args.minutes is not None and time.perf_counter() - started > 60 * args.minutes:
+                    pending.append(f"{name} c{normal}")
+                    continue
+                unit = units.put(
+                    key,
+                    model_unit(name, normal, args.epochs, args.seed, args.out)
+                    if name in MODELS
+                    else baseline_unit(name, normal, args.out),
+                )
             results.append(unit)
             print(f"{name}, class {normal}: {json.dumps(unit['auroc'])}", flush=True)
     lines = [
