@@ -160,6 +160,10 @@ def test_evaluate_disentanglement_on_a_dsprites_run_and_its_refusal_elsewhere(mo
     for key in DISENTANGLEMENT_KEYS:
         assert 0.0 <= result[key] <= 1.0 or key == "mig_chen", key
     assert result["disentanglement_codes"] == "means"
+    information, entropy = np.array(result["factor_information"]), np.array(result["factor_entropy"])
+    assert information.shape == (3, 5)  # codes x factors: the matrix the MIG is the normalised top-two gap of
+    ordered = np.sort(information, axis=0)
+    assert np.mean((ordered[-1] - ordered[-2]) / entropy) == pytest.approx(result["mig"])
     digits = tmp_path / "digits"
     argv = ["train", "--dataset", "digits", "--epochs", "1", "--device", "cpu", "--no-progress", "--out", str(digits)]
     assert main(argv) == 0
