@@ -53,7 +53,8 @@ METRICS = ("beta_vae_score", "factor_vae_score", "mig", "dci_disentanglement", "
 SLUGS = {name: "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") for name in CONFIGURATIONS}
 TRAIN_POINTS = 737_280 - 20_000  # the training split: everything but the test and validation images
 FULL_DATA_POINTS = 5000  # test codes in the aggregate posterior behind TC and I(x; z) (estimates below log 5000)
-KEPT_IF_THERE = ("total_correlation", "mutual_information", "kl_per_dim", "factor_information", "factor_entropy")
+KEPT_IF_THERE = ("dci_informativeness", "explicitness", "total_correlation", "mutual_information", "kl_per_dim")
+KEPT_IF_THERE += ("factor_information", "factor_entropy")
 
 
 def _unit(name: str, seed: int, args, units: harness.Units) -> dict:
@@ -152,12 +153,13 @@ def main():
         "",
         "| configuration | n | steps | train minutes | "
         + " | ".join(METRICS)
-        + " | mig_chen | TC | rate | distortion |",
-        "|---|---|---|---|" + "---|" * (len(METRICS) + 4),
+        + " | mig_chen | dci_completeness | dci_informativeness | explicitness | TC | rate | distortion |",
+        "|---|---|---|---|" + "---|" * (len(METRICS) + 7),
     ]
     for name in names:
         rows = results.get(name, [])
-        keys = (*METRICS, "mig_chen", "total_correlation", "rate", "distortion")
+        keys = (*METRICS, "mig_chen", "dci_completeness", "dci_informativeness", "explicitness", "total_correlation")
+        keys += ("rate", "distortion")
         cells = [harness.mean_sd([r[k] for r in rows if k in r]) for k in keys]
         minutes = harness.mean_sd([r["train_minutes"] for r in rows])
         steps = ", ".join(sorted({str(r["steps"]) for r in rows})) or "—"
