@@ -54,6 +54,10 @@ CODECS = {
         *("--model", "vqvae", "--network", "conv", "--spatial", "true", "--hidden", "64,128", "--positions", "49"),
         *("--code-dim", "32", "--codebook-size", "256", "--shared-codebook", "true"),
     ],
+    "vq spatial 14x14x16": [
+        *("--model", "vqvae", "--network", "conv", "--spatial", "true", "--hidden", "64", "--positions", "196"),
+        *("--code-dim", "16", "--codebook-size", "16", "--shared-codebook", "true"),
+    ],
     "vq spatial 14x14x64": [
         *("--model", "vqvae", "--network", "conv", "--spatial", "true", "--hidden", "64", "--positions", "196"),
         *("--code-dim", "16", "--codebook-size", "64", "--shared-codebook", "true"),
