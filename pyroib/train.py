@@ -108,6 +108,7 @@ def make_schedule(spec: RunSpec, steps_per_epoch: int) -> Schedule:
             "the capacity schedule controls the total rate with one γ: it cannot be combined with "
             "per-site --beta or --schedule-sites"
         )
+    _refuse_options_of_other_schedules(spec)
     return Schedule(
         spec.schedule,
         1.0 if per_site(spec) else spec.beta,
@@ -117,6 +118,28 @@ def make_schedule(spec: RunSpec, steps_per_epoch: int) -> Schedule:
         capacity_max=spec.capacity_max,
         capacity_steps=steps(spec.capacity_epochs),
     )
+
+
+SCHEDULE_OPTIONS = {
+    "warmup_epochs": "linear",
+    "cycle_epochs": "cyclical",
+    "cycle_ratio": "cyclical",
+    "capacity_max": "capacity",
+    "capacity_epochs": "capacity",
+}
+
+
+def _refuse_options_of_other_schedules(spec: RunSpec) -> None:
+    """An option of a schedule the run does not follow would be ignored: --warmup-epochs 15 under the constant
+    schedule trains at full β from the first step, which is not what its user asked for."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunSpec)}
+    for field, schedule in SCHEDULE_OPTIONS.items():
+        if spec.schedule != schedule and getattr(spec, field) != defaults[field]:
+            flag = "--" + field.replace("_", "-")
+            raise ValueError(
+                f"{flag} belongs to the {schedule} schedule, but this run's schedule is {spec.schedule}: add "
+                f"--schedule {schedule}, or leave {flag} out (it would be ignored)"
+            )
 
 
 def site_betas(spec: RunSpec, latent_sites: list[str]):

@@ -253,13 +253,16 @@ def test_torn_metrics_line_is_dropped_and_checkpoint_loads_weights_only(tmp_path
         load_checkpoint(tmp_path / "bad.pt")
 
 
+SCHEDULE_SETTINGS = {
+    "linear": {"warmup_epochs": 1.5},
+    "cyclical": {"cycle_epochs": 1.0},
+    "capacity": {"capacity_epochs": 2.0, "capacity_max": 3.0},
+}
+
+
 @pytest.mark.parametrize("schedule", ["linear", "cyclical", "capacity"])
 def test_every_schedule_trains_and_logs_beta(tmp_path, schedule):
-    rows = train(
-        spec(schedule=schedule, warmup_epochs=1.5, cycle_epochs=1.0, capacity_epochs=2.0, capacity_max=3.0),
-        tmp_path / schedule,
-        progress=False,
-    )
+    rows = train(spec(schedule=schedule, **SCHEDULE_SETTINGS[schedule]), tmp_path / schedule, progress=False)
     assert all(torch.isfinite(torch.tensor(r["val_elbo"])) for r in rows)
     if schedule == "capacity":
         last = rows[-1]  # capacity_epochs equals the run's length, so C reaches 3 nats at the final step
@@ -394,6 +397,9 @@ def test_cli_trains_a_users_own_model_file(tmp_path, capsys):
         (["--latent-dim", "4", "--anchors", "0.5,0.5,0.5,0.5,0.5,0.5"], "anchor"),
         (["--beta", "-1"], "beta"),
         (["--schedule", "sigmoid"], "schedule"),
+        (["--warmup-epochs", "15"], "--warmup-epochs belongs to the linear schedule"),
+        (["--schedule", "linear", "--cycle-epochs", "4"], "--cycle-epochs belongs to the cyclical schedule"),
+        (["--capacity-max", "30"], "--capacity-max belongs to the capacity schedule"),
         (["--binarize", "none", "--likelihood", "bernoulli"], "binary"),
         (["--network", "conv", "--hidden", "32,32,32,32"], "divisible"),
         (["--prior", "mixture", "--anchors", "1,1,1,1", "--latent-dim", "4"], "factoris"),
