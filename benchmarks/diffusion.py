@@ -77,13 +77,9 @@ RUNS = {
 }
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-")[:60]
-
-
 def _unit_name(name: str, args) -> str:
     budget = f"-e{args.epochs}" + (f"-c{args.channels.replace(',', '-')}" if name.startswith("diffusion") else "")
-    return _slug(name) + budget + (f"-n{args.train_size}" if args.train_size else "")
+    return harness.slug(name)[:60] + budget + (f"-n{args.train_size}" if args.train_size else "")
 
 
 def unit(name: str, args, units: harness.Units) -> dict:

@@ -50,7 +50,7 @@ CONFIGURATIONS = {
     ],
 }
 METRICS = ("beta_vae_score", "factor_vae_score", "mig", "dci_disentanglement", "sap", "modularity")
-SLUGS = {name: "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") for name in CONFIGURATIONS}
+SLUGS = {name: harness.slug(name.lower()) for name in CONFIGURATIONS}
 TRAIN_POINTS = 737_280 - 20_000  # the training split: everything but the test and validation images
 FULL_DATA_POINTS = 5000  # test codes in the aggregate posterior behind TC and I(x; z) (estimates below log 5000)
 KEPT_IF_THERE = ("dci_informativeness", "explicitness", "total_correlation", "mutual_information", "kl_per_dim")

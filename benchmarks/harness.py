@@ -147,6 +147,11 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def slug(name: str) -> str:
+    """A unit's file name from its configuration's name: every character but letters and digits becomes '-'."""
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
 class Units:
     """The finished units of a resumable benchmark (a trained and measured configuration, a seed), one JSON file each.
 

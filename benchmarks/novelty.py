@@ -66,8 +66,7 @@ def _read_scores(path: Path) -> dict[str, np.ndarray]:
 
 
 def _unit_name(name: str, normal: int, epochs: int | None = None, seed: int | None = None) -> str:
-    slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
-    return f"{slug}-c{normal}" + (f"-e{epochs}-s{seed}" if epochs is not None else "")
+    return f"{harness.slug(name)}-c{normal}" + (f"-e{epochs}-s{seed}" if epochs is not None else "")
 
 
 def model_unit(model: str, normal: int, epochs: int, seed: int, out: Path) -> dict:

@@ -76,10 +76,6 @@ VAES = {
 PERCEPTION_PAIRS = (("vq 16x256", "generative 16x256"), ("vq 64x256", "generative 64x256"))
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
-
-
 def _test_images():
     from pyroib.data import load_dataset
 
@@ -260,7 +256,7 @@ def main() -> None:
     standard = standard["rows"]
     pending = []
     for name in [*CODECS, *VAES]:
-        key = f"{_slug(name)}-e{args.epochs}-s{args.seed}"
+        key = f"{harness.slug(name)}-e{args.epochs}-s{args.seed}"
         if (args.only is not None and name not in args.only) or units.done(key):
             continue
         if args.minutes is not None and time.perf_counter() - started > 60 * args.minutes:
