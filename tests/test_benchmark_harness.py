@@ -47,3 +47,27 @@ def test_a_results_file_without_notes_is_replaced_whole(places, capsys):
     path = harness.write_results(args, "bench.md", "first\n")
     harness.write_results(args, "bench.md", "second\n")
     assert path.read_text() == "second\n"
+
+
+def test_the_same_rate_comparison_interpolates_the_beta_vae_in_log_rate_and_never_extrapolates():
+    import math
+
+    import disentanglement
+
+    curve = [(20.0, 0.1), (5.0, 0.3)]  # unsorted on purpose
+    at_10 = 0.3 + (0.1 - 0.3) * (math.log(10) - math.log(5)) / (math.log(20) - math.log(5))
+    assert disentanglement._beta_vae_at(10.0, curve) == pytest.approx(at_10)
+    assert disentanglement._beta_vae_at(20.0, curve) == pytest.approx(0.1)
+    assert disentanglement._beta_vae_at(21.0, curve) is None and disentanglement._beta_vae_at(4.9, curve) is None
+    point = {"mig": 0.5, "dci_disentanglement": 0.4, "total_correlation": 1.0}
+    results = {
+        "β-VAE β=1": [{"seed": 0, "rate": 20.0, **point}],
+        "β-VAE β=16": [{"seed": 0, "rate": 5.0, **point, "mig": 0.1}],
+        "β-TCVAE TC 4": [{"seed": 0, "rate": 10.0, **point, "mig": 0.6}, {"seed": 1, "rate": 10.0, **point}],
+        "FactorVAE γ=10": [{"seed": 0, "rate": 25.0, **point}],
+    }
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in disentanglement._same_rate_lines(results)[6:]}
+    expected_mig = 0.6 - (0.1 + (0.5 - 0.1) * (math.log(10) - math.log(5)) / (math.log(20) - math.log(5)))
+    # seed 1 has no β-VAE points: left out, like FactorVAE's rate above β = 1's
+    assert rows["β-TCVAE TC 4"][1] == "1" and float(rows["β-TCVAE TC 4"][3]) == pytest.approx(expected_mig, abs=1e-3)
+    assert rows["β-TCVAE TC 4"][-1] == "1 |" and rows["FactorVAE γ=10"][1] == "0"
