@@ -83,6 +83,9 @@ class DataSplits:
     test_labels: torch.Tensor
     binarize: str
     n_classes: int
+    # split name -> each image's position in the data set's own order: the row of the official training or test file,
+    # or for dSprites the official index, whose five factors are pyroib.dsprites.factors_of(index)
+    source_index: dict[str, torch.Tensor] | None = None
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -109,6 +112,9 @@ class _Raw(NamedTuple):
     test_y: torch.Tensor
     n_classes: int
     default_val_size: int
+    # each image's position in the data set's own order (dSprites: the index its factors follow from); None: 0, 1, ..
+    train_source: torch.Tensor | None = None
+    test_source: torch.Tensor | None = None
 
 
 def _derived_seed(seed: int, stream: str) -> int:
@@ -256,8 +262,13 @@ def _load_digits(data_dir, seed: int) -> _Raw:
     bunch = load_digits()
     images = (bunch.images / 16.0).astype(np.float32)[:, None]
     labels = bunch.target.astype(np.int64)
-    train_x, test_x, train_y, test_y = train_test_split(
-        images, labels, test_size=0.2, stratify=labels, random_state=_derived_seed(seed, "digits-test")
+    train_x, test_x, train_y, test_y, train_row, test_row = train_test_split(
+        images,
+        labels,
+        np.arange(len(labels)),
+        test_size=0.2,
+        stratify=labels,
+        random_state=_derived_seed(seed, "digits-test"),
     )
     return _Raw(
         torch.from_numpy(train_x),
@@ -265,7 +276,9 @@ def _load_digits(data_dir, seed: int) -> _Raw:
         torch.from_numpy(test_x),
         torch.from_numpy(test_y),
         10,
-        default_val_size=round(0.1 * len(train_y)),
+        round(0.1 * len(train_y)),
+        torch.from_numpy(train_row),
+        torch.from_numpy(test_row),
     )
 
 
@@ -309,7 +322,8 @@ def _load_synthetic(data_dir, seed: int) -> _Raw:
         images[n_pool:],
         labels[n_pool:],
         SYNTHETIC_CLASSES,
-        default_val_size=n_pool // 10,
+        n_pool // 10,
+        test_source=torch.arange(n_pool, SYNTHETIC_SIZE),  # rows of make_synthetic's images and factors
     )
 
 
@@ -327,7 +341,7 @@ def _load_dsprites(data_dir, seed: int) -> _Raw:
     shapes = torch.from_numpy(dsprites.factors_of(np.arange(len(packed)))[:, 0].astype(np.int64))
     order = torch.randperm(len(packed), generator=_generator(0, "dsprites-test"))
     test, pool = order[:DSPRITES_TEST_SIZE].sort().values, order[DSPRITES_TEST_SIZE:].sort().values
-    return _Raw(images[pool], shapes[pool], images[test], shapes[test], 3, default_val_size=10_000)
+    return _Raw(images[pool], shapes[pool], images[test], shapes[test], 3, 10_000, pool, test)
 
 
 _LOADERS: dict[str, Callable[..., _Raw]] = {
@@ -415,6 +429,9 @@ def load_dataset(
         index["train"] = index["train"][keep.sort().values]
     images = {"train": raw.train_x[index["train"]], "val": raw.train_x[index["val"]], "test": raw.test_x}
     labels = {"train": raw.train_y[index["train"]], "val": raw.train_y[index["val"]], "test": raw.test_y}
+    train_source = torch.arange(n_pool) if raw.train_source is None else raw.train_source
+    test_source = torch.arange(len(raw.test_y)) if raw.test_source is None else raw.test_source
+    sources = {"train": train_source[index["train"]], "val": train_source[index["val"]], "test": test_source}
     # a data set stored as bytes is binary already: Bernoulli(x) = x
     once = (
         {"none": (), "static": SPLIT_NAMES, "dynamic": ("val", "test")}[binarize]
@@ -430,6 +447,7 @@ def load_dataset(
         n_classes=raw.n_classes,
         **{split: images[split].contiguous().to(device) for split in SPLIT_NAMES},
         **{f"{split}_labels": labels[split].to(device) for split in SPLIT_NAMES},
+        source_index=sources,
     )
 
 

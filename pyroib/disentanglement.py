@@ -338,16 +338,8 @@ def ground_truth_of(run):
     return DSprites()
 
 
-def evaluate_disentanglement(run, scale: float = 1.0, seed: int = 0, sample: bool = False) -> dict:
-    """Every metric above for a run on a ground-truth data set, under the keys of ``pyroib evaluate --disentanglement``.
-
-    ``scale`` multiplies every metric's numbers of points (1: disentanglement_lib's defaults, which encode about
-    three million images, two thirds of them for the BetaVAE score; 0.1 for a quick look). ``sample`` scores codes
-    drawn from q(z|x) instead of its means."""
-    if not 0 < scale <= 10:
-        raise ValueError(f"--disentanglement-scale must lie in (0, 10], got {scale}")
-    run.capabilities.require("encode", "disentanglement metrics")
-    truth = ground_truth_of(run)
+def _on_device(truth, run):
+    """The ground truth with its observations on the device of the run's guide (rendered images are CPU tensors)."""
     device = next(iter(run.guide.parameters())).device
 
     class OnDevice:
@@ -359,6 +351,19 @@ def evaluate_disentanglement(run, scale: float = 1.0, seed: int = 0, sample: boo
         def observations(factors):
             return truth.observations(factors).to(device)
 
+    return OnDevice
+
+
+def evaluate_disentanglement(run, scale: float = 1.0, seed: int = 0, sample: bool = False) -> dict:
+    """Every metric above for a run on a ground-truth data set, under the keys of ``pyroib evaluate --disentanglement``.
+
+    ``scale`` multiplies every metric's numbers of points (1: disentanglement_lib's defaults, which encode about
+    three million images, two thirds of them for the BetaVAE score; 0.1 for a quick look). ``sample`` scores codes
+    drawn from q(z|x) instead of its means."""
+    if not 0 < scale <= 10:
+        raise ValueError(f"--disentanglement-scale must lie in (0, 10], got {scale}")
+    run.capabilities.require("encode", "disentanglement metrics")
+    OnDevice = _on_device(ground_truth_of(run), run)
     represent = representation(run.guide, sample=sample, seed=seed)
 
     def n(count):
@@ -410,7 +415,7 @@ def report_section(run, splits, out) -> dict:
 
     result = json.loads((out / "evaluation.json").read_text())
     kl = np.array(result.get("kl_per_dim") or [])
-    truth = ground_truth_of(run)
+    truth = _on_device(ground_truth_of(run), run)
     represent = representation(run.guide)
     points = max(1000, round(10000 * result.get("disentanglement_scale", 1.0)))
     if points == round(10000 * result.get("disentanglement_scale", 0.0)) and "factor_information" in result:

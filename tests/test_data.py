@@ -337,6 +337,26 @@ def test_train_size_keeps_a_seeded_subset_of_the_training_split_in_order():
         load_dataset("digits", train_size=5000)
 
 
+@pytest.mark.parametrize("name", ["digits", "synthetic"])
+def test_each_split_knows_where_its_images_stand_in_the_data_sets_own_order(name):
+    from sklearn.datasets import load_digits
+
+    from pyroib.data import SYNTHETIC_SIZE, load_dataset, make_synthetic
+
+    splits = load_dataset(name, binarize="none", train_size=50, seed=3)
+    if name == "digits":
+        own = torch.from_numpy(load_digits().images / 16.0).float()[:, None]
+    else:
+        own = make_synthetic(SYNTHETIC_SIZE, 3)[0]
+    rows = set()
+    for split in ("train", "val", "test"):
+        images, _ = splits.split(split)
+        index = splits.source_index[split]
+        assert torch.equal(own[index], images), split
+        rows |= set(index.tolist())
+    assert len(rows) == sum(len(splits.source_index[k]) for k in ("train", "val", "test"))  # no image twice
+
+
 def test_train_size_reaches_the_run_and_its_evaluation(tmp_path, capsys):
     import json
 

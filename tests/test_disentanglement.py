@@ -232,3 +232,25 @@ def test_representation_of_a_guide_gives_means_or_draws():
     np.testing.assert_allclose(metrics.representation(Guide())(x), np.full((5, 2), 3.0))
     drawn = metrics.representation(Guide(), sample=True, seed=1)(x)
     assert drawn.shape == (5, 2) and not np.allclose(drawn, 3.0)
+
+
+def test_rendered_observations_follow_the_guide_to_its_device():
+    from types import SimpleNamespace
+
+    from pyroib.disentanglement import _on_device
+
+    class Truth:
+        factor_sizes = (2, 3)
+
+        @staticmethod
+        def sample_factors(n, rng):
+            return np.zeros((n, 2), dtype=np.int64)
+
+        @staticmethod
+        def observations(factors):
+            return torch.zeros(len(factors), 1, 4, 4)  # rendered on the CPU, as dSprites is
+
+    run = SimpleNamespace(guide=torch.nn.Linear(1, 1, device="meta"))  # a device other than the CPU, without a GPU
+    truth = _on_device(Truth(), run)
+    assert truth.observations(truth.sample_factors(5, None)).device.type == "meta"
+    assert truth.factor_sizes == (2, 3) and truth.chen_factors == (0, 1)
