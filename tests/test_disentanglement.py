@@ -147,20 +147,34 @@ def test_a_factor_in_two_codes_has_no_gap():
     assert scores["modularity"] > 0.99  # each code still holds one factor
 
 
-def test_one_code_for_two_factors_loses_modularity_as_derived():
+def _population_information_of_the_mixed_code() -> tuple[float, float]:
+    """I(bin; v1) and I(bin; v2) in nats for code 0 = 8·v1 + v2, uniform over its 48 values, cut into 20 equal bins
+    over [0, 47] as disentanglement_lib's histogram does: exact, by enumerating the 48 values."""
+    values = np.arange(48)
+    bins = np.digitize(values, np.histogram(values, 20)[1][:-1])
+    result = []
+    for factor in (values // 8, values % 8):
+        joint = np.zeros((21, factor.max() + 1))
+        np.add.at(joint, (bins, factor), 1 / 48)
+        outer = joint.sum(1, keepdims=True) * joint.sum(0, keepdims=True)
+        nonzero = joint > 0
+        result.append(float((joint[nonzero] * np.log(joint[nonzero] / outer[nonzero])).sum()))
+    return result[0], result[1]
+
+
+def test_one_code_for_two_factors_loses_modularity_and_gap_as_derived():
+    i1, i2 = _population_information_of_the_mixed_code()
+    assert 0 < i2 < math.log(8) and i1 == pytest.approx(math.log(6), abs=0.25)  # bins straddle the blocks of 8
+    # modularity: codes 1 and 2 hold one factor each (1); code 0 holds factors 1 and 2 (1 - second² / (best² · 3))
+    best, second = max(i1, i2), min(i1, i2)
+    expected_modularity = (1 + 1 + 1 - second**2 / (best**2 * 3)) / 3
     scores = metrics.modularity_and_explicitness(GROUND_TRUTH, one_code_for_two, _rng(), num_train=6000, num_test=500)
-    # code 0 holds H(v1) = log 6 and H(v2) = log 8 (20 bins do not separate 48 values, so measure them); codes 1, 2
-    # hold one factor each
-    rng = _rng()
-    factors = GROUND_TRUTH.sample_factors(6000, rng)
-    codes = one_code_for_two(GROUND_TRUTH.observations(factors))
-    information = metrics.discrete_mutual_information(metrics.histogram_discretize(codes), factors)
-    expected = metrics.modularity(information)
-    assert scores["modularity"] == pytest.approx(expected, abs=0.02)
-    first = np.sort(information[0] ** 2)
-    assert expected < 1 - 0.9 * first[-2] / (first[-1] * 3) / 3  # the mixed code pulls the mean below 1
-    # the MIG of factors 1 and 2 is carried by the same code and measured by histogram: below the ground truth's
-    assert metrics.mig(GROUND_TRUTH, one_code_for_two, _rng(), num_train=4000)["mig"] < 0.9
+    assert scores["modularity"] == pytest.approx(expected_modularity, abs=0.02)
+    # MIG: factors 0 and 3 have their own code (gap 1); factors 1 and 2 only code 0's information over their entropy
+    expected_mig = (1 + i1 / math.log(6) + i2 / math.log(8) + 1) / 4
+    assert metrics.mig(GROUND_TRUTH, one_code_for_two, _rng(), num_train=6000)["mig"] == pytest.approx(
+        expected_mig, abs=0.02
+    )
 
 
 def test_modularity_of_a_hand_written_information_matrix():
@@ -188,7 +202,15 @@ def test_chen_mig_of_encoders_with_known_information():
 
     assert abs(metrics.mig_chen(GROUND_TRUTH, blind, _rng(), num_points=3000)["mig_chen"]) < 0.02
     wide = metrics.mig_chen(GROUND_TRUTH, encoder(1.0), _rng(), num_points=3000)["mig_chen"]
-    assert 0.05 < wide < sharp  # noise of sd 1 on integer factors hides part of each
+    # noise of sd 1 on integer factors hides part of each: I(v + N(0, 1); v) = h(z) - h(z | v) by quadrature, with z
+    # a uniform mixture of unit Gaussians at 0 .. size - 1
+    grid = np.linspace(-8, 15, 20001)
+    gaps = []
+    for size in SIZES:
+        density = np.exp(-0.5 * (grid[:, None] - np.arange(size)) ** 2).mean(1) / math.sqrt(2 * math.pi)
+        entropy = -np.trapezoid(density * np.log(density), grid)
+        gaps.append((entropy - 0.5 * math.log(2 * math.pi * math.e)) / math.log(size))
+    assert wide == pytest.approx(np.mean(gaps), abs=0.03)
 
 
 def test_chen_mig_credits_nothing_to_narrow_codes_that_ignore_the_factors():
