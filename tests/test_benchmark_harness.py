@@ -61,6 +61,7 @@ def test_the_same_rate_comparison_interpolates_the_beta_vae_in_log_rate_and_neve
     assert disentanglement._beta_vae_at(21.0, curve) is None and disentanglement._beta_vae_at(4.9, curve) is None
     point = {"mig": 0.5, "dci_disentanglement": 0.4, "total_correlation": 1.0, "distortion": 60.0}
     results = {
+        "β-VAE β=0.5": [{"seed": 0, "rate": 24.0, **point}],
         "β-VAE β=1": [{"seed": 0, "rate": 20.0, **point}],
         "β-VAE β=4": [{"seed": 0, "rate": 10.0, **point, "mig": 0.2}, {"seed": 1, "rate": 10.0, **point, "mig": 0.4}],
         "β-VAE β=16": [{"seed": 0, "rate": 5.0, **point, "mig": 0.1}],
@@ -74,6 +75,6 @@ def test_the_same_rate_comparison_interpolates_the_beta_vae_in_log_rate_and_neve
     # the β = 4 point pools its two seeds (MIG 0.3); seed 1 at rate 5 meets the β = 16 point (MIG 0.1)
     assert rows["β-TCVAE TC 4"][1] == "2" and rows["β-TCVAE TC 4"][3] == f"{0.35:.3f} ± {math.sqrt(0.005):.3f}"
     assert rows["β-TCVAE TC 4"][-2] == f"{math.sqrt(0.02):.3f} (β=4)"  # the spread of the β-VAE's MIG at β = 4
-    assert rows["FactorVAE γ=10"][1] == "0" and rows["FactorVAE γ=10"][-1] == "1 |"  # above β = 1's rate
+    assert rows["FactorVAE γ=10"][1] == "0" and rows["FactorVAE γ=10"][-1] == "1 |"  # above β = 0.5's rate
     del results["β-VAE β=16"]
     assert "every β of the β-VAE needs a finished seed" in disentanglement._same_rate_lines(results)[-1]
