@@ -276,3 +276,27 @@ def test_rendered_observations_follow_the_guide_to_its_device():
     truth = _on_device(Truth(), run)
     assert truth.observations(truth.sample_factors(5, None)).device.type == "meta"
     assert truth.factor_sizes == (2, 3) and truth.chen_factors == (0, 1)
+
+
+def test_dci_of_one_code_for_two_factors_is_three_quarters_as_derived():
+    """Factors 1 and 2 depend on code 0 alone and factors 0 and 3 on codes 1 and 2 alone, so each factor's boosted
+    importances sit on one code: R = [[0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1]]. Code 0 splits its weight over two of
+    four factors (1 - log 2 / log 4 = 1/2) and carries half the total importance; codes 1 and 2 score 1 with a quarter
+    each: disentanglement 0.5 · 0.5 + 0.25 + 0.25 = 0.75. Each factor is explained by one code: completeness 1."""
+    scores = metrics.dci(GROUND_TRUTH, one_code_for_two, _rng(), num_train=1000, num_test=500)
+    assert scores["disentanglement"] == pytest.approx(0.75, abs=0.02)
+    assert scores["completeness"] == pytest.approx(1.0, abs=0.02)
+
+
+class BinaryGrid(Grid):
+    factor_sizes = (2, 2, 2)
+
+    def sample_factors(self, n, rng):
+        return rng.integers(0, 2, (n, 3))
+
+
+def test_sap_of_binary_factors_is_one_half_as_derived():
+    """Each binary factor is its own code, which a single-code SVM reads perfectly (accuracy 1); every other code is
+    independent of it, and the balanced SVM on it is right half the time: the gap, and SAP, is 1 - 1/2."""
+    score = metrics.sap(BinaryGrid(), identity, _rng(), num_train=2000, num_test=2000)["sap"]
+    assert score == pytest.approx(0.5, abs=0.03)
