@@ -163,18 +163,17 @@ def _same_rate_lines(results: dict) -> list[str]:
         k: [(statistics.mean(r["rate"] for r in rows), statistics.mean(r[k] for r in rows)) for rows in points.values()]
         for k in SAME_RATE_METRICS
     }
-    mean_rates = [statistics.mean(r["rate"] for r in rows) for rows in points.values()]
+    mean_rates = [rate for rate, _ in curves["mig"]]  # the same per-β mean rate under every metric
     for name in CONFIGURATIONS:
         if name in BETA_VAES or not (rows := results.get(name)):
             continue
         deltas: dict[str, list[float]] = {k: [] for k in SAME_RATE_METRICS}
-        compared, outside = [], 0
+        outside = 0
         for row in rows:
             found = {k: _beta_vae_at(row["rate"], curves[k]) for k in SAME_RATE_METRICS}
             if any(v is None for v in found.values()):
                 outside += 1
                 continue
-            compared.append(row["rate"])
             for k, v in found.items():
                 deltas[k].append(row[k] - v)
         cells = [harness.mean_sd(deltas[k]) for k in SAME_RATE_METRICS]
@@ -183,7 +182,7 @@ def _same_rate_lines(results: dict) -> list[str]:
         nearest = min(range(len(BETA_VAES)), key=lambda i: abs(math.log(mean_rates[i] / typical)))
         spread = [r["mig"] for r in points[BETA_VAES[nearest]]]
         noise = f"{statistics.stdev(spread):.3f} (β={BETA_VAES[nearest].split('=')[1]})" if len(spread) > 1 else "—"
-        lines.append(f"| {name} | {len(compared)} | {rate} | " + " | ".join(cells) + f" | {noise} | {outside} |")
+        lines.append(f"| {name} | {len(deltas['mig'])} | {rate} | " + " | ".join(cells) + f" | {noise} | {outside} |")
     if "hierarchical VAE" in results:
         lines += [
             "",
