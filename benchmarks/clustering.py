@@ -10,7 +10,8 @@ posterior, the seed's claim being that TC falls with depth. Published Fashion-MN
 
 Resumable: each (data set, method, seed) trains in a folder under ``--out`` (a run cut short resumes from its
 checkpoint) and its scores are a unit of ``harness.Units`` (committed with ``--record``, so a later checkout goes on).
-``--minutes`` stops starting new units after that long; run the same command again to go on.
+``--minutes`` stops starting new units after that long; run the same command again to go on. ``--methods`` trains
+only those (e.g. ``hvae gmvae`` first); units already measured are reported whatever it says.
 
     python benchmarks/clustering.py --record [--seeds 5] [--epochs 30] [--workers 2] [--minutes 80]
 """
@@ -159,6 +160,13 @@ def main():
     p.add_argument(
         "--dataset-epochs", default="", help="per data set overrides of --epochs, e.g. fashion-mnist=20,digits=30"
     )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS_SLUG.values()),
+        default=list(METHODS_SLUG.values()),
+        help="the methods this slice trains; the table shows every unit measured so far",
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--minutes", type=float, default=None, help="start no new unit after this many minutes")
     p.add_argument("--out", default=str(ROOT / "runs" / "clustering"))
@@ -173,7 +181,8 @@ def main():
 
     def work(unit):
         late = args.minutes is not None and time.perf_counter() - started > 60 * args.minutes
-        if late and not store.done(_unit_name(*unit)):
+        chosen = METHODS_SLUG[unit[1]] in args.methods
+        if (late or not chosen) and not store.done(_unit_name(*unit)):
             return unit, None
         return unit, _unit(*unit, epochs[unit[0]], out, store)
 

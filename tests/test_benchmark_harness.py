@@ -78,3 +78,29 @@ def test_the_same_rate_comparison_interpolates_the_beta_vae_in_log_rate_and_neve
     assert rows["FactorVAE γ=10"][1] == "0" and rows["FactorVAE γ=10"][-1] == "1 |"  # above β = 0.5's rate
     del results["β-VAE β=16"]
     assert "every β of the β-VAE needs a finished seed" in disentanglement._same_rate_lines(results)[-1]
+
+
+def test_a_clustering_slice_trains_only_the_chosen_methods_and_still_reports_every_measured_unit(places, monkeypatch):
+    import clustering
+
+    trained = []
+
+    def fake_unit(dataset, method, seed, epochs, out, units):
+        name = clustering._unit_name(dataset, method, seed)
+        if (done := units.get(name)) is not None:  # as the real one: a measured unit is read back, not trained
+            return done
+        trained.append((method, seed))
+        return units.put(name, {k: 0.5 for k in clustering.SCORES})
+
+    monkeypatch.setattr(clustering, "_unit", fake_unit)
+    monkeypatch.setattr(clustering, "ROOT", places)
+    store = harness.Units(argparse.Namespace(record=True), "clustering")
+    store.put("digits-gmvae-s1", {"cluster_accuracy": 0.25, "nmi": 0.25, "ari": 0.25})
+    argv = ["clustering.py", "--record", "--datasets", "digits", "--seeds", "2", "--workers", "1", "--methods", "hvae"]
+    monkeypatch.setattr(sys, "argv", argv + ["--out", str(places / "runs")])
+    clustering.main()
+    assert sorted(trained) == [("hierarchical VAE (Gao et al. sizes)", 0), ("hierarchical VAE (Gao et al. sizes)", 1)]
+    table = (places / "results" / "clustering.md").read_text()
+    assert "| Gaussian-mixture VAE | 1 | 0.250 |" in table
+    assert "| hierarchical VAE (Gao et al. sizes) | 2 | 0.500 ± 0.000 |" in table
+    assert "| k-means on pixels | 0 |" in table
