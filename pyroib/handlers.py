@@ -118,18 +118,29 @@ class BottleneckMessenger(Messenger):
         anchors = self.anchors.get(msg["name"]) if isinstance(self.anchors, Mapping) else self.anchors
         if anchors is not None:
             base = per_dimension(msg["fn"])
+            if base is None and msg["fn"].event_dim == 0 and not isinstance(self.anchors, Mapping):
+                raise WeightError(
+                    f"anchor weights without a site name apply to every latent site, and latent site {msg['name']!r} "
+                    f"({type(msg['fn']).__name__}) has no latent dimensions to weight: name the site they are for, "
+                    "e.g. --anchors z1=1,1,2,2 (anchors={'z1': [...]} in Python)"
+                )
             if base is None:
-                raise ValueError(
+                raise WeightError(
                     f"anchor weights need a factorised distribution at latent site {msg['name']!r} (an Independent "
                     f"over the latent dimensions); got {type(msg['fn']).__name__}. Priors that do not factorise "
                     "(mixture, VampPrior, flow, joint aggregate) cannot take per-latent weights: use --beta instead"
                 )
             if base.batch_shape[-1] != anchors.shape[-1]:
-                raise ValueError(
+                raise WeightError(
                     f"{anchors.shape[-1]} anchor weights given but latent site {msg['name']!r} has "
                     f"{base.batch_shape[-1]} dimensions: give one weight per latent dimension"
                 )
             msg["fn"] = AnchorWeighted(base, anchors.to(device=base.mean.device, dtype=base.mean.dtype))
+
+
+class WeightError(ValueError):
+    """A β or anchor setting that does not fit the program it weights: the user's setting is wrong, not the program,
+    so the contract check reports it as it is, without pointing into the program's code."""
 
 
 def _check_beta(beta, where: str = "beta") -> None:
@@ -196,8 +207,9 @@ def bottleneck(
 __all__ = [
     "AnchorWeighted",
     "BOTTLENECK_SCALE",
-    "CAPACITY",
     "BottleneckMessenger",
+    "CAPACITY",
+    "WeightError",
     "bottleneck",
     "per_dimension",
     "poutine",

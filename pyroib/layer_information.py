@@ -137,11 +137,12 @@ def report_section(run, splits, out) -> dict:
     top = layers[-1]
     if top.categorical and len(layers) > 1 and "top_dims/z1" in result:
         dims = result["top_dims/z1"]
-        steps = torch.linspace(-2, 2, 7)
+        device = next(model.parameters()).device  # report loads the run with --device auto
+        steps = torch.linspace(-2, 2, 7, device=device)
         rows = []
         with torch.no_grad():
             for k in range(top.size):
-                mean, scale = _means_down(model, torch.tensor([k]))
+                mean, scale = _means_down(model, torch.tensor([k], device=device))
                 for j in dims:
                     codes = mean.repeat(len(steps), 1)
                     codes[:, j] = mean[0, j] + steps * scale[0, j]

@@ -55,6 +55,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from .handlers import WeightError
 from .plates import DATA_PLATE
 
 
@@ -282,6 +283,8 @@ def trace_pair(model, guide, x, y, **kwargs):
             model_trace.compute_log_prob()
         except ProgramError:
             raise
+        except WeightError as error:  # the user's setting, not the program: no pointer into its code
+            raise WeightError(_one_line(error)) from None
         except Exception as error:  # the program's own code raised: say what and where, in one line
             call = "forward(x, y, index=..., size=...)" if kwargs else "forward(x, y)"
             raise ProgramError(
@@ -349,9 +352,16 @@ def check_traces(
             )
     missing = [n for n in latent if n not in guide_sites]
     if missing:
+        discrete = [n for n in missing if not model_sites[n]["fn"].has_rsample]
+        enumerate_them = (
+            f", or sum the discrete one(s) ({', '.join(map(repr, discrete))}) out in the model: "
+            "infer={'enumerate': 'parallel'} on their sites (rule 5)"
+            if discrete
+            else ""
+        )
         raise ProgramError(
             f"latent site(s) {', '.join(map(repr, missing))} of the model have no site in the guide "
-            "(rule 4): they would be drawn from the prior and never inferred. Add them to the guide"
+            f"(rule 4): they would be drawn from the prior and never inferred. Add them to the guide{enumerate_them}"
         )
     marginalised = sorted(set(weighted_sites) & set(summed))
     if marginalised:

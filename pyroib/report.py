@@ -142,6 +142,10 @@ def _write_report(run, run_dir, out: Path, iw_samples: int, disentanglement_scal
         if isinstance(v, (int, float)):
             lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
     lines.append("")
+    for key in (k for k in result if k.startswith("top_dims/")):
+        site = key.split("/", 1)[1]
+        named = ", ".join(f"{d} ({mi:.2f} nats)" for d, mi in zip(result[key], result.get(f"top_mi/{site}", [])))
+        lines += [f"Most informative dimensions of {site}, by I(x; {site}_i): {named}.", ""]
     for title, file in figures.items():
         lines += [f"## {title}", "", f"![{title}]({file})", ""]
     (out / "report.md").write_text("\n".join(lines))

@@ -78,6 +78,11 @@ def test_layer_flags_are_checked_in_one_line(capsys, tmp_path):
         (["--layer-sizes", "8,4", "--layer-types", "gaussian"], "one type per layer"),
         (["--layer-types", "categorical,gaussian"], "the first layer (next to x) must be gaussian"),
         (["--layer-types", "gaussian,binary"], "unknown layer type 'binary'"),
+        (
+            ["--layer-sizes", "8,4,3", "--layer-types", "gaussian,categorical,gaussian"],
+            "layer z2 is categorical under the gaussian layer z3",
+        ),
+        (["--layer-sizes", "4,10", "--anchors", "1,1,2,2"], "latent site 'z2' (Categorical) has no latent dimensions"),
     ]:
         assert main(["train", "--model", "hvae", *TINY, *flags, "--out", str(tmp_path / "run")]) == 2
         err = capsys.readouterr().err
@@ -139,14 +144,20 @@ def test_anchors_on_a_prior_marginalised_over_the_cluster_are_refused():
         InfoELBO().terms(model, guide, torch.rand(5, 1, 4, 4))
 
 
-def test_report_has_the_top_layer_traversals_and_per_layer_terms(capsys, tmp_path):
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA"))]
+)
+def test_report_has_the_top_layer_traversals_and_per_layer_terms(capsys, tmp_path, device):
     run = tmp_path / "run"
     assert main(["train", "--model", "hvae", *TINY, *SMALL, "--layer-sizes", "6,3", "--out", str(run)]) == 0
-    assert main(["report", str(run), "--device", "cpu", "--iw-samples", "2"]) == 0, capsys.readouterr().err
+    assert main(["report", str(run), "--device", device, "--iw-samples", "2"]) == 0, capsys.readouterr().err
     report = (run / "report" / "report.md").read_text()
-    for figure in ("layer_traversals.png", "layer_information.png"):
+    for figure in ("layer_traversals.png", "layer_information.png", "kl_per_dim.png"):
         assert (run / "report" / figure).stat().st_size > 0 and f"({figure})" in report
     assert "| cluster_accuracy |" in report and "| layer_mi/z2 |" in report
+    evaluation = json.loads((run / "report" / "evaluation.json").read_text())
+    first, second = evaluation["top_dims/z1"]
+    assert f"Most informative dimensions of z1, by I(x; z1_i): {first} (" in report and f", {second} (" in report
 
 
 def test_anchor_weights_on_a_code_drawn_per_cluster_value_are_the_hand_written_sum():
@@ -182,6 +193,43 @@ def test_anchor_weights_on_a_code_drawn_per_cluster_value_are_the_hand_written_s
             expected += float((cluster[:, k : k + 1] * (weights - 1) * kl_divergence(q_z1, p_z1)).sum())
     assert float(anchored.loss - plain.loss) == pytest.approx(expected, rel=1e-4)
     assert float(anchored.values["rate/z1"]) == pytest.approx(float(plain.values["rate/z1"]), rel=1e-6)
+
+
+def test_anchors_on_the_layer_under_an_enumerated_top_move_the_loss_but_not_the_reported_rate():
+    """The hierarchical VAE's q(z1 | x) is one Gaussian per data point and p(z1 | z2) one per value of z2: the rate
+    of z1 pairs them value by value, Σ_k q(k | z1) KL(q(z1 | x) ‖ p(z1 | k)) with analytic KL, per dimension, and
+    anchors multiply each dimension's share without entering the reported rate or ELBO."""
+    from pyro import poutine
+    from pyro.distributions import Normal
+    from torch.distributions import kl_divergence
+
+    from pyroib.guides.hvae import Guide
+    from pyroib.handlers import bottleneck
+
+    torch.manual_seed(0)
+    config = Config(data_shape=(1, 4, 4), layer_sizes=(3, 4), hidden=(8,), layer_hidden=(5,))
+    model, guide = Model(config), Guide(config)
+    x = torch.rand(6, 1, 4, 4)
+    weights = torch.tensor([0.5, 2.0, 3.0])
+    objective = InfoELBO(analytic_kl=True)
+    drawn = poutine.trace(guide).get_trace(x)
+    for name in [n for n in drawn.nodes if n != "z1"]:
+        drawn.remove_node(name)
+    plain = objective.terms(model, poutine.replay(guide, trace=drawn), x)
+    anchored_model, anchored_guide = bottleneck(model, guide, anchors={"z1": weights})
+    anchored = objective.terms(anchored_model, poutine.replay(anchored_guide, trace=drawn), x)
+    with torch.no_grad():
+        loc, scale = guide.encode(x)
+        cluster = guide.upper(2, drawn.nodes["z1"]["value"]).probs
+        per_dim = torch.zeros(3)
+        for k in range(4):
+            p_z1 = model.conditional(1, torch.tensor([k])).base_dist
+            per_dim += (cluster[:, k : k + 1] * kl_divergence(Normal(loc, scale), p_z1)).sum(0)
+    assert plain.kl_per_dim["z1"] == pytest.approx(per_dim / 6, rel=1e-4)
+    assert float(plain.values["rate/z1"]) == pytest.approx(float(per_dim.sum() / 6), rel=1e-4)
+    assert float(anchored.values["rate/z1"]) == pytest.approx(float(plain.values["rate/z1"]), rel=1e-6)
+    assert float(anchored.values["elbo"]) == pytest.approx(float(plain.values["elbo"]), rel=1e-6)
+    assert float(anchored.loss - plain.loss) == pytest.approx(float(((weights - 1) * per_dim).sum()), rel=1e-4)
 
 
 def test_python_specs_start_from_the_architecture_defaults_the_command_uses():

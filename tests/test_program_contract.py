@@ -82,6 +82,18 @@ def test_help_lists_the_programs_and_objectives_flags(capsys):
             "'noise' of the model have no site in the guide",
         ),
         (
+            "discrete_model_only_without_enumeration",
+            [
+                (
+                    "            logits = self.net(code)",
+                    '            pyro.sample("kind", dist.Categorical(logits=x.new_zeros(x.shape[0], 3)))\n'
+                    "            logits = self.net(code)",
+                    1,
+                )
+            ],
+            "sum the discrete one(s) ('kind') out in the model: infer={'enumerate': 'parallel'}",
+        ),
+        (
             "sequential_in_model",
             [
                 (

@@ -166,6 +166,19 @@ def surrogate_elbo(model_trace, guide_trace, closed_form_kl: Mapping[str, torch.
     return _as_tensor(surrogate)
 
 
+def _same_points(q_shape: torch.Size, p_shape: torch.Size, enumeration_weighted: bool) -> bool:
+    """Whether q's and p's per-dimension densities pair up data point by data point: equal batches, or a prior with
+    dims of enumerated values on the left (p(z1 | z2) of a hierarchy, one per value of z2) that the enumeration's
+    weights take the expectation over."""
+    if q_shape == p_shape:
+        return True
+    try:
+        joint = torch.broadcast_shapes(q_shape, p_shape)
+    except RuntimeError:
+        return False
+    return enumeration_weighted and joint[len(joint) - len(q_shape) :] == q_shape
+
+
 class Summed:
     """One sampled trace pair's log densities, summed: what :class:`Enumerated` reduces to without enumeration."""
 
@@ -176,6 +189,10 @@ class Summed:
     @staticmethod
     def expect(tensor, site):
         return tensor.sum()
+
+    @staticmethod
+    def weighs(site) -> bool:
+        return False
 
     @staticmethod
     def expect_per_dim(elementwise, site):
@@ -367,7 +384,7 @@ class InfoELBO(Trace_ELBO):
             and not marginal
             and q_dim is not None
             and p_dim is not None
-            and q_dim.batch_shape == p_dim.batch_shape
+            and _same_points(q_dim.batch_shape, p_dim.batch_shape, densities.weighs(guide_site))
         ):
             z = guide_site["value"]
             if analytic:

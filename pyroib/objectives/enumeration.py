@@ -172,6 +172,10 @@ class Enumerated:
         value = site["value"]
         return value.dim() - site["fn"].event_dim > max_plate_nesting and math.prod(value.shape) > 1
 
+    def weighs(self, site) -> bool:
+        """Whether :meth:`expect` weights the site's tensors by q of the enumerated values (else it sums them)."""
+        return self.weight is not None and self.plates <= _plates(site)
+
     def expect(self, tensor, site) -> torch.Tensor:
         """Σ over the site's batch of E_q[tensor] over the enumerated values (q: the guide's enumerated sites)."""
         if self.weight is None:
@@ -187,7 +191,7 @@ class Enumerated:
 
     def expect_per_dim(self, elementwise, site) -> torch.Tensor:
         """Like :meth:`expect` for values with a trailing dimension of latents: one total per dimension."""
-        if self.weight is not None and self.plates <= _plates(site):
+        if self.weighs(site):
             elementwise = self.weight.unsqueeze(-1) * elementwise
         return elementwise.reshape(-1, elementwise.shape[-1]).sum(0)
 
