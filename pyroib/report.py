@@ -130,8 +130,9 @@ def _write_report(run, run_dir, out: Path, iw_samples: int, disentanglement_scal
     lines = [
         f"# Run report: {spec.model} on {spec.dataset}",
         "",
-        f"Trained {run.epoch} epochs, β = {spec.beta} ({spec.schedule} schedule), prior {spec.prior}, "
-        f"latent dimensions {len(result['kl_per_dim']) or '?'}, seed {spec.seed}.",
+        f"Trained {run.epoch} epochs, β = {spec.beta} ({spec.schedule} schedule), "
+        f"{f'prior {spec.prior}' if run.capabilities.takes_prior else 'the prior the program writes'}, "
+        f"{f'{len(kl)} latent dimensions, ' if (kl := result['kl_per_dim']) else ''}seed {spec.seed}.",
         "",
         "## Test split (nats per data point)",
         "",

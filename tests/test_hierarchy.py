@@ -155,6 +155,7 @@ def test_report_has_the_top_layer_traversals_and_per_layer_terms(capsys, tmp_pat
     for figure in ("layer_traversals.png", "layer_information.png", "kl_per_dim.png"):
         assert (run / "report" / figure).stat().st_size > 0 and f"({figure})" in report
     assert "| cluster_accuracy |" in report and "| layer_mi/z2 |" in report
+    assert "the prior the program writes, 6 latent dimensions," in report  # z1's; z2 has no per-dimension KL
     evaluation = json.loads((run / "report" / "evaluation.json").read_text())
     first, second = evaluation["top_dims/z1"]
     assert f"Most informative dimensions of z1, by I(x; z1_i): {first} (" in report and f", {second} (" in report
