@@ -27,10 +27,11 @@ class Guide(nn.Module):
         T = self.config.timesteps
         x0 = to_signed(x)
         with data_plate(x, index, size):
-            last = torch.full(x.shape[:1], T, dtype=torch.long, device=x.device)
+            # one timestep for every point: shaped (1,) so that it broadcasts under a particle plate as well
+            last = torch.full((1,), T, dtype=torch.long, device=x.device)
             mean, variance = self.schedule.q_marginal(x0, last)
             xt = pyro.sample(f"x{T}", dist.Normal(mean, variance.sqrt()).to_event(3))
             for t in range(T, 1, -1):
-                steps = torch.full(x.shape[:1], t, dtype=torch.long, device=x.device)
+                steps = torch.full((1,), t, dtype=torch.long, device=x.device)
                 mean, variance = self.schedule.posterior(x0, xt, steps)
                 xt = pyro.sample(f"x{t - 1}", dist.Normal(mean, variance.sqrt()).to_event(3))

@@ -219,6 +219,12 @@ def report_section(run, splits, out_dir, points: int = 200, draws: int = 100) ->
     """
     out_dir = Path(out_dir)
     summary_path = out_dir / "posterior_diagnostics.json"
+    if not run.capabilities.importance_sampling:
+        # its latent sites are whole images at every timestep (the diffusion chain): importance weights over them
+        # would cost T sites x points x draws, and the program says they are not its estimate
+        problem = "the program declares importance_sampling = False: no importance-weight diagnostics"
+        summary_path.write_text(json.dumps({"skipped": problem}, indent=2))
+        return {}
     x, y = splits.split("test")
     problem = broadcasting_problem(run.model, run.guide, x, y)
     if problem is not None:

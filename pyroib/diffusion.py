@@ -155,7 +155,7 @@ def timestep_weights(name: str, schedule: NoiseSchedule) -> torch.Tensor:
         variance = schedule.reverse_log_variance.double()[1:].exp()
         c = betas**2 / (2 * variance * alphas * (1 - alpha_bar))
         weights = 1 / c
-        weights = weights / weights.mean()
+    weights = weights / weights.mean()  # at T = 2 the shapes have one point, which must still weigh 1
     return torch.cat([torch.zeros(1, dtype=torch.float64), weights]).float()
 
 

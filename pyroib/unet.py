@@ -1,7 +1,10 @@
 """A small U-Net with a timestep embedding, the noise predictor ε_θ(x_t, t) of the diffusion program.
 
 The shape of Ho et al.'s network at a CPU's size: a sinusoidal embedding of t through a two-layer MLP, residual blocks
-(GroupNorm, SiLU, 3 x 3 convolutions, the embedding added between the two convolutions) at each resolution, strided
+(GroupNorm, SiLU, 3 x 3 convolutions) at each resolution, the embedding entering between the two convolutions as a
+scale and shift after the second GroupNorm (Nichol and Dhariwal 2021's scale-shift norm): added before the norm, as
+in Ho et al., a per-channel constant is subtracted out again wherever a group holds one channel, and the narrow
+widths a CPU trains would ignore t. Strided
 convolutions down, nearest-neighbour upsampling and convolutions up, skip connections by concatenation. ``channels``
 sets the width at each resolution, so (32, 64, 64) on 28 x 28 images works at 28, 14 and 7 pixels.
 """
@@ -33,15 +36,15 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.GroupNorm(_groups(in_channels), in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.time = nn.Linear(time_dim, out_channels)
+        self.time = nn.Linear(time_dim, 2 * out_channels)  # a scale and a shift per channel
         self.norm2 = nn.GroupNorm(_groups(out_channels), out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.time(embedding)[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
+        scale, shift = self.time(embedding)[:, :, None, None].chunk(2, 1)
+        h = self.conv2(F.silu(self.norm2(h) * (1 + scale) + shift))
         return self.skip(x) + h
 
 
@@ -54,6 +57,8 @@ class UNet(nn.Module):
             raise ValueError(f"the U-Net reads (C, H, W) images, got data of shape {tuple(data_shape)}")
         if not channels or min(channels) < 1:
             raise ValueError(f"channels must be positive, got {channels}")
+        if time_dim < 2:
+            raise ValueError(f"--time-dim must be at least 2 (a sine and a cosine of t), got {time_dim}")
         factor = 2 ** (len(channels) - 1)
         if data_shape[1] % factor or data_shape[2] % factor:
             raise ValueError(
@@ -83,7 +88,7 @@ class UNet(nn.Module):
         self.head = nn.Sequential(
             nn.GroupNorm(_groups(previous), previous), nn.SiLU(), nn.Conv2d(previous, data_shape[0], 3, padding=1)
         )
-        nn.init.zeros_(self.head[-1].weight)  # start by predicting no noise: x_0 ≈ x_t, a stable first step
+        nn.init.zeros_(self.head[-1].weight)  # start predicting no noise (x̂_0 = x_t / sqrt(ᾱ_t)): a stable first step
         nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

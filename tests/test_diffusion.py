@@ -152,6 +152,22 @@ def test_sampled_timestep_estimate_has_the_traced_elbos_expectation():
     assert abs(estimator.mean() - traced.mean()) < 4 * se, (estimator.mean(), traced.mean(), se)
 
 
+@pytest.mark.parametrize("channels", [(1,), (4, 8), (16, 32)])
+def test_the_noise_predictor_reads_the_timestep_at_any_width(channels):
+    """One channel per GroupNorm group would subtract an embedding added before the norm out again."""
+    from pyroib.unet import UNet
+
+    torch.manual_seed(0)
+    network = UNet((1, 8, 8), channels, time_dim=16)
+    torch.nn.init.normal_(network.head[-1].weight)  # the head starts at zero: predict something first
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        early, late = network(x, torch.full((3,), 1)), network(x, torch.full((3,), 700))
+    assert (early - late).abs().max() > 0.05
+    with pytest.raises(ValueError, match="--time-dim must be at least 2"):
+        UNet((1, 8, 8), channels, time_dim=1)
+
+
 def test_simple_weights_turn_the_kl_terms_into_ho_et_als_noise_loss():
     model, _ = _tiny(timesteps=8)
     weights = timestep_weights("simple", model.schedule)
@@ -170,6 +186,8 @@ def test_simple_weights_turn_the_kl_terms_into_ho_et_als_noise_loss():
     for name in ("increasing", "decreasing"):
         w = timestep_weights(name, model.schedule)[1:]
         assert w.mean().item() == pytest.approx(1.0) and (w.diff() > 0).all() == (name == "increasing")
+        # T = 2: one KL term, weight 1 whatever the shape
+        assert timestep_weights(name, NoiseSchedule("linear", 2, "posterior")).tolist() == [0.0, 1.0]
 
 
 def test_importance_sampled_timesteps_follow_the_root_mean_square_kl_and_stay_unbiased():
@@ -205,9 +223,15 @@ def test_diffusion_trains_evaluates_and_resumes_from_the_command_line(tmp_path, 
     assert result["rate"] == pytest.approx(result["prior_term"] + sum(result["kl_per_timestep"][1:]))
     assert "nll_iw_note" in result and "nll_iw" not in result
     assert main([*argv[:-4], "--epochs", "3", "--out", str(run), "--resume", "--timestep-sampling", "importance"]) == 0
+    from pyroib.arviz_bridge import from_run
+
+    posterior = from_run(str(run), points=4, draws=3, device="cpu").posterior  # draws ≠ points under the particles
+    assert posterior.sizes["point"] == 4 and posterior.sizes["draw"] == 3
     assert main(["report", str(run), "--device", "cpu"]) == 0
     for png in ("kl_per_timestep.png", "diffusion_samples.png"):
         assert (run / "report" / png).stat().st_size > 1000
+    skipped = json.loads((run / "report" / "posterior_diagnostics.json").read_text())["skipped"]
+    assert "importance_sampling = False" in skipped  # T sites x points x draws: hours at T = 1000
     capsys.readouterr()
     sample = ["sample", str(run), "--n", "4", "--steps", "3", "--out", str(tmp_path / "s.png"), "--device", "cpu"]
     assert main(sample) == 0
