@@ -236,6 +236,8 @@ def test_diffusion_trains_evaluates_and_resumes_from_the_command_line(tmp_path, 
     sample = ["sample", str(run), "--n", "4", "--steps", "3", "--out", str(tmp_path / "s.png"), "--device", "cpu"]
     assert main(sample) == 0
     assert "own sampler" in capsys.readouterr().out and (tmp_path / "s.png").is_file()
+    assert main([*sample, "--prior", "aggregate"]) == 2
+    assert "draws images by its own sampler and decodes no code; drop --prior" in capsys.readouterr().err
 
 
 def test_diffusion_refuses_data_off_the_8_bit_grid_and_per_site_weights(tmp_path, capsys):
@@ -244,3 +246,5 @@ def test_diffusion_refuses_data_off_the_8_bit_grid_and_per_site_weights(tmp_path
     assert "256 grey levels" in capsys.readouterr().err
     assert main([*argv, *TINY, "--beta", "x3=2", "--out", str(tmp_path / "b")]) == 2
     assert "--timestep-weights" in capsys.readouterr().err
+    assert main([*argv, *TINY, "--particles", "2", "--out", str(tmp_path / "c")]) == 2
+    assert "not particles (got 2)" in capsys.readouterr().err and not (tmp_path / "c").exists()

@@ -80,6 +80,10 @@ def sample(argv: list[str]) -> None:
         generator = torch.Generator(device=run.device).manual_seed(args.seed)
         images = run.model.sample_images(args.n, args.steps, generator)
     else:
+        if run.capabilities.sample_images and not run.capabilities.decode:
+            raise ValueError(
+                f"--prior {args.prior}: this model draws images by its own sampler and decodes no code; drop --prior"
+            )
         if args.steps is not None:
             run.capabilities.require("sample_images", "--steps")
         run.capabilities.require("decode", "sampling images")

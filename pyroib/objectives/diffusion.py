@@ -38,6 +38,12 @@ class DiffusionELBO(InfoELBO):
         super().__init__(**kwargs)
         from ..diffusion import TIMESTEP_SAMPLING, TIMESTEP_WEIGHTS
 
+        if self.num_particles != 1:
+            raise ValueError(
+                f"the diffusion objective draws one timestep and one x_t per image and step, not particles (got "
+                f"{self.num_particles}): raise --batch-size for a lower-variance estimate"
+            )
+
         if timestep_weights not in TIMESTEP_WEIGHTS:
             raise ValueError(
                 f"unknown timestep_weights {timestep_weights!r}: choose one of {', '.join(TIMESTEP_WEIGHTS)}"
