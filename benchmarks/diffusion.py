@@ -6,10 +6,10 @@ models).
 Every model trains from the command line a user would type (``pyroib train --model diffusion ...``) for ``--epochs``
 epochs. Bits per dimension come from ``pyroib evaluate`` (the diffusion: L_0 and L_T on every test image, each
 L_{t-1} on 64 images per timestep; the VAE: the importance-weighted bound with 100 samples). Samples: ``--samples``
-images (ancestral, ``--steps`` respaced timesteps for the diffusion; decoded N(0, I) draws and the factorised
-aggregate posterior for the VAE), their squared Fréchet distance to the 10,000 test images in pyroib's Fashion-MNIST
-features. The VAE samplers of ``sample_quality.md`` (10,000 samples, Bernoulli VAE) are the issue's comparison: best
-sampler there 54.37 (joint aggregate), N(0, I) 126.66.
+images (ancestral, ``--steps`` respaced timesteps for the diffusion; for the VAEs, decoded draws of their own
+prior, N(0, I) or the VampPrior, and of the factorised and joint aggregate posteriors), their squared Fréchet
+distance to the 10,000 test images in pyroib's Fashion-MNIST features. The VAE samplers of ``sample_quality.md``
+(10,000 samples, Bernoulli VAE) are the issue's comparison: best sampler there 54.37 (joint aggregate), N(0, I) 126.66.
 
 Resumable: each run trains in a folder under ``--out``; its measured result is a unit of ``harness.Units``, keyed by
 its budget (epochs, U-Net widths, training images) and committed with ``--record``, so a later checkout goes on.
@@ -75,6 +75,10 @@ RUNS = {
         "300,300",
     ],  # fmt: skip
 }
+RUNS["VAE + VampPrior, discretised likelihood, 40-d"] = [*RUNS["VAE, discretised likelihood, 40-d"], "--prior", "vamp"]
+
+
+AGGREGATES = (("factorised", "aggregate"), ("joint", "aggregate-joint"))
 
 
 def _unit_name(name: str, args) -> str:
@@ -125,7 +129,9 @@ def unit(name: str, args, units: harness.Units) -> dict:
         from pyroib.frechet import prior_draws
 
         result["frechet"] = {}
-        for label, prior in (("N(0, I)", run.model.prior), ("factorised aggregate", prior_by_name(run, "aggregate"))):
+        own = "N(0, I)" if run.spec.prior == "standard" else f"its {run.spec.prior} prior"
+        samplers = [(own, run.model.prior), *((f"{f} aggregate", prior_by_name(run, n)) for f, n in AGGREGATES)]
+        for label, prior in samplers:
             with torch.no_grad():
                 images = run.model.decode(prior_draws(prior, args.samples, generator))
             result["frechet"][label] = frechet_distance(image_features(images, network), reference)
