@@ -223,10 +223,8 @@ def report_section(run, splits, out_dir, points: int = 200, draws: int = 100) ->
         # its latent sites are whole images at every timestep (the diffusion chain): importance weights over them
         # would cost T sites x points x draws, and the program says they are not its estimate
         problem = "the program declares importance_sampling = False: no importance-weight diagnostics"
-        summary_path.write_text(json.dumps({"skipped": problem}, indent=2))
-        return {}
-    x, y = splits.split("test")
-    problem = broadcasting_problem(run.model, run.guide, x, y)
+    else:
+        problem = broadcasting_problem(run.model, run.guide, *splits.split("test"))
     if problem is not None:
         summary_path.write_text(json.dumps({"skipped": problem}, indent=2))
         return {}

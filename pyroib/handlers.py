@@ -118,13 +118,13 @@ class BottleneckMessenger(Messenger):
         anchors = self.anchors.get(msg["name"]) if isinstance(self.anchors, Mapping) else self.anchors
         if anchors is not None:
             base = per_dimension(msg["fn"])
-            if base is None and msg["fn"].event_dim == 0 and not isinstance(self.anchors, Mapping):
-                raise WeightError(
-                    f"anchor weights without a site name apply to every latent site, and latent site {msg['name']!r} "
-                    f"({type(msg['fn']).__name__}) has no latent dimensions to weight: name the site they are for, "
-                    "e.g. --anchors z1=1,1,2,2 (anchors={'z1': [...]} in Python)"
-                )
             if base is None:
+                if msg["fn"].event_dim == 0 and not isinstance(self.anchors, Mapping):
+                    raise WeightError(
+                        f"anchor weights without a site name apply to every latent site, and latent site "
+                        f"{msg['name']!r} ({type(msg['fn']).__name__}) has no latent dimensions to weight: name the "
+                        "site they are for, e.g. --anchors z1=1,1,2,2 (anchors={'z1': [...]} in Python)"
+                    )
                 raise WeightError(
                     f"anchor weights need a factorised distribution at latent site {msg['name']!r} (an Independent "
                     f"over the latent dimensions); got {type(msg['fn']).__name__}. Priors that do not factorise "

@@ -49,15 +49,14 @@ def layers_of(sizes: tuple[int, ...], kinds: tuple[str, ...]) -> list[Layer]:
         raise ValueError(
             "the first layer (next to x) must be gaussian: the decoder and Guide.encode read a continuous code"
         )
-    for level in range(1, len(kinds) - 1):
-        if kinds[level] == "categorical" and "gaussian" in kinds[level + 1 :]:
-            above = kinds.index("gaussian", level + 1) + 1
-            raise ValueError(
-                f"layer z{level + 1} is categorical under the gaussian layer z{above}: the bottom-up guide would draw "
-                f"z{above} once per enumerated value of z{level + 1}, so p(z{level + 1} | z{above}) would depend on "
-                f"z{level + 1}'s own value, which Pyro's enumeration cannot express; put categorical layers at the top "
-                "(e.g. --layer-types gaussian,gaussian,categorical)"
-            )
+    if "categorical" in kinds and "gaussian" in kinds[(first := kinds.index("categorical")) :]:
+        low, high = first + 1, kinds.index("gaussian", first) + 1
+        raise ValueError(
+            f"layer z{low} is categorical under the gaussian layer z{high}: the bottom-up guide would draw z{high} "
+            f"once per enumerated value of z{low}, so p(z{low} | z{high}) would depend on z{low}'s own value, which "
+            "Pyro's enumeration cannot express; put categorical layers at the top (e.g. --layer-types "
+            "gaussian,gaussian,categorical)"
+        )
     return [Layer(size, kind) for size, kind in zip(sizes, kinds, strict=True)]
 
 

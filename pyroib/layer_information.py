@@ -137,7 +137,7 @@ def report_section(run, splits, out) -> dict:
     top = layers[-1]
     if top.categorical and len(layers) > 1 and "top_dims/z1" in result:
         dims = result["top_dims/z1"]
-        device = next(model.parameters()).device  # report loads the run with --device auto
+        device = run.device  # report loads the run with --device auto
         steps = torch.linspace(-2, 2, 7, device=device)
         rows = []
         with torch.no_grad():
